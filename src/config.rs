@@ -1,0 +1,507 @@
+//! Typed configuration, read once at start and validated before anything connects.
+//!
+//! Sources, later ones winning: built-in defaults → the TOML file named by `AUDITFLOW_CONFIG`
+//! (or `--config`) → `AUDITFLOW_*` environment variables. librdkafka settings pass through
+//! untouched from `[kafka.librdkafka]` or `AUDITFLOW_LIBRDKAFKA_<NAME>` (dots as underscores,
+//! e.g. `AUDITFLOW_LIBRDKAFKA_SECURITY_PROTOCOL=SASL_SSL`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::Deserialize;
+
+use crate::enrich::ComplianceConfig;
+use crate::error::ConfigError;
+
+/// The whole configuration of one process. Every stage reads the same shape and uses its part.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub database: DatabaseConfig,
+    pub http: HttpConfig,
+    pub stage: StageConfig,
+    pub enrich: EnrichSettings,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated bootstrap servers.
+    pub brokers: String,
+    pub client_id: String,
+    /// Raw librdkafka properties applied to every client (security, timeouts, tuning).
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            client_id: "auditflow".into(),
+            librdkafka: BTreeMap::new(),
+        }
+    }
+}
+
+// Secrets (SASL passwords, key passphrases) live in librdkafka properties: never print them.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redacted: BTreeMap<&str, &str> = self
+            .librdkafka
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("librdkafka", &redacted)
+            .finish()
+    }
+}
+
+/// librdkafka properties whose values must never be logged.
+pub fn is_secret_property(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    n.contains("password") || n.contains("secret") || n.ends_with(".key.pem") || n.contains("sasl.oauthbearer.config")
+}
+
+/// One Kafka topic the pipeline owns: its name and how `auditflow topics create` makes it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSpec {
+    pub name: String,
+    pub partitions: i32,
+    /// `retention.ms`; -1 keeps forever.
+    pub retention_ms: i64,
+    /// `max.message.bytes`.
+    pub max_message_bytes: i64,
+}
+
+impl Default for TopicSpec {
+    fn default() -> Self {
+        TopicSpec { name: String::new(), partitions: 6, retention_ms: 7 * DAY_MS, max_message_bytes: 1_048_588 }
+    }
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    pub replication_factor: i32,
+    /// Raw events from upstream services (JSON or Avro).
+    pub raw: TopicSpec,
+    /// Validated, normalised, enriched events (Avro).
+    pub enriched: TopicSpec,
+    /// Dead letters from every stage, with the reason in headers.
+    pub dlq: TopicSpec,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            replication_factor: 1,
+            // Room above the 1 MiB event limit so oversized events reach audit-enrich and are
+            // dead-lettered with a reason instead of being refused at produce time.
+            raw: TopicSpec { name: "audit-raw".into(), max_message_bytes: 4 * 1024 * 1024, ..TopicSpec::default() },
+            enriched: TopicSpec {
+                name: "audit-enriched".into(),
+                max_message_bytes: 2 * 1024 * 1024,
+                ..TopicSpec::default()
+            },
+            dlq: TopicSpec {
+                name: "audit-dlq".into(),
+                partitions: 3,
+                retention_ms: 30 * DAY_MS,
+                max_message_bytes: 2 * 1024 * 1024,
+            },
+        }
+    }
+}
+
+impl TopicsConfig {
+    pub fn all(&self) -> Vec<&TopicSpec> {
+        vec![&self.raw, &self.enriched, &self.dlq]
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into(), max_connections: 8 }
+    }
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else { return url.to_string() };
+    let rest = &url[scheme_end + 3..];
+    let Some(at) = rest.rfind('@') else { return url.to_string() };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!("{}{}:<redacted>{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served. Port 0 picks a free port.
+    pub listen: String,
+    /// `/healthz` fails when the processing loop has not made a turn for this long.
+    pub liveness_timeout_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: "127.0.0.1:0".into(), liveness_timeout_secs: 120 }
+    }
+}
+
+/// Settings of the shared stage runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StageConfig {
+    /// Consumer group; defaults to `auditflow-<stage>`.
+    pub group_id: Option<String>,
+    /// Distinguishes instances of one stage (transactional ids, logs). Defaults to host name + pid.
+    pub instance_id: Option<String>,
+    /// A batch closes at this many messages…
+    pub batch_max_messages: usize,
+    /// …or after this long since its first message, whichever comes first.
+    pub batch_max_wait_ms: u64,
+    /// Where a partition with no stored offset starts: `earliest` or `latest`.
+    pub start_from: String,
+    /// Upper bound of the retry backoff for transient failures (broker, database).
+    pub retry_max_backoff_ms: u64,
+    /// A stage crashes instead of dead-lettering everything when more than this share of a
+    /// full batch is invalid: a bad deploy upstream should page someone, not drain into the DLQ.
+    pub max_invalid_ratio: f64,
+    /// Only judged on batches of at least this many messages.
+    pub invalid_ratio_min_batch: usize,
+    /// Kafka transaction timeout for topic→topic stages.
+    pub transaction_timeout_ms: u64,
+}
+
+impl Default for StageConfig {
+    fn default() -> Self {
+        StageConfig {
+            group_id: None,
+            instance_id: None,
+            batch_max_messages: 5000,
+            batch_max_wait_ms: 100,
+            start_from: "earliest".into(),
+            retry_max_backoff_ms: 5000,
+            max_invalid_ratio: 1.0,
+            invalid_ratio_min_batch: 100,
+            transaction_timeout_ms: 60_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrichSettings {
+    pub max_message_bytes: usize,
+    pub max_metadata_depth: usize,
+    /// MaxMind-format database (GeoLite2-City or a compatible one). No file, no geolocation.
+    pub geoip_db: Option<PathBuf>,
+    pub compliance: ComplianceConfig,
+}
+
+impl Default for EnrichSettings {
+    fn default() -> Self {
+        let d = crate::enrich::EnrichConfig::default();
+        EnrichSettings {
+            max_message_bytes: d.max_message_bytes,
+            max_metadata_depth: d.max_metadata_depth,
+            geoip_db: d.geoip_db,
+            compliance: d.compliance,
+        }
+    }
+}
+
+impl EnrichSettings {
+    pub fn to_enrich_config(&self) -> crate::enrich::EnrichConfig {
+        crate::enrich::EnrichConfig {
+            max_message_bytes: self.max_message_bytes,
+            max_metadata_depth: self.max_metadata_depth,
+            geoip_db: self.geoip_db.clone(),
+            compliance: self.compliance.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// tracing filter directive, e.g. `info,auditflow=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), filter: "info".into() }
+    }
+}
+
+impl Config {
+    /// Load from the process environment (and the file it names).
+    pub fn load(config_file: Option<PathBuf>) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AUDITFLOW_")).collect();
+        let file = config_file.or_else(|| env.get("AUDITFLOW_CONFIG").map(PathBuf::from));
+        let text = match &file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("AUDITFLOW_CONFIG", format!("cannot read {}: {e}", path.display()))
+            })?),
+            None => None,
+        };
+        Config::from_sources(text.as_deref(), &env)
+    }
+
+    /// Pure form of [`Config::load`], for tests: file text (if any) plus environment variables.
+    pub fn from_sources(file_text: Option<&str>, env: &HashMap<String, String>) -> Result<Config, ConfigError> {
+        let mut config: Config = match file_text {
+            Some(text) => toml::from_str(text).map_err(|e| ConfigError::new("config file", e.to_string()))?,
+            None => Config::default(),
+        };
+        config.apply_env(env)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
+        fn set<T: FromStr>(env: &HashMap<String, String>, name: &str, target: &mut T) -> Result<(), ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            if let Some(v) = env.get(name) {
+                *target = v.trim().parse().map_err(|e: T::Err| ConfigError::new(name, format!("{e} (got {v:?})")))?;
+            }
+            Ok(())
+        }
+        set(env, "AUDITFLOW_KAFKA_BROKERS", &mut self.kafka.brokers)?;
+        set(env, "AUDITFLOW_KAFKA_CLIENT_ID", &mut self.kafka.client_id)?;
+        for (k, v) in env {
+            if let Some(prop) = k.strip_prefix("AUDITFLOW_LIBRDKAFKA_") {
+                self.kafka.librdkafka.insert(prop.to_ascii_lowercase().replace('_', "."), v.clone());
+            }
+        }
+        set(env, "AUDITFLOW_TOPIC_RAW", &mut self.topics.raw.name)?;
+        set(env, "AUDITFLOW_TOPIC_ENRICHED", &mut self.topics.enriched.name)?;
+        set(env, "AUDITFLOW_TOPIC_DLQ", &mut self.topics.dlq.name)?;
+        if env.contains_key("AUDITFLOW_TOPIC_PARTITIONS") {
+            let mut n = 0i32;
+            set(env, "AUDITFLOW_TOPIC_PARTITIONS", &mut n)?;
+            self.topics.raw.partitions = n;
+            self.topics.enriched.partitions = n;
+        }
+        set(env, "AUDITFLOW_TOPIC_REPLICATION_FACTOR", &mut self.topics.replication_factor)?;
+        set(env, "AUDITFLOW_DATABASE_URL", &mut self.database.url)?;
+        set(env, "AUDITFLOW_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
+        set(env, "AUDITFLOW_HTTP_LISTEN", &mut self.http.listen)?;
+        set(env, "AUDITFLOW_HTTP_LIVENESS_TIMEOUT_SECS", &mut self.http.liveness_timeout_secs)?;
+        if let Some(v) = env.get("AUDITFLOW_GROUP_ID") {
+            self.stage.group_id = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_INSTANCE_ID") {
+            self.stage.instance_id = Some(v.clone());
+        }
+        set(env, "AUDITFLOW_BATCH_MAX_MESSAGES", &mut self.stage.batch_max_messages)?;
+        set(env, "AUDITFLOW_BATCH_MAX_WAIT_MS", &mut self.stage.batch_max_wait_ms)?;
+        set(env, "AUDITFLOW_START_FROM", &mut self.stage.start_from)?;
+        set(env, "AUDITFLOW_RETRY_MAX_BACKOFF_MS", &mut self.stage.retry_max_backoff_ms)?;
+        set(env, "AUDITFLOW_MAX_INVALID_RATIO", &mut self.stage.max_invalid_ratio)?;
+        set(env, "AUDITFLOW_TRANSACTION_TIMEOUT_MS", &mut self.stage.transaction_timeout_ms)?;
+        set(env, "AUDITFLOW_MAX_MESSAGE_BYTES", &mut self.enrich.max_message_bytes)?;
+        set(env, "AUDITFLOW_MAX_METADATA_DEPTH", &mut self.enrich.max_metadata_depth)?;
+        if let Some(v) = env.get("AUDITFLOW_GEOIP_DB") {
+            self.enrich.geoip_db = if v.trim().is_empty() { None } else { Some(PathBuf::from(v)) };
+        }
+        set(env, "AUDITFLOW_COMPLIANCE_GDPR", &mut self.enrich.compliance.gdpr.enabled)?;
+        set(env, "AUDITFLOW_COMPLIANCE_SOX", &mut self.enrich.compliance.sox.enabled)?;
+        set(env, "AUDITFLOW_COMPLIANCE_HIPAA", &mut self.enrich.compliance.hipaa.enabled)?;
+        set(env, "AUDITFLOW_COMPLIANCE_PCI", &mut self.enrich.compliance.pci.enabled)?;
+        set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
+        set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.split(',').all(|b| b.trim().is_empty()) {
+            return Err(ConfigError::new("AUDITFLOW_KAFKA_BROKERS", "no bootstrap server given"));
+        }
+        for spec in self.topics.all() {
+            if spec.name.trim().is_empty() {
+                return Err(ConfigError::new("topics.*.name", "a topic name is empty"));
+            }
+            if spec.partitions < 1 {
+                return Err(ConfigError::new(format!("topics.{}.partitions", spec.name), "must be at least 1"));
+            }
+        }
+        if self.topics.replication_factor < 1 {
+            return Err(ConfigError::new("AUDITFLOW_TOPIC_REPLICATION_FACTOR", "must be at least 1"));
+        }
+        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "AUDITFLOW_DATABASE_URL",
+                format!("expected postgres://…, got {}", redact_url(&self.database.url)),
+            ));
+        }
+        if self.database.max_connections == 0 {
+            return Err(ConfigError::new("AUDITFLOW_DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        self.http
+            .listen
+            .parse::<SocketAddr>()
+            .map_err(|e| ConfigError::new("AUDITFLOW_HTTP_LISTEN", format!("{e} (got {:?})", self.http.listen)))?;
+        if !(1..=100_000).contains(&self.stage.batch_max_messages) {
+            return Err(ConfigError::new("AUDITFLOW_BATCH_MAX_MESSAGES", "must be between 1 and 100000"));
+        }
+        if self.stage.batch_max_wait_ms == 0 || self.stage.batch_max_wait_ms > 60_000 {
+            return Err(ConfigError::new("AUDITFLOW_BATCH_MAX_WAIT_MS", "must be between 1 and 60000"));
+        }
+        if !matches!(self.stage.start_from.as_str(), "earliest" | "latest") {
+            return Err(ConfigError::new("AUDITFLOW_START_FROM", "must be `earliest` or `latest`"));
+        }
+        if !(0.0..=1.0).contains(&self.stage.max_invalid_ratio) {
+            return Err(ConfigError::new("AUDITFLOW_MAX_INVALID_RATIO", "must be between 0 and 1"));
+        }
+        if self.stage.transaction_timeout_ms < 1000 {
+            return Err(ConfigError::new("AUDITFLOW_TRANSACTION_TIMEOUT_MS", "must be at least 1000"));
+        }
+        if let Some(strategy) = self.kafka.librdkafka.get("partition.assignment.strategy") {
+            // The runtime relies on eager rebalancing: every assignment restarts from stored offsets.
+            if strategy.contains("cooperative") {
+                return Err(ConfigError::new(
+                    "AUDITFLOW_LIBRDKAFKA_PARTITION_ASSIGNMENT_STRATEGY",
+                    "cooperative-sticky is not supported; use range or roundrobin",
+                ));
+            }
+        }
+        if self.enrich.max_message_bytes == 0 {
+            return Err(ConfigError::new("AUDITFLOW_MAX_MESSAGE_BYTES", "must be positive"));
+        }
+        if self.enrich.max_metadata_depth == 0 {
+            return Err(ConfigError::new("AUDITFLOW_MAX_METADATA_DEPTH", "must be at least 1"));
+        }
+        if let Some(path) = &self.enrich.geoip_db {
+            if !path.is_file() {
+                return Err(ConfigError::new("AUDITFLOW_GEOIP_DB", format!("no such file: {}", path.display())));
+            }
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
+        }
+        Ok(())
+    }
+
+    /// The consumer group of a stage: configured, or `auditflow-<stage>`.
+    pub fn group_id(&self, stage: &str) -> String {
+        self.stage.group_id.clone().unwrap_or_else(|| format!("auditflow-{stage}"))
+    }
+
+    /// A name unique to this process among the instances of one stage.
+    pub fn instance_id(&self) -> String {
+        self.stage.instance_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_default();
+            format!("{}-{}", if host.is_empty() { "host" } else { &host }, std::process::id())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::from_sources(None, &HashMap::new()).unwrap();
+        assert_eq!(c.topics.raw.name, "audit-raw");
+        assert_eq!(c.topics.enriched.name, "audit-enriched");
+        assert_eq!(c.topics.dlq.name, "audit-dlq");
+        assert_eq!(c.group_id("enrich"), "auditflow-enrich");
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let file = "[kafka]\nbrokers = \"a:1\"\n[stage]\nbatch_max_messages = 10\n";
+        let c = Config::from_sources(Some(file), &env(&[("AUDITFLOW_KAFKA_BROKERS", "b:2")])).unwrap();
+        assert_eq!(c.kafka.brokers, "b:2");
+        assert_eq!(c.stage.batch_max_messages, 10);
+    }
+
+    #[test]
+    fn librdkafka_settings_pass_through() {
+        let file = "[kafka.librdkafka]\n\"socket.timeout.ms\" = \"5000\"\n";
+        let c = Config::from_sources(Some(file), &env(&[("AUDITFLOW_LIBRDKAFKA_SECURITY_PROTOCOL", "SASL_SSL")]))
+            .unwrap();
+        assert_eq!(c.kafka.librdkafka.get("security.protocol").map(String::as_str), Some("SASL_SSL"));
+        assert_eq!(c.kafka.librdkafka.get("socket.timeout.ms").map(String::as_str), Some("5000"));
+    }
+
+    #[test]
+    fn invalid_values_name_the_setting() {
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_BATCH_MAX_MESSAGES", "lots")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_BATCH_MAX_MESSAGES");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_BATCH_MAX_MESSAGES", "0")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_BATCH_MAX_MESSAGES");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_DATABASE_URL", "mysql://x")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_DATABASE_URL");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_GEOIP_DB", "/nonexistent.mmdb")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_GEOIP_DB");
+        let e = Config::from_sources(Some("[kafka]\nbrokerz = \"x\"\n"), &HashMap::new()).unwrap_err();
+        assert_eq!(e.setting, "config file");
+        let e = Config::from_sources(
+            None,
+            &env(&[("AUDITFLOW_LIBRDKAFKA_PARTITION_ASSIGNMENT_STRATEGY", "cooperative-sticky")]),
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("cooperative"));
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("AUDITFLOW_LIBRDKAFKA_SASL_PASSWORD", "hunter2"),
+                ("AUDITFLOW_DATABASE_URL", "postgres://u:pw-secret@h/db"),
+            ]),
+        )
+        .unwrap();
+        let printed = format!("{c:?}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(!printed.contains("pw-secret"), "{printed}");
+        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:<redacted>@h:5432/db");
+        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,24 @@
+//! auditflow: an audit-logging pipeline built as Kafka stream-processing stages.
+//!
+//! Layout, from the pure core outwards:
+//! - [`event`], [`enrich`], [`codec`]: the event model, validation/enrichment, Avro encoding.
+//!   Pure functions, no I/O.
+//! - [`runtime`]: the one place that talks to Kafka: batching, exactly-once commits, offsets
+//!   stored in sinks, rebalances, dead letters, retries, shutdown.
+//! - [`stages`]: each stage's logic plugged into the runtime.
+//! - [`config`], [`telemetry`], [`db`], [`cli`]: configuration, logs/metrics/health, database,
+//!   and the `auditflow` operator command.
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod enrich;
+pub mod error;
+pub mod event;
+pub mod runtime;
+pub mod stages;
+pub mod telemetry;

@@ -1,0 +1,6 @@
+//! The pipeline's stages. Each is business logic plugged into the shared runtime:
+//! - [`enrich`]: `audit-raw` → validate, normalise, enrich → `audit-enriched` (Avro), exactly once.
+//! - [`persist`]: `audit-enriched` → PostgreSQL `audit_events`, offsets in the same transaction.
+
+pub mod enrich;
+pub mod persist;

@@ -1,0 +1,211 @@
+//! Logs, metrics and the health endpoints every binary serves.
+//!
+//! Metric names start with `auditflow_` and carry a `stage` label, so one dashboard covers the
+//! whole fleet. The same words are used in the README and the Grafana dashboard.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogConfig;
+
+/// Set up `tracing`: human-readable text, or one JSON object per line.
+pub fn init_logging(config: &LogConfig) {
+    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    // try_init: tests may set it up more than once.
+    let _ = if config.format == "json" {
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// The runtime's metrics. One instance per process, shared by the loop and the HTTP server.
+pub struct Metrics {
+    pub registry: Registry,
+    /// Messages read from the input topic.
+    pub consumed: IntCounterVec,
+    /// Records written to an output topic.
+    pub produced: IntCounterVec,
+    /// Rows (or other sink records) made durable by a sink stage.
+    pub sunk: IntCounterVec,
+    /// Messages sent to the DLQ, by rejection kind.
+    pub dlq: IntCounterVec,
+    /// Messages per processed batch.
+    pub batch_size: HistogramVec,
+    /// Wall time from the first message of a batch to its commit.
+    pub batch_seconds: HistogramVec,
+    /// Batches committed / aborted / retried.
+    pub commits: IntCounterVec,
+    /// Partitions assigned and revoked.
+    pub rebalances: IntCounterVec,
+    /// Consumer lag per partition, as librdkafka reports it.
+    pub consumer_lag: IntGaugeVec,
+    /// Transient failures that were retried (broker, database).
+    pub retries: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+            registry.register(Box::new(c.clone())).expect("metric registered once");
+            c
+        };
+        let consumed = counter("auditflow_consumed_total", "Messages consumed from the input topic", &["stage", "topic"]);
+        let produced = counter("auditflow_produced_total", "Records produced to an output topic", &["stage", "topic"]);
+        let sunk = counter("auditflow_sunk_total", "Records made durable in a sink", &["stage", "sink"]);
+        let dlq = counter("auditflow_dlq_total", "Messages dead-lettered, by rejection kind", &["stage", "kind"]);
+        let commits = counter(
+            "auditflow_commits_total",
+            "Batch commits by outcome (committed, aborted, fenced)",
+            &["stage", "outcome"],
+        );
+        let rebalances =
+            counter("auditflow_rebalances_total", "Partition assignment changes", &["stage", "kind"]);
+        let retries = counter("auditflow_retries_total", "Transient failures retried", &["stage", "cause"]);
+        let batch_size = HistogramVec::new(
+            HistogramOpts::new("auditflow_batch_size", "Messages per committed batch")
+                .buckets(vec![1.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0, 50000.0]),
+            &["stage"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(batch_size.clone())).expect("metric registered once");
+        let batch_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "auditflow_batch_processing_seconds",
+                "Time from a batch's first message to its commit",
+            )
+            .buckets(prometheus::exponential_buckets(0.001, 2.0, 15).expect("valid buckets")),
+            &["stage"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(batch_seconds.clone())).expect("metric registered once");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("auditflow_consumer_lag", "Messages behind the end of the partition"),
+            &["stage", "topic", "partition"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(consumer_lag.clone())).expect("metric registered once");
+        #[cfg(target_os = "linux")]
+        {
+            let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+        }
+        Arc::new(Metrics {
+            registry,
+            consumed,
+            produced,
+            sunk,
+            dlq,
+            batch_size,
+            batch_seconds,
+            commits,
+            rebalances,
+            consumer_lag,
+            retries,
+        })
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Liveness and readiness, written by the processing loop and read by the HTTP server.
+#[derive(Default)]
+pub struct Health {
+    /// Unix millis of the loop's last turn.
+    last_turn_ms: AtomicI64,
+    ready: AtomicBool,
+}
+
+impl Health {
+    pub fn new() -> Arc<Health> {
+        let h = Health::default();
+        h.heartbeat();
+        Arc::new(h)
+    }
+    pub fn heartbeat(&self) {
+        self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
+    }
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+    pub fn is_live(&self, timeout: Duration) -> bool {
+        now_ms() - self.last_turn_ms.load(Ordering::Relaxed) <= timeout.as_millis() as i64
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Serve `/metrics`, `/healthz`, `/readyz` until the process ends. Returns the bound address
+/// (useful with port 0).
+pub async fn serve_http(
+    listen: &str,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    liveness_timeout: Duration,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let m = metrics.clone();
+    let h_live = health.clone();
+    let h_ready = health;
+    let app = Router::new()
+        .route("/metrics", get(move || { let m = m.clone(); async move { m.render() } }))
+        .route(
+            "/healthz",
+            get(move || {
+                let h = h_live.clone();
+                async move {
+                    if h.is_live(liveness_timeout) {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "processing loop stalled")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/readyz",
+            get(move || {
+                let h = h_ready.clone();
+                async move {
+                    if h.is_ready() {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    Ok(addr)
+}

@@ -1,0 +1,316 @@
+//! Shared harness for integration tests against the real local stack (`scripts/stack up`).
+//!
+//! Every test gets fresh topics, fresh consumer groups and a fresh PostgreSQL database, so
+//! tests never see each other's data. Stage binaries run as real child processes, which tests
+//! may SIGKILL, and the stack's services can be stopped and restarted through `scripts/stack`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auditflow::config::Config;
+use auditflow::event::RawEvent;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+
+pub fn brokers() -> String {
+    std::env::var("AUDITFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn admin_database_url() -> String {
+    std::env::var("AUDITFLOW_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into())
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `scripts/stack <args>`; panics if it fails (a fault test cannot go on without its fault).
+pub fn stack(args: &[&str]) {
+    let status = Command::new(repo_root().join("scripts/stack")).args(args).status().expect("run scripts/stack");
+    assert!(status.success(), "scripts/stack {args:?} failed");
+}
+
+/// One test's private world: topics, groups, database.
+pub struct TestEnv {
+    pub id: String,
+    pub raw: String,
+    pub enriched: String,
+    pub dlq: String,
+    pub database_url: String,
+    pub pool: PgPool,
+    pub log_dir: PathBuf,
+    pub partitions: i32,
+    pub extra_env: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub async fn new(name: &str, partitions: i32) -> TestEnv {
+        let id = format!("{name}_{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let raw = format!("{id}.audit-raw");
+        let enriched = format!("{id}.audit-enriched");
+        let dlq = format!("{id}.audit-dlq");
+
+        // Fresh database with the real migrations.
+        let admin = PgPool::connect(&admin_database_url()).await.expect("PostgreSQL reachable: run scripts/stack up");
+        sqlx::query(&format!("CREATE DATABASE \"{id}\"")).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let database_url = replace_db_name(&admin_database_url(), &id);
+        let pool = PgPool::connect(&database_url).await.expect("connect test database");
+        auditflow::db::MIGRATOR.run(&pool).await.expect("migrations apply");
+
+        let log_dir = repo_root().join("target/test-logs").join(&id);
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+
+        let env = TestEnv {
+            id,
+            raw,
+            enriched,
+            dlq,
+            database_url,
+            pool,
+            log_dir,
+            partitions,
+            extra_env: Vec::new(),
+        };
+        let config = env.config();
+        auditflow::cli::topics::create_topics(&config, &config.topics.all()).await.expect("create topics: is Kafka up?");
+        env
+    }
+
+    /// Environment every process of this test runs with.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = vec![
+            ("AUDITFLOW_KAFKA_BROKERS".into(), brokers()),
+            ("AUDITFLOW_DATABASE_URL".into(), self.database_url.clone()),
+            ("AUDITFLOW_TOPIC_RAW".into(), self.raw.clone()),
+            ("AUDITFLOW_TOPIC_ENRICHED".into(), self.enriched.clone()),
+            ("AUDITFLOW_TOPIC_DLQ".into(), self.dlq.clone()),
+            ("AUDITFLOW_TOPIC_PARTITIONS".into(), self.partitions.to_string()),
+            ("AUDITFLOW_HTTP_LISTEN".into(), "127.0.0.1:0".into()),
+            ("AUDITFLOW_LOG".into(), "info,librdkafka=warn".into()),
+            ("AUDITFLOW_BATCH_MAX_MESSAGES".into(), "1000".into()),
+            ("AUDITFLOW_RETRY_MAX_BACKOFF_MS".into(), "1000".into()),
+        ];
+        v.extend(self.extra_env.iter().cloned());
+        v
+    }
+
+    pub fn config(&self) -> Config {
+        let env: HashMap<String, String> = self.env_vars().into_iter().collect();
+        Config::from_sources(None, &env).expect("test config is valid")
+    }
+
+    /// Start a stage binary (`audit-enrich`, `audit-persist`) as instance `instance`.
+    pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
+        let exe = match binary {
+            "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
+            "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
+            other => panic!("unknown stage binary {other}"),
+        };
+        let stage = binary.trim_start_matches("audit-");
+        let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));
+        let log = File::options().create(true).append(true).open(&log_path).expect("log file");
+        let child = Command::new(exe)
+            .envs(self.env_vars())
+            .env("AUDITFLOW_GROUP_ID", format!("{}-{stage}", self.id))
+            .env("AUDITFLOW_INSTANCE_ID", instance)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn stage");
+        StageProcess { child: Some(child), log_path }
+    }
+
+    /// Produce payloads to the raw topic and wait for every acknowledgement.
+    pub fn produce_raw(&self, records: &[(Option<String>, Vec<u8>)]) {
+        produce(&self.raw, records);
+    }
+
+    pub fn produce_events(&self, events: &[RawEvent]) {
+        let records: Vec<(Option<String>, Vec<u8>)> = events
+            .iter()
+            .map(|e| (e.user_id.clone(), serde_json::to_vec(e).expect("serialize")))
+            .collect();
+        self.produce_raw(&records);
+    }
+
+    pub async fn row_count(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&self.pool).await.unwrap_or(-1)
+    }
+
+    /// Wait until `audit_events` holds `expected` rows; panics with the last count on timeout.
+    pub async fn wait_for_rows(&self, expected: i64, timeout: Duration) {
+        let start = Instant::now();
+        let mut last = -1;
+        while start.elapsed() < timeout {
+            last = self.row_count().await;
+            if last >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        assert_eq!(last, expected, "audit_events rows after {:?} (logs in {})", start.elapsed(), self.log_dir.display());
+    }
+
+    pub async fn persisted_ids(&self) -> Vec<String> {
+        sqlx::query_scalar("SELECT id FROM audit_events ORDER BY id").fetch_all(&self.pool).await.expect("ids")
+    }
+}
+
+fn replace_db_name(url: &str, db: &str) -> String {
+    match url.rfind('/') {
+        Some(i) if i > "postgres://".len() => {
+            let query = url[i..].find('?').map(|q| &url[i + q..]).unwrap_or("");
+            format!("{}/{db}{query}", &url[..i])
+        }
+        _ => format!("{url}/{db}"),
+    }
+}
+
+pub fn produce(topic: &str, records: &[(Option<String>, Vec<u8>)]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "120000")
+        // room for the oversized events the DLQ test sends
+        .set("message.max.bytes", "5000000")
+        .create()
+        .expect("producer");
+    for (key, payload) in records {
+        let mut r = BaseRecord::to(topic).payload(payload.as_slice());
+        if let Some(k) = key {
+            r = r.key(k.as_str());
+        }
+        let mut r = r;
+        loop {
+            match producer.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120)).expect("all records acknowledged");
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Read every committed record of `topic` (read_committed), stopping once nothing new arrives
+/// for `quiet`.
+pub fn read_topic(topic: &str, partitions: i32, quiet: Duration) -> Vec<ReadRecord> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .expect("consumer");
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).expect("tpl");
+    }
+    consumer.assign(&tpl).expect("assign");
+    let mut out = Vec::new();
+    let mut last_new = Instant::now();
+    while last_new.elapsed() < quiet {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let mut headers = HashMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        headers.insert(
+                            header.key.to_string(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(ReadRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+                last_new = Instant::now();
+            }
+            Some(Err(e)) => panic!("reading {topic}: {e}"),
+            None => {}
+        }
+    }
+    out
+}
+
+/// A running stage binary; killed when dropped.
+pub struct StageProcess {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+}
+
+impl StageProcess {
+    /// SIGKILL: no chance to commit or leave the group.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("process running");
+        let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                let _ = c.kill();
+                panic!("stage did not stop within 60 s of SIGTERM ({})", self.log_path.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for StageProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// `n` realistic events with unique ids.
+pub fn sample_events(n: usize, seed: u64) -> Vec<RawEvent> {
+    let mut mix = auditflow::demo::EventMix::new(seed, 500);
+    (0..n).map(|_| mix.next_event()).collect()
+}
