@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Parser;
 
 use auditflow::enrich::Enricher;
-use auditflow::runtime::{process, run_transform};
+use auditflow::runtime::{process, run_transform, PerMessage};
 use auditflow::stages::enrich::EnrichStage;
 
 #[derive(Parser)]
@@ -21,6 +21,6 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let p = process::start("enrich", args.config).await?;
     let enricher = Enricher::new(&p.config.enrich.to_enrich_config())?;
-    let stage = EnrichStage::new(enricher, p.config.topics.raw.name.clone(), &p.config.topics.enriched.name);
+    let stage = PerMessage(EnrichStage::new(enricher, p.config.topics.raw.name.clone(), &p.config.topics.enriched.name));
     process::run_blocking(move || run_transform(&p.config, stage, p.metrics, p.health, p.shutdown)).await
 }

@@ -95,3 +95,19 @@ impl ConfigError {
         ConfigError { setting: setting.into(), reason: reason.into() }
     }
 }
+
+/// An infrastructure failure worth retrying (Redis, PostgreSQL, an HTTP endpoint). The runtime
+/// commits nothing for the batch, backs off and tries the same batch again.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{cause}: {detail}")]
+pub struct TransientError {
+    /// Short label for metrics and logs, e.g. `redis`, `postgres`, `smtp`.
+    pub cause: &'static str,
+    pub detail: String,
+}
+
+impl TransientError {
+    pub fn new(cause: &'static str, detail: impl Into<String>) -> Self {
+        TransientError { cause, detail: detail.into() }
+    }
+}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
@@ -22,7 +22,7 @@ use super::dlq::dead_letter;
 use super::kafka::{consumer_config, subscribed_consumer, StageContext};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
 use crate::config::Config;
-use crate::error::Rejection;
+use crate::error::{Rejection, TransientError};
 use crate::telemetry::{Health, Metrics};
 
 /// Business logic of a topic → topic stage.
@@ -31,8 +31,54 @@ pub trait TransformStage: Send + 'static {
     fn name(&self) -> &'static str;
     /// Topics to consume.
     fn input_topics(&self) -> Vec<String>;
+    /// Turn a batch into output records. Inputs that can never be processed are reported in
+    /// `out.rejected` by index and dead-lettered. A [`TransientError`] fails the whole batch:
+    /// nothing is committed and the same batch is offered again after a backoff, so a stage
+    /// with external side effects must make them idempotent (keyed by event id).
+    fn process_batch(&mut self, batch: &[InputMessage<'_>], out: &mut BatchOutput) -> Result<(), TransientError>;
+}
+
+/// What a stage produced for one batch.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub records: Vec<OutputRecord>,
+    /// (index in the batch, why it was rejected)
+    pub rejected: Vec<(usize, Rejection)>,
+}
+
+impl BatchOutput {
+    pub fn clear(&mut self) {
+        self.records.clear();
+        self.rejected.clear();
+    }
+}
+
+/// Logic that looks at one message at a time, with no I/O: the common case.
+pub trait MessageTransform: Send + 'static {
+    fn name(&self) -> &'static str;
+    fn input_topics(&self) -> Vec<String>;
     /// Append the records this message produces to `out`, or reject it.
     fn process(&mut self, input: &InputMessage<'_>, out: &mut Vec<OutputRecord>) -> Result<(), Rejection>;
+}
+
+/// Runs a [`MessageTransform`] as a [`TransformStage`].
+pub struct PerMessage<T>(pub T);
+
+impl<T: MessageTransform> TransformStage for PerMessage<T> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn input_topics(&self) -> Vec<String> {
+        self.0.input_topics()
+    }
+    fn process_batch(&mut self, batch: &[InputMessage<'_>], out: &mut BatchOutput) -> Result<(), TransientError> {
+        for (i, input) in batch.iter().enumerate() {
+            if let Err(r) = self.0.process(input, &mut out.records) {
+                out.rejected.push((i, r));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Consumed-offset range of one partition within a batch.
@@ -131,21 +177,18 @@ pub fn run_transform<S: TransformStage>(
 
     let max_messages = config.stage.batch_max_messages;
     let max_wait = Duration::from_millis(config.stage.batch_max_wait_ms);
-    let mut outputs: Vec<OutputRecord> = Vec::with_capacity(max_messages);
+    let mut output = BatchOutput::default();
     let mut offsets = BatchOffsets::default();
 
     while !shutdown.is_triggered() {
         health.heartbeat();
-        outputs.clear();
+        output.clear();
         offsets.clear();
         let generation = consumer.context().generation();
-        let mut consumed = 0usize;
-        let mut invalid = 0usize;
-        let mut last_rejection: Option<Rejection> = None;
+        let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(max_messages);
         let mut started: Option<Instant> = None;
-        let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
 
-        while consumed < max_messages {
+        while messages.len() < max_messages {
             let timeout = match started {
                 Some(t) => match max_wait.checked_sub(t.elapsed()) {
                     Some(left) => left,
@@ -166,31 +209,61 @@ pub fn run_transform<S: TransformStage>(
                     }
                 }
                 Some(Ok(m)) => {
-                    if started.is_none() {
-                        started = Some(Instant::now());
-                    }
-                    consumed += 1;
-                    let input = InputMessage {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        key: m.key(),
-                        payload: m.payload().unwrap_or(&[]),
-                    };
-                    track_offset(&mut offsets, input.topic, input.partition, input.offset);
-                    count_topic(&mut consumed_per_topic, input.topic);
-                    if let Err(rejection) = stage.process(&input, &mut outputs) {
-                        invalid += 1;
-                        metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
-                        tracing::debug!(stage = name, partition = input.partition, offset = input.offset, %rejection, "dead-lettered");
-                        outputs.push(dead_letter(&dlq_topic, name, &input, &rejection));
-                        last_rejection = Some(rejection);
-                    }
+                    started.get_or_insert_with(Instant::now);
+                    messages.push(m);
                 }
             }
         }
         let Some(started) = started else { continue };
+        let consumed = messages.len();
+        let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
+        let inputs: Vec<InputMessage<'_>> = messages
+            .iter()
+            .map(|m| {
+                track_offset(&mut offsets, m.topic(), m.partition(), m.offset());
+                count_topic(&mut consumed_per_topic, m.topic());
+                InputMessage {
+                    topic: m.topic(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    timestamp_ms: m.timestamp().to_millis(),
+                    key: m.key(),
+                    payload: m.payload().unwrap_or(&[]),
+                }
+            })
+            .collect();
+
+        // Transient failures (Redis, database) retry the same batch; nothing is committed.
+        let mut processed = false;
+        loop {
+            output.clear();
+            match stage.process_batch(&inputs, &mut output) {
+                Ok(()) => {
+                    processed = true;
+                    break;
+                }
+                Err(e) => {
+                    metrics.retries.with_label_values(&[name, e.cause]).inc();
+                    tracing::warn!(stage = name, error = %e, messages = consumed, "batch failed; retrying");
+                    if shutdown.is_triggered() {
+                        break;
+                    }
+                    health.heartbeat();
+                    std::thread::sleep(backoff.next_delay());
+                }
+            }
+        }
+        if !processed {
+            break; // shutting down mid-outage: nothing committed, the batch is re-read later
+        }
+        let invalid = output.rejected.len();
+        for (index, rejection) in &output.rejected {
+            let Some(input) = inputs.get(*index) else { continue };
+            metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
+            tracing::debug!(stage = name, partition = input.partition, offset = input.offset, %rejection, "dead-lettered");
+            output.records.push(dead_letter(&dlq_topic, name, input, rejection));
+        }
+        let last_rejection = output.rejected.last().map(|(_, r)| r.clone());
         if consumer.context().generation() != generation {
             // Partitions moved while the batch was read: its offsets may belong to another
             // member now. Drop it; the new assignment re-reads from committed offsets.
@@ -200,7 +273,7 @@ pub fn run_transform<S: TransformStage>(
         }
         check_invalid_ratio(name, &config.stage, invalid, consumed, last_rejection.as_ref())?;
 
-        match commit_transaction(&producer, &consumer, &outputs, &offsets, config) {
+        match commit_transaction(&producer, &consumer, &output.records, &offsets, config) {
             Ok(()) => {
                 backoff.reset();
                 metrics.commits.with_label_values(&[name, "committed"]).inc();
@@ -208,7 +281,7 @@ pub fn run_transform<S: TransformStage>(
                     metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
                 }
                 let mut per_topic: HashMap<&str, u64> = HashMap::new();
-                for o in &outputs {
+                for o in &output.records {
                     *per_topic.entry(&o.topic).or_default() += 1;
                 }
                 for (topic, n) in per_topic {

@@ -8,7 +8,7 @@ use crate::codec::encode_enriched;
 use crate::enrich::Enricher;
 use crate::error::Rejection;
 use crate::event::{EnrichedEvent, SourcePosition};
-use crate::runtime::{InputMessage, OutputRecord, TransformStage};
+use crate::runtime::{InputMessage, MessageTransform, OutputRecord};
 
 /// Content type header on every `audit-enriched` record.
 pub const ENRICHED_CONTENT_TYPE: &[u8] = b"application/vnd.auditflow.enriched.v1+avro";
@@ -35,7 +35,7 @@ fn partition_key(event: &EnrichedEvent) -> Option<Vec<u8>> {
         .map(|k| k.as_bytes().to_vec())
 }
 
-impl TransformStage for EnrichStage {
+impl MessageTransform for EnrichStage {
     fn name(&self) -> &'static str {
         "enrich"
     }
