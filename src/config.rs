@@ -23,6 +23,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub topics: TopicsConfig,
     pub database: DatabaseConfig,
+    pub redis: RedisConfig,
     pub http: HttpConfig,
     pub stage: StageConfig,
     pub enrich: EnrichSettings,
@@ -101,6 +102,14 @@ pub struct TopicsConfig {
     pub enriched: TopicSpec,
     /// Dead letters from every stage, with the reason in headers.
     pub dlq: TopicSpec,
+    /// Events that matched detection rules, with window figures and evidence (JSON).
+    pub rule_matches: TopicSpec,
+    /// Block decisions (IP or user, TTL) for upstream services to enforce (JSON).
+    pub security_actions: TopicSpec,
+    /// Alerts for analysts (JSON, keyed by alert id).
+    pub security_alerts: TopicSpec,
+    /// Alert deliveries that still failed after every retry.
+    pub alert_dlq: TopicSpec,
 }
 
 impl Default for TopicsConfig {
@@ -121,13 +130,58 @@ impl Default for TopicsConfig {
                 retention_ms: 30 * DAY_MS,
                 max_message_bytes: 2 * 1024 * 1024,
             },
+            rule_matches: TopicSpec { name: "audit-rule-matches".into(), ..TopicSpec::default() },
+            security_actions: TopicSpec {
+                name: "security-actions".into(),
+                partitions: 3,
+                retention_ms: 30 * DAY_MS,
+                ..TopicSpec::default()
+            },
+            security_alerts: TopicSpec {
+                name: "security-alerts".into(),
+                partitions: 3,
+                retention_ms: 365 * DAY_MS,
+                ..TopicSpec::default()
+            },
+            alert_dlq: TopicSpec {
+                name: "audit-alert-dlq".into(),
+                partitions: 1,
+                retention_ms: 30 * DAY_MS,
+                ..TopicSpec::default()
+            },
         }
     }
 }
 
 impl TopicsConfig {
     pub fn all(&self) -> Vec<&TopicSpec> {
-        vec![&self.raw, &self.enriched, &self.dlq]
+        vec![
+            &self.raw,
+            &self.enriched,
+            &self.dlq,
+            &self.rule_matches,
+            &self.security_actions,
+            &self.security_alerts,
+            &self.alert_dlq,
+        ]
+    }
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: "redis://127.0.0.1:6379/0".into() }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig").field("url", &redact_url(&self.url)).finish()
     }
 }
 
@@ -314,11 +368,17 @@ impl Config {
         set(env, "AUDITFLOW_TOPIC_RAW", &mut self.topics.raw.name)?;
         set(env, "AUDITFLOW_TOPIC_ENRICHED", &mut self.topics.enriched.name)?;
         set(env, "AUDITFLOW_TOPIC_DLQ", &mut self.topics.dlq.name)?;
+        set(env, "AUDITFLOW_TOPIC_RULE_MATCHES", &mut self.topics.rule_matches.name)?;
+        set(env, "AUDITFLOW_TOPIC_SECURITY_ACTIONS", &mut self.topics.security_actions.name)?;
+        set(env, "AUDITFLOW_TOPIC_SECURITY_ALERTS", &mut self.topics.security_alerts.name)?;
+        set(env, "AUDITFLOW_TOPIC_ALERT_DLQ", &mut self.topics.alert_dlq.name)?;
+        set(env, "AUDITFLOW_REDIS_URL", &mut self.redis.url)?;
         if env.contains_key("AUDITFLOW_TOPIC_PARTITIONS") {
             let mut n = 0i32;
             set(env, "AUDITFLOW_TOPIC_PARTITIONS", &mut n)?;
             self.topics.raw.partitions = n;
             self.topics.enriched.partitions = n;
+            self.topics.rule_matches.partitions = n;
         }
         set(env, "AUDITFLOW_TOPIC_REPLICATION_FACTOR", &mut self.topics.replication_factor)?;
         set(env, "AUDITFLOW_DATABASE_URL", &mut self.database.url)?;
@@ -370,6 +430,12 @@ impl Config {
             return Err(ConfigError::new(
                 "AUDITFLOW_DATABASE_URL",
                 format!("expected postgres://…, got {}", redact_url(&self.database.url)),
+            ));
+        }
+        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
+            return Err(ConfigError::new(
+                "AUDITFLOW_REDIS_URL",
+                format!("expected redis://…, got {}", redact_url(&self.redis.url)),
             ));
         }
         if self.database.max_connections == 0 {
