@@ -36,6 +36,12 @@ pub trait TransformStage: Send + 'static {
     /// nothing is committed and the same batch is offered again after a backoff, so a stage
     /// with external side effects must make them idempotent (keyed by event id).
     fn process_batch(&mut self, batch: &[InputMessage<'_>], out: &mut BatchOutput) -> Result<(), TransientError>;
+
+    /// Called about once a second, between batches and when idle, for time-driven output
+    /// (e.g. absence rules). Records it appends are committed in a transaction of their own.
+    fn on_tick(&mut self, _now: chrono::DateTime<chrono::Utc>, _out: &mut BatchOutput) -> Result<(), TransientError> {
+        Ok(())
+    }
 }
 
 /// What a stage produced for one batch.
@@ -180,8 +186,13 @@ pub fn run_transform<S: TransformStage>(
     let mut output = BatchOutput::default();
     let mut offsets = BatchOffsets::default();
 
+    let mut last_tick = Instant::now();
     while !shutdown.is_triggered() {
         health.heartbeat();
+        if last_tick.elapsed() >= TICK_INTERVAL {
+            last_tick = Instant::now();
+            tick(&mut stage, &producer, &metrics, &mut backoff)?;
+        }
         output.clear();
         offsets.clear();
         let generation = consumer.context().generation();
@@ -316,6 +327,48 @@ pub fn run_transform<S: TransformStage>(
     drop(consumer);
     drop(producer);
     Ok(())
+}
+
+const TICK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Run the stage's timer hook and commit what it produced (no input offsets involved).
+fn tick<S: TransformStage>(
+    stage: &mut S,
+    producer: &BaseProducer<DefaultProducerContext>,
+    metrics: &Metrics,
+    backoff: &mut Backoff,
+) -> Result<(), RuntimeError> {
+    let name = stage.name();
+    let mut out = BatchOutput::default();
+    if let Err(e) = stage.on_tick(chrono::Utc::now(), &mut out) {
+        metrics.retries.with_label_values(&[name, e.cause]).inc();
+        tracing::warn!(stage = name, error = %e, "tick failed; will try again");
+        return Ok(());
+    }
+    if out.records.is_empty() {
+        return Ok(());
+    }
+    let result = producer.begin_transaction().and_then(|()| {
+        for record in &out.records {
+            send_with_backpressure(producer, record)?;
+        }
+        producer.commit_transaction(Duration::from_secs(30))
+    });
+    match result {
+        Ok(()) => {
+            for r in &out.records {
+                metrics.produced.with_label_values(&[name, &r.topic]).inc();
+            }
+            Ok(())
+        }
+        Err(e) if is_fatal(&e) => Err(RuntimeError::FatalKafka(e.to_string())),
+        Err(e) => {
+            tracing::warn!(stage = name, error = %e, "tick transaction failed; aborting");
+            let _ = producer.abort_transaction(Duration::from_secs(30));
+            std::thread::sleep(backoff.next_delay());
+            Ok(())
+        }
+    }
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
