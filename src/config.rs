@@ -110,6 +110,10 @@ pub struct TopicsConfig {
     pub security_alerts: TopicSpec,
     /// Alert deliveries that still failed after every retry.
     pub alert_dlq: TopicSpec,
+    /// Compliance records (framework, control, event) for downstream GRC tools (JSON).
+    pub compliance_events: TopicSpec,
+    /// Signed ledger checkpoints, so they can be kept outside the database (JSON).
+    pub checkpoints: TopicSpec,
 }
 
 impl Default for TopicsConfig {
@@ -149,6 +153,14 @@ impl Default for TopicsConfig {
                 retention_ms: 30 * DAY_MS,
                 ..TopicSpec::default()
             },
+            compliance_events: TopicSpec { name: "compliance-events".into(), ..TopicSpec::default() },
+            // Checkpoints are tiny and are the external anchor of the ledger: keep them forever.
+            checkpoints: TopicSpec {
+                name: "audit-checkpoints".into(),
+                partitions: 1,
+                retention_ms: -1,
+                ..TopicSpec::default()
+            },
         }
     }
 }
@@ -163,6 +175,8 @@ impl TopicsConfig {
             &self.security_actions,
             &self.security_alerts,
             &self.alert_dlq,
+            &self.compliance_events,
+            &self.checkpoints,
         ]
     }
 }
@@ -372,6 +386,8 @@ impl Config {
         set(env, "AUDITFLOW_TOPIC_SECURITY_ACTIONS", &mut self.topics.security_actions.name)?;
         set(env, "AUDITFLOW_TOPIC_SECURITY_ALERTS", &mut self.topics.security_alerts.name)?;
         set(env, "AUDITFLOW_TOPIC_ALERT_DLQ", &mut self.topics.alert_dlq.name)?;
+        set(env, "AUDITFLOW_TOPIC_COMPLIANCE_EVENTS", &mut self.topics.compliance_events.name)?;
+        set(env, "AUDITFLOW_TOPIC_CHECKPOINTS", &mut self.topics.checkpoints.name)?;
         set(env, "AUDITFLOW_REDIS_URL", &mut self.redis.url)?;
         if env.contains_key("AUDITFLOW_TOPIC_PARTITIONS") {
             let mut n = 0i32;

@@ -98,6 +98,8 @@ impl TestEnv {
             ("AUDITFLOW_TOPIC_SECURITY_ACTIONS".into(), format!("{}.security-actions", self.id)),
             ("AUDITFLOW_TOPIC_SECURITY_ALERTS".into(), format!("{}.security-alerts", self.id)),
             ("AUDITFLOW_TOPIC_ALERT_DLQ".into(), format!("{}.audit-alert-dlq", self.id)),
+            ("AUDITFLOW_TOPIC_COMPLIANCE_EVENTS".into(), format!("{}.compliance-events", self.id)),
+            ("AUDITFLOW_TOPIC_CHECKPOINTS".into(), format!("{}.audit-checkpoints", self.id)),
             ("AUDITFLOW_TOPIC_PARTITIONS".into(), self.partitions.to_string()),
             ("AUDITFLOW_HTTP_LISTEN".into(), "127.0.0.1:0".into()),
             ("AUDITFLOW_LOG".into(), "info,librdkafka=warn".into()),
