@@ -33,6 +33,44 @@ enum Command {
     },
     /// Apply the database migrations.
     Migrate,
+    /// Print fresh keys (master, pseudonym, ledger signing) as environment lines.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Verify the hash chains of audit_events against the signed checkpoints.
+    Verify {
+        /// Only chains of months from this time on (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only chains of months before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// GDPR erasure: destroy a subject's data keys (crypto-shredding) and record a signed receipt.
+    Erase {
+        /// The subject: a user id (or an IP address / session id with --kind).
+        #[arg(long)]
+        subject: String,
+        /// Why (recorded in the signed receipt).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "user")]
+        kind: auditflow::privacy::SubjectKind,
+    },
+    /// Data-subject access request: every event about a subject, decrypted, as JSON.
+    Export {
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value = "user")]
+        kind: auditflow::privacy::SubjectKind,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Demo producer: send a realistic mix of events (logins, failures, admin actions, exports).
     Demo {
         /// How many events to send.
@@ -45,6 +83,12 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate AUDITFLOW_MASTER_KEY, AUDITFLOW_PSEUDONYM_KEY and AUDITFLOW_SIGNING_KEY.
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +173,10 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+        Err(e) if e.downcast_ref::<LedgerBroken>().is_some() => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -173,6 +221,45 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::Keys { command: KeysCommand::Generate } => {
+            use auditflow::privacy::SecretKey;
+            let signing = SecretKey::generate();
+            let public = auditflow::ledger::LedgerSigner::new(&signing).verifying_key();
+            println!("AUDITFLOW_MASTER_KEY={}", SecretKey::generate().to_base64());
+            println!("AUDITFLOW_PSEUDONYM_KEY={}", SecretKey::generate().to_base64());
+            println!("AUDITFLOW_SIGNING_KEY={}", signing.to_base64());
+            println!("AUDITFLOW_VERIFY_KEY={}", SecretKey(public.to_bytes()).to_base64());
+            Ok(())
+        }
+        Command::Verify { from, to, json } => run_verify(&config, from, to, json).await,
+        Command::Erase { subject, reason, kind } => {
+            let keys = config.privacy.keys()?;
+            let signer = signer(&config)?;
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            match auditflow::cli::privacy::erase(&pool, &keys, &signer, kind, &subject, &reason).await {
+                Ok(r) => {
+                    println!("erased: {} data key(s) destroyed, {} stored event(s) now unreadable", r.keys_destroyed, r.events_affected);
+                    println!("receipt {} signed by {}: {}", r.id, signer.key_id, r.statement);
+                    Ok(())
+                }
+                Err(auditflow::cli::privacy::EraseError::LegalHold(reason)) => {
+                    Err(InputError(format!("refused: the subject is under legal hold ({reason}); release the hold first")).into())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Export { subject, kind, output } => {
+            let keys = config.privacy.keys()?;
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            let events = auditflow::cli::privacy::export(&pool, &keys, kind, &subject).await?;
+            let text = serde_json::to_string_pretty(&events)?;
+            match output {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{text}"),
+            }
+            eprintln!("{} event(s) about the subject", events.len());
+            Ok(())
+        }
         Command::Migrate => {
             let pool = auditflow::db::connect(&config.database, 20).await.context("connecting to PostgreSQL")?;
             auditflow::db::MIGRATOR.run(&pool).await.context("applying migrations")?;
@@ -211,6 +298,77 @@ async fn run_emit(args: EmitArgs, config: Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn signer(config: &Config) -> anyhow::Result<auditflow::ledger::LedgerSigner> {
+    let seed = config.ledger.signing_key.as_deref().ok_or_else(|| {
+        auditflow::error::ConfigError::new("AUDITFLOW_SIGNING_KEY", "required (generate with `auditflow keys generate`)")
+    })?;
+    Ok(auditflow::ledger::LedgerSigner::new(&auditflow::privacy::SecretKey::parse("AUDITFLOW_SIGNING_KEY", seed)?))
+}
+
+async fn run_verify(
+    config: &Config,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let key = match &config.ledger.verify_key {
+        Some(text) => auditflow::ledger::verifying_key_from_text(text)
+            .ok_or_else(|| auditflow::error::ConfigError::new("AUDITFLOW_VERIFY_KEY", "not a valid Ed25519 public key"))?,
+        None => signer(config)?.verifying_key(),
+    };
+    let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+    let bar = (!json && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::new_spinner);
+    let report = auditflow::cli::ledger::verify(&pool, &key, from, to, |chain| {
+        if let Some(b) = &bar {
+            b.set_message(format!("verifying {chain}"));
+            b.tick();
+        }
+    })
+    .await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let breaks: Vec<serde_json::Value> = report
+            .breaks
+            .iter()
+            .map(|b| serde_json::json!({"chain": b.chain_id, "seq": b.seq, "kind": b.kind.as_str(), "eventId": b.event_id, "detail": b.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": report.breaks.is_empty(), "chains": report.chains_verified, "rows": report.rows_verified,
+                "checkpoints": report.checkpoints_checked, "retiredChains": report.chains_retired, "breaks": breaks
+            })
+        );
+    } else {
+        println!(
+            "{} chain(s), {} row(s), {} checkpoint(s) verified; {} chain(s) retired by retention",
+            report.chains_verified, report.rows_verified, report.checkpoints_checked, report.chains_retired
+        );
+        for b in &report.breaks {
+            println!(
+                "BROKEN {} at seq {}: {} ({}){}",
+                b.chain_id,
+                b.seq,
+                b.kind.as_str(),
+                b.detail,
+                b.event_id.as_deref().map(|e| format!(", event {e}")).unwrap_or_default()
+            );
+        }
+    }
+    if report.breaks.is_empty() {
+        Ok(())
+    } else {
+        Err(LedgerBroken(report.breaks.len()).into())
+    }
+}
+
+/// The ledger failed verification: exit code 3, distinct from input (2) and other errors (1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} chain(s) failed verification")]
+struct LedgerBroken(usize);
 
 fn single_event(args: &EmitArgs, enrich: &auditflow::enrich::EnrichConfig) -> Result<RawEvent, InputError> {
     let metadata = match &args.metadata {

@@ -27,7 +27,83 @@ pub struct Config {
     pub http: HttpConfig,
     pub stage: StageConfig,
     pub enrich: EnrichSettings,
+    pub privacy: PrivacySettings,
+    pub ledger: LedgerSettings,
     pub log: LogConfig,
+}
+
+/// Crypto-shredding: which fields are personal and the keys protecting them.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Wraps every subject's data key (base64 or hex, 32 bytes). `AUDITFLOW_MASTER_KEY`.
+    pub master_key: Option<String>,
+    /// Keys the searchable pseudonyms (HMAC-SHA256). `AUDITFLOW_PSEUDONYM_KEY`.
+    pub pseudonym_key: Option<String>,
+    /// Fields stored only encrypted. `AUDITFLOW_PERSONAL_FIELDS=user_id,ip_address,…`.
+    pub personal_fields: Vec<crate::privacy::PersonalField>,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings { master_key: None, pseudonym_key: None, personal_fields: crate::privacy::PersonalField::ALL.to_vec() }
+    }
+}
+
+impl fmt::Debug for PrivacySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivacySettings")
+            .field("master_key", &self.master_key.as_ref().map(|_| "<redacted>"))
+            .field("pseudonym_key", &self.pseudonym_key.as_ref().map(|_| "<redacted>"))
+            .field("personal_fields", &self.personal_fields)
+            .finish()
+    }
+}
+
+impl PrivacySettings {
+    /// Both keys, or a configuration error naming the missing one.
+    pub fn keys(&self) -> Result<crate::privacy::PrivacyKeys, ConfigError> {
+        let master = self
+            .master_key
+            .as_deref()
+            .ok_or_else(|| ConfigError::new("AUDITFLOW_MASTER_KEY", "required (generate with `auditflow keys generate`)"))?;
+        let pseudonym = self.pseudonym_key.as_deref().ok_or_else(|| {
+            ConfigError::new("AUDITFLOW_PSEUDONYM_KEY", "required (generate with `auditflow keys generate`)")
+        })?;
+        Ok(crate::privacy::PrivacyKeys {
+            master: crate::privacy::SecretKey::parse("AUDITFLOW_MASTER_KEY", master)?,
+            pseudonym: crate::privacy::SecretKey::parse("AUDITFLOW_PSEUDONYM_KEY", pseudonym)?,
+        })
+    }
+}
+
+/// Tamper evidence: the key that signs ledger checkpoints and how often.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Ed25519 secret seed (base64 or hex, 32 bytes). `AUDITFLOW_SIGNING_KEY`.
+    pub signing_key: Option<String>,
+    /// Ed25519 public key for `auditflow verify` when the secret is not at hand.
+    /// `AUDITFLOW_VERIFY_KEY`.
+    pub verify_key: Option<String>,
+    /// A signed checkpoint of every chain that moved is written at most this often.
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings { signing_key: None, verify_key: None, checkpoint_interval_secs: 10 }
+    }
+}
+
+impl fmt::Debug for LedgerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerSettings")
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
+            .field("verify_key", &self.verify_key)
+            .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -422,6 +498,30 @@ impl Config {
         set(env, "AUDITFLOW_COMPLIANCE_SOX", &mut self.enrich.compliance.sox.enabled)?;
         set(env, "AUDITFLOW_COMPLIANCE_HIPAA", &mut self.enrich.compliance.hipaa.enabled)?;
         set(env, "AUDITFLOW_COMPLIANCE_PCI", &mut self.enrich.compliance.pci.enabled)?;
+        if let Some(v) = env.get("AUDITFLOW_MASTER_KEY") {
+            self.privacy.master_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_PSEUDONYM_KEY") {
+            self.privacy.pseudonym_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_PERSONAL_FIELDS") {
+            self.privacy.personal_fields = v
+                .split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .map(|f| {
+                    serde_json::from_value(serde_json::Value::String(f.to_string()))
+                        .map_err(|_| ConfigError::new("AUDITFLOW_PERSONAL_FIELDS", format!("unknown field {f:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = env.get("AUDITFLOW_SIGNING_KEY") {
+            self.ledger.signing_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_VERIFY_KEY") {
+            self.ledger.verify_key = Some(v.clone());
+        }
+        set(env, "AUDITFLOW_CHECKPOINT_INTERVAL_SECS", &mut self.ledger.checkpoint_interval_secs)?;
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
         Ok(())
@@ -495,6 +595,18 @@ impl Config {
             if !path.is_file() {
                 return Err(ConfigError::new("AUDITFLOW_GEOIP_DB", format!("no such file: {}", path.display())));
             }
+        }
+        if let Some(k) = &self.privacy.master_key {
+            crate::privacy::SecretKey::parse("AUDITFLOW_MASTER_KEY", k)?;
+        }
+        if let Some(k) = &self.privacy.pseudonym_key {
+            crate::privacy::SecretKey::parse("AUDITFLOW_PSEUDONYM_KEY", k)?;
+        }
+        if let Some(k) = &self.ledger.signing_key {
+            crate::privacy::SecretKey::parse("AUDITFLOW_SIGNING_KEY", k)?;
+        }
+        if self.ledger.checkpoint_interval_secs == 0 {
+            return Err(ConfigError::new("AUDITFLOW_CHECKPOINT_INTERVAL_SECS", "must be at least 1"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod ledger;
 pub mod privacy;
 pub mod rule_match;
 pub mod runtime;

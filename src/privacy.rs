@@ -72,6 +72,9 @@ impl SecretKey {
 pub enum SubjectKind {
     User,
     Ip,
+    Session,
+    /// Events naming no user, address or session: their personal fields share one key.
+    Anonymous,
 }
 
 impl SubjectKind {
@@ -79,6 +82,8 @@ impl SubjectKind {
         match self {
             SubjectKind::User => "user",
             SubjectKind::Ip => "ip",
+            SubjectKind::Session => "session",
+            SubjectKind::Anonymous => "anonymous",
         }
     }
 }
@@ -190,12 +195,30 @@ impl PersonalField {
     ];
 }
 
-/// The subject an event is about: its user, else the address of an anonymous actor.
-pub fn subject_of(event: &crate::event::EnrichedEvent) -> Option<(SubjectKind, &str)> {
+/// The subject an event is about: its user, else the address or session of an unnamed actor.
+pub fn subject_of(event: &crate::event::EnrichedEvent) -> (SubjectKind, &str) {
     if let Some(u) = event.user_id.as_deref() {
-        return Some((SubjectKind::User, u));
+        return (SubjectKind::User, u);
     }
-    event.ip_address.as_deref().map(|ip| (SubjectKind::Ip, ip))
+    if let Some(ip) = event.ip_address.as_deref() {
+        return (SubjectKind::Ip, ip);
+    }
+    match event.session_id.as_deref() {
+        Some(s) => (SubjectKind::Session, s),
+        None => (SubjectKind::Anonymous, ""),
+    }
+}
+
+impl std::str::FromStr for SubjectKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "user" => Ok(SubjectKind::User),
+            "ip" => Ok(SubjectKind::Ip),
+            "session" => Ok(SubjectKind::Session),
+            other => Err(format!("unknown subject kind {other:?} (user, ip or session)")),
+        }
+    }
 }
 
 #[cfg(test)]

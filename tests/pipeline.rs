@@ -134,6 +134,8 @@ async fn kill_9_of_both_stages_mid_stream_loses_and_duplicates_nothing() {
     env.wait_for_rows(10_000, Duration::from_secs(180)).await;
     assert_eq!(kills, 8);
     assert_eq!(env.persisted_ids().await, ids(&events), "no gap, no duplicate");
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "hash chains intact across crashes: {report}");
     assert_eq!(enriched_ids(&env), ids(&events), "audit-enriched holds each event exactly once");
     drop((enrich, persist));
 }
@@ -171,6 +173,8 @@ async fn persist_scaled_one_to_three_to_one_under_load_writes_exactly_n_rows() {
     producer.join().expect("producer thread");
     env.wait_for_rows(n as i64, Duration::from_secs(180)).await;
     assert_eq!(env.persisted_ids().await, ids(&events));
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "hash chains intact across rebalances: {report}");
     let assigned_to_more_than_one: i64 = sqlx::query_scalar("SELECT count(*) FROM stage_offsets")
         .fetch_one(&env.pool)
         .await

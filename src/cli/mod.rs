@@ -1,4 +1,6 @@
 //! The `auditflow` operator command: emit events, create topics, migrate the database.
 
 pub mod emit;
+pub mod ledger;
+pub mod privacy;
 pub mod topics;

@@ -56,6 +56,12 @@ pub trait SinkStage: Send + 'static {
     ) -> impl Future<Output = Result<WriteOutcome, SinkError>>;
     /// Blocking loader of stored offsets, called on partition assignment.
     fn offset_loader(&self) -> OffsetLoader;
+
+    /// Called about once a second when no batch is pending (e.g. to sign checkpoints of a
+    /// quiet stream). Errors are logged and retried at the next tick.
+    fn on_tick(&mut self) -> impl Future<Output = Result<(), SinkError>> {
+        async { Ok(()) }
+    }
 }
 
 /// Run a sink stage until `shutdown` trips. Call from a blocking thread; `handle` runs the
@@ -103,8 +109,16 @@ pub fn run_sink<S: SinkStage>(
     let mut dead: Vec<OutputRecord> = Vec::new();
     let mut offsets = BatchOffsets::default();
 
+    let mut last_tick = Instant::now();
     while !shutdown.is_triggered() {
         health.heartbeat();
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            if let Err(e) = handle.block_on(sink.on_tick()) {
+                metrics.retries.with_label_values(&[name, "tick"]).inc();
+                tracing::warn!(stage = name, error = %e, "sink tick failed; will try again");
+            }
+        }
         items.clear();
         dead.clear();
         offsets.clear();

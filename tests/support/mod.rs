@@ -29,6 +29,18 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into())
 }
 
+/// Fixed keys for tests (32 bytes each, hex): never used outside tests.
+pub const TEST_MASTER_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+pub const TEST_PSEUDONYM_KEY: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+pub const TEST_SIGNING_KEY: &str = "0303030303030303030303030303030303030303030303030303030303030303";
+
+pub fn test_keys() -> auditflow::privacy::PrivacyKeys {
+    auditflow::privacy::PrivacyKeys {
+        master: auditflow::privacy::SecretKey::parse("k", TEST_MASTER_KEY).expect("key"),
+        pseudonym: auditflow::privacy::SecretKey::parse("k", TEST_PSEUDONYM_KEY).expect("key"),
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -105,6 +117,10 @@ impl TestEnv {
             ("AUDITFLOW_LOG".into(), "info,librdkafka=warn".into()),
             ("AUDITFLOW_BATCH_MAX_MESSAGES".into(), "1000".into()),
             ("AUDITFLOW_RETRY_MAX_BACKOFF_MS".into(), "1000".into()),
+            ("AUDITFLOW_MASTER_KEY".into(), TEST_MASTER_KEY.into()),
+            ("AUDITFLOW_PSEUDONYM_KEY".into(), TEST_PSEUDONYM_KEY.into()),
+            ("AUDITFLOW_SIGNING_KEY".into(), TEST_SIGNING_KEY.into()),
+            ("AUDITFLOW_CHECKPOINT_INTERVAL_SECS".into(), "1".into()),
         ];
         v.extend(self.extra_env.iter().cloned());
         v
@@ -313,6 +329,19 @@ impl Drop for StageProcess {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `auditflow verify --json` on this test's database: the report, and whether it passed.
+pub fn verify_ledger(env: &TestEnv) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(["verify", "--json"])
+        .envs(env.env_vars())
+        .output()
+        .expect("run auditflow verify");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        serde_json::json!({"unparsable": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
+    });
+    (out.status.success() && report["ok"] == true, report)
 }
 
 /// `n` realistic events with unique ids.
