@@ -71,6 +71,22 @@ enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Inspect dead letters and send chosen ones back to their source topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Consumer lag per stage and partition (sink stages: against their stored offsets).
+    Lag,
+    /// Move a stopped stage's position to a point in time (its offsets, wherever it keeps them).
+    Replay {
+        /// enrich, persist, rules, alert or compliance.
+        #[arg(long)]
+        stage: String,
+        /// RFC 3339 time; the stage restarts at the first message at or after it.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+    },
     /// Demo producer: send a realistic mix of events (logins, failures, admin actions, exports).
     Demo {
         /// How many events to send.
@@ -82,6 +98,34 @@ enum Command {
         /// Seed of the event mix, for reproducible runs.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters with their reasons.
+    List {
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter (PARTITION:OFFSET): headers and payload.
+    Show { position: String },
+    /// Send dead letters back to their source topic (each at most once).
+    Replay {
+        /// Only these (PARTITION:OFFSET, repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Say what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -260,6 +304,27 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             eprintln!("{} event(s) about the subject", events.len());
             Ok(())
         }
+        Command::Dlq { command } => run_dlq(command, &config).await,
+        Command::Lag => {
+            let pool = auditflow::db::connect(&config.database, 1).await.ok();
+            let rows = auditflow::cli::ops::lag(&config, pool.as_ref()).await?;
+            println!("{:<11} {:<28} {:>9} {:>12} {:>12} {:>10}", "STAGE", "TOPIC", "PARTITION", "POSITION", "END", "LAG");
+            for r in rows {
+                let pos = r.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                println!("{:<11} {:<28} {:>9} {:>12} {:>12} {:>10}", r.stage, r.topic, r.partition, pos, r.end, r.lag);
+            }
+            Ok(())
+        }
+        Command::Replay { stage, from } => {
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            let moved = auditflow::cli::ops::rewind_stage(&config, &pool, &stage, from)
+                .await
+                .map_err(|e| InputError(e.to_string()))?;
+            for (partition, offset) in moved {
+                println!("{stage}: partition {partition} restarts at offset {offset}");
+            }
+            Ok(())
+        }
         Command::Migrate => {
             let pool = auditflow::db::connect(&config.database, 20).await.context("connecting to PostgreSQL")?;
             auditflow::db::MIGRATOR.run(&pool).await.context("applying migrations")?;
@@ -297,6 +362,65 @@ async fn run_emit(args: EmitArgs, config: Config) -> anyhow::Result<()> {
         println!("{id}");
     }
     Ok(())
+}
+
+async fn run_dlq(command: DlqCommand, config: &Config) -> anyhow::Result<()> {
+    use auditflow::runtime::dlq;
+    let cfg = config.clone();
+    let letters = tokio::task::spawn_blocking(move || auditflow::cli::ops::read_all(&cfg, &cfg.topics.dlq.name)).await??;
+    match command {
+        DlqCommand::List { stage, kind, limit } => {
+            let chosen = auditflow::cli::ops::select(&letters, stage.as_deref(), kind.as_deref(), &[]);
+            println!("{:<12} {:<10} {:<20} {:<36} MESSAGE", "POSITION", "STAGE", "KIND", "SOURCE");
+            for d in chosen.iter().take(limit) {
+                let source = format!(
+                    "{}/{}:{}",
+                    d.header(dlq::H_SOURCE_TOPIC).unwrap_or("?"),
+                    d.header(dlq::H_SOURCE_PARTITION).unwrap_or("?"),
+                    d.header(dlq::H_SOURCE_OFFSET).unwrap_or("?")
+                );
+                let message: String = d.header(dlq::H_ERROR_MESSAGE).unwrap_or("").chars().take(80).collect();
+                println!(
+                    "{:<12} {:<10} {:<20} {:<36} {}",
+                    d.position(),
+                    d.header(dlq::H_STAGE).unwrap_or("?"),
+                    d.header(dlq::H_ERROR_KIND).unwrap_or("?"),
+                    source,
+                    message.replace(['\n', '\r'], " ")
+                );
+            }
+            println!("{} of {} dead letter(s) shown", chosen.len().min(limit), chosen.len());
+            Ok(())
+        }
+        DlqCommand::Show { position } => {
+            let d = letters
+                .iter()
+                .find(|d| d.position() == position)
+                .ok_or_else(|| InputError(format!("no dead letter at {position} (expected PARTITION:OFFSET)")))?;
+            for (k, v) in &d.headers {
+                println!("{k}: {v}");
+            }
+            println!();
+            println!("{}", String::from_utf8_lossy(&d.payload));
+            Ok(())
+        }
+        DlqCommand::Replay { ids, stage, kind, dry_run } => {
+            let chosen = auditflow::cli::ops::select(&letters, stage.as_deref(), kind.as_deref(), &ids);
+            if chosen.is_empty() {
+                return Err(InputError("no dead letter matches; see `auditflow dlq list`".into()).into());
+            }
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            let o = auditflow::cli::ops::replay(config, &pool, &chosen, dry_run).await?;
+            println!(
+                "{} {} replayed, {} already replayed before, {} not replayable (truncated or without source)",
+                o.replayed,
+                if dry_run { "would be" } else { "" },
+                o.already_replayed,
+                o.not_replayable
+            );
+            Ok(())
+        }
+    }
 }
 
 fn signer(config: &Config) -> anyhow::Result<auditflow::ledger::LedgerSigner> {

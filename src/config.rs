@@ -328,8 +328,10 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StageConfig {
-    /// Consumer group; defaults to `auditflow-<stage>`.
+    /// Consumer group of this process; defaults to `<group_prefix>-<stage>`.
     pub group_id: Option<String>,
+    /// Prefix of every stage's consumer group (operator commands use it to find them all).
+    pub group_prefix: String,
     /// Distinguishes instances of one stage (transactional ids, logs). Defaults to host name + pid.
     pub instance_id: Option<String>,
     /// A batch closes at this many messages…
@@ -353,6 +355,7 @@ impl Default for StageConfig {
     fn default() -> Self {
         StageConfig {
             group_id: None,
+            group_prefix: "auditflow".into(),
             instance_id: None,
             batch_max_messages: 5000,
             batch_max_wait_ms: 100,
@@ -477,6 +480,7 @@ impl Config {
         set(env, "AUDITFLOW_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
         set(env, "AUDITFLOW_HTTP_LISTEN", &mut self.http.listen)?;
         set(env, "AUDITFLOW_HTTP_LIVENESS_TIMEOUT_SECS", &mut self.http.liveness_timeout_secs)?;
+        set(env, "AUDITFLOW_GROUP_PREFIX", &mut self.stage.group_prefix)?;
         if let Some(v) = env.get("AUDITFLOW_GROUP_ID") {
             self.stage.group_id = Some(v.clone());
         }
@@ -614,9 +618,9 @@ impl Config {
         Ok(())
     }
 
-    /// The consumer group of a stage: configured, or `auditflow-<stage>`.
+    /// The consumer group of a stage: configured, or `<group_prefix>-<stage>`.
     pub fn group_id(&self, stage: &str) -> String {
-        self.stage.group_id.clone().unwrap_or_else(|| format!("auditflow-{stage}"))
+        self.stage.group_id.clone().unwrap_or_else(|| format!("{}-{stage}", self.stage.group_prefix))
     }
 
     /// A name unique to this process among the instances of one stage.

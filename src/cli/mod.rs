@@ -2,5 +2,6 @@
 
 pub mod emit;
 pub mod ledger;
+pub mod ops;
 pub mod privacy;
 pub mod topics;

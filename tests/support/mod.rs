@@ -114,6 +114,8 @@ impl TestEnv {
             ("AUDITFLOW_TOPIC_CHECKPOINTS".into(), format!("{}.audit-checkpoints", self.id)),
             ("AUDITFLOW_TOPIC_PARTITIONS".into(), self.partitions.to_string()),
             ("AUDITFLOW_HTTP_LISTEN".into(), "127.0.0.1:0".into()),
+            // Stage groups are `<test id>-<stage>`, for the stages and the operator commands alike.
+            ("AUDITFLOW_GROUP_PREFIX".into(), self.id.clone()),
             ("AUDITFLOW_LOG".into(), "info,librdkafka=warn".into()),
             ("AUDITFLOW_BATCH_MAX_MESSAGES".into(), "1000".into()),
             ("AUDITFLOW_RETRY_MAX_BACKOFF_MS".into(), "1000".into()),
@@ -133,18 +135,22 @@ impl TestEnv {
 
     /// Start a stage binary (`audit-enrich`, `audit-persist`) as instance `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
+        self.start_stage_with(binary, instance, &[])
+    }
+
+    /// Same, with extra environment (e.g. a changed setting for this one process).
+    pub fn start_stage_with(&self, binary: &str, instance: &str, extra: &[(&str, &str)]) -> StageProcess {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
             other => panic!("unknown stage binary {other}"),
         };
-        let stage = binary.trim_start_matches("audit-");
         let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));
         let log = File::options().create(true).append(true).open(&log_path).expect("log file");
         let child = Command::new(exe)
             .envs(self.env_vars())
-            .env("AUDITFLOW_GROUP_ID", format!("{}-{stage}", self.id))
             .env("AUDITFLOW_INSTANCE_ID", instance)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
