@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -22,29 +21,6 @@ fn sasl_env(password: &str) -> Vec<(String, String)> {
             var("AUDITFLOW_STACK_CA", stack.join("kafka/tls/ca.pem").display().to_string()),
         ),
     ]
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok();
-    (body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body)
-}
-
-fn http_addr(stage: &StageProcess) -> String {
-    let start = Instant::now();
-    loop {
-        let log = stage.log();
-        if let Some(i) = log.find("addr=") {
-            let rest = &log[i + 5..];
-            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-            return rest[..end].trim_matches('"').to_string();
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "no http address logged:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

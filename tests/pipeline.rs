@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
 use tokio::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,30 +34,6 @@ fn enriched_ids(env: &TestEnv) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to stage http");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok();
-    let status = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, body)
-}
-
-fn http_addr(stage: &StageProcess) -> String {
-    let start = Instant::now();
-    loop {
-        let log = stage.log();
-        if let Some(i) = log.find("addr=") {
-            let rest = &log[i + 5..];
-            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-            return rest[..end].trim_matches('"').to_string();
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "stage never logged its http address:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::dlq::dead_letter;
 use super::kafka::{consumer_config, subscribed_consumer, OffsetLoader, StageContext};
 use super::offsets::OffsetAdvance;
-use super::transform::{count_topic, send_with_backpressure, track_offset, BatchOffsets};
+use super::transform::{as_inputs, poll_batch, send_with_backpressure, BatchOffsets};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
 use crate::config::Config;
 use crate::error::Rejection;
@@ -123,52 +122,17 @@ pub fn run_sink<S: SinkStage>(
         dead.clear();
         offsets.clear();
         let generation = consumer.context().generation();
-        let mut consumed = 0usize;
         let mut last_rejection: Option<Rejection> = None;
-        let mut started: Option<Instant> = None;
         let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
-
-        while consumed < max_messages {
-            let timeout = match started {
-                Some(t) => match max_wait.checked_sub(t.elapsed()) {
-                    Some(left) => left,
-                    None => break,
-                },
-                None => Duration::from_millis(100),
-            };
-            match consumer.poll(timeout) {
-                None => {
-                    if started.is_none() {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(stage = name, error = %e, "consume error");
-                    if started.is_none() {
-                        break;
-                    }
-                }
-                Some(Ok(m)) => {
-                    started.get_or_insert_with(Instant::now);
-                    consumed += 1;
-                    let input = InputMessage {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        key: m.key(),
-                        payload: m.payload().unwrap_or(&[]),
-                    };
-                    track_offset(&mut offsets, input.topic, input.partition, input.offset);
-                    count_topic(&mut consumed_per_topic, input.topic);
-                    match sink.decode(&input) {
-                        Ok(item) => items.push(item),
-                        Err(rejection) => {
-                            metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
-                            dead.push(dead_letter(&dlq_topic, name, &input, &rejection));
-                            last_rejection = Some(rejection);
-                        }
-                    }
+        let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
+        let consumed = messages.len();
+        for input in as_inputs(&messages, &mut offsets, &mut consumed_per_topic) {
+            match sink.decode(&input) {
+                Ok(item) => items.push(item),
+                Err(rejection) => {
+                    metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
+                    dead.push(dead_letter(&dlq_topic, name, &input, &rejection));
+                    last_rejection = Some(rejection);
                 }
             }
         }

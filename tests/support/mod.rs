@@ -355,3 +355,29 @@ pub fn sample_events(n: usize, seed: u64) -> Vec<RawEvent> {
     let mut mix = auditflow::demo::EventMix::new(seed, 500);
     (0..n).map(|_| mix.next_event()).collect()
 }
+
+/// A plain HTTP/1.1 GET against a stage's health/metrics server: (status, whole response).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok();
+    (body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body)
+}
+
+/// The address a stage logged for its HTTP server (`addr=…` at start).
+pub fn http_addr(stage: &StageProcess) -> String {
+    let start = Instant::now();
+    loop {
+        let log = stage.log();
+        if let Some(i) = log.find("addr=") {
+            let rest = &log[i + 5..];
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            return rest[..end].trim_matches('"').to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "stage never logged its http address:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
