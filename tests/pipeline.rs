@@ -67,6 +67,28 @@ async fn ten_thousand_events_become_exactly_ten_thousand_rows() {
         assert_eq!(http_get(&addr, "/healthz").0, 200);
         assert_eq!(http_get(&addr, "/readyz").0, 200);
     }
+    // Lag per partition, measured against the committed positions (stats every 5 s).
+    for (stage, name, topic) in [(&enrich, "enrich", &env.raw), (&persist, "persist", &env.enriched)] {
+        let addr = http_addr(stage);
+        let start = Instant::now();
+        let lag_lines = loop {
+            let (_, body) = http_get(&addr, "/metrics");
+            let lines: Vec<String> = body
+                .lines()
+                .filter(|l| l.starts_with("auditflow_consumer_lag{") && l.contains(&format!("stage=\"{name}\"")) && l.contains(topic.as_str()))
+                .map(str::to_string)
+                .collect();
+            if lines.len() == 3 || start.elapsed() > Duration::from_secs(20) {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(lag_lines.len(), 3, "a lag gauge per partition for {name}");
+        for l in &lag_lines {
+            let v: i64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("gauge value");
+            assert!(v <= 1, "{name} caught up (a transaction marker may count 1): {l}");
+        }
+    }
     let (_, metrics) = http_get(&http_addr(&persist), "/metrics");
     assert!(metrics.contains("auditflow_sunk_total{sink=\"postgres.audit_events\",stage=\"persist\"} 10000"), "{metrics}");
 }

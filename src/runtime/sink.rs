@@ -194,6 +194,9 @@ pub fn run_sink<S: SinkStage>(
                     tracing::debug!(stage = name, error = %e, "informational offset commit failed");
                 }
                 metrics.commits.with_label_values(&[name, "committed"]).inc();
+                let positions: Vec<(String, i32, i64)> =
+                    advances.iter().map(|a| (a.topic.clone(), a.partition, a.next)).collect();
+                super::kafka::store_committed(&consumer, &positions);
                 for (topic, n) in &consumed_per_topic {
                     metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
                 }

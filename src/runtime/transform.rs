@@ -308,6 +308,9 @@ pub fn run_transform<S: TransformStage>(
             Ok(()) => {
                 backoff.reset();
                 metrics.commits.with_label_values(&[name, "committed"]).inc();
+                let positions: Vec<(String, i32, i64)> =
+                    offsets.iter().map(|(t, p, r)| (t.to_string(), p, r.last + 1)).collect();
+                super::kafka::store_committed(&consumer, &positions);
                 for (topic, n) in &consumed_per_topic {
                     metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
                 }
