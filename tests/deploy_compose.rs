@@ -1,0 +1,253 @@
+//! docker-compose.yml is a valid Compose file and only runs what this repository builds: every
+//! auditflow command is a real `[[bin]]` with real subcommands and flags, and every `AUDITFLOW_*`
+//! variable it sets is one the binaries read. No Docker engine needed.
+//!
+//! The Compose Specification schema is vendored in deploy/schema/compose-spec.json (see the
+//! README there for its origin and license).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value as Json;
+use serde_yaml_ng::Value as Yaml;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+/// Resolve YAML merge keys (`<<: *anchor`) the way Compose does, innermost first, so anchors
+/// that themselves merge other anchors come out complete. Explicit keys win over merged ones.
+fn resolve_merge_keys(value: &mut Yaml) {
+    match value {
+        Yaml::Mapping(map) => {
+            for (_, child) in map.iter_mut() {
+                resolve_merge_keys(child);
+            }
+            if let Some(merged) = map.remove("<<") {
+                let sources = match merged {
+                    Yaml::Mapping(m) => vec![m],
+                    Yaml::Sequence(seq) => seq
+                        .into_iter()
+                        .map(|v| match v {
+                            Yaml::Mapping(m) => m,
+                            other => panic!("merge key with a non-mapping element: {other:?}"),
+                        })
+                        .collect(),
+                    other => panic!("merge key with a non-mapping value: {other:?}"),
+                };
+                for source in sources {
+                    for (k, v) in source {
+                        map.entry(k).or_insert(v);
+                    }
+                }
+            }
+        }
+        Yaml::Sequence(seq) => seq.iter_mut().for_each(resolve_merge_keys),
+        Yaml::Tagged(tagged) => resolve_merge_keys(&mut tagged.value),
+        _ => {}
+    }
+}
+
+/// docker-compose.yml as JSON, merge keys resolved.
+fn compose() -> Json {
+    let mut yaml: Yaml = serde_yaml_ng::from_str(&read("docker-compose.yml")).expect("docker-compose.yml is YAML");
+    resolve_merge_keys(&mut yaml);
+    serde_json::to_value(&yaml).expect("docker-compose.yml converts to JSON")
+}
+
+fn services(compose: &Json) -> &serde_json::Map<String, Json> {
+    compose["services"].as_object().expect("services is a mapping")
+}
+
+/// The `[[bin]]` names of Cargo.toml.
+fn cargo_bins() -> BTreeSet<String> {
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml parses");
+    manifest["bin"]
+        .as_array()
+        .expect("Cargo.toml has [[bin]] entries")
+        .iter()
+        .map(|b| b["name"].as_str().expect("bin name").to_string())
+        .collect()
+}
+
+/// Where cargo put the binaries of this package (next to the one it names for this test).
+fn bin_path(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_auditflow")).with_file_name(name)
+}
+
+/// A service's command as a list of words (Compose accepts a list or a string).
+fn command(service: &Json) -> Option<Vec<String>> {
+    match &service["command"] {
+        Json::Array(words) => Some(words.iter().map(|w| w.as_str().expect("command word").to_string()).collect()),
+        Json::String(s) => Some(s.split_whitespace().map(str::to_string).collect()),
+        _ => None,
+    }
+}
+
+/// A service's environment as (name, value) pairs (Compose accepts a mapping or a list).
+fn environment(service: &Json) -> Vec<(String, String)> {
+    match &service["environment"] {
+        Json::Object(map) => map
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+            .collect(),
+        Json::Array(items) => items
+            .iter()
+            .map(|i| {
+                let s = i.as_str().expect("environment entry");
+                let (k, v) = s.split_once('=').unwrap_or((s, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Services that run the auditflow image.
+fn auditflow_services(compose: &Json) -> Vec<(String, Json)> {
+    services(compose)
+        .iter()
+        .filter(|(_, s)| s["build"].is_string() || s["build"].is_object() || s["image"] == "auditflow:local")
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect()
+}
+
+/// Stage services: the ones whose command is a binary other than the operator command.
+fn stage_services(compose: &Json) -> Vec<(String, Json)> {
+    auditflow_services(compose)
+        .into_iter()
+        .filter(|(_, s)| command(s).is_some_and(|c| c[0] != "auditflow"))
+        .collect()
+}
+
+#[test]
+fn compose_file_matches_the_compose_specification() {
+    let schema: Json = serde_json::from_str(&read("deploy/schema/compose-spec.json")).expect("schema is JSON");
+    let validator = jsonschema::validator_for(&schema).expect("the Compose schema compiles");
+    let doc = compose();
+    let errors: Vec<String> =
+        validator.iter_errors(&doc).map(|e| format!("  at {}: {e}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "docker-compose.yml violates the Compose Specification:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn compose_commands_are_real_binaries_and_subcommands() {
+    let bins = cargo_bins();
+    let doc = compose();
+    let services = auditflow_services(&doc);
+    assert!(services.len() >= 5, "topics, migrate, two stages and the demo producer run the auditflow image");
+    for (name, service) in services {
+        let words = command(&service).unwrap_or_else(|| panic!("service {name} runs the auditflow image without a command"));
+        assert!(bins.contains(&words[0]), "service {name} runs `{}`, which is not a [[bin]] of Cargo.toml ({bins:?})", words[0]);
+        // clap parses every word before acting on --help: an unknown subcommand or flag fails.
+        let out = Command::new(bin_path(&words[0]))
+            .args(&words[1..])
+            .arg("--help")
+            .env_clear()
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", words[0]));
+        assert!(
+            out.status.success(),
+            "service {name}: `{}` is not a valid command line:\n{}",
+            words.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn compose_sets_only_variables_the_binaries_read() {
+    let config_rs = read("src/config.rs");
+    let doc = compose();
+    let mut seen = BTreeSet::new();
+    for (_, service) in auditflow_services(&doc) {
+        for (var, _) in environment(&service) {
+            if var.starts_with("AUDITFLOW_") {
+                seen.insert(var);
+            }
+        }
+    }
+    assert!(seen.contains("AUDITFLOW_KAFKA_BROKERS") && seen.contains("AUDITFLOW_DATABASE_URL"));
+    for var in seen {
+        let known = if var.starts_with("AUDITFLOW_LIBRDKAFKA_") {
+            config_rs.contains("\"AUDITFLOW_LIBRDKAFKA_\"")
+        } else {
+            config_rs.contains(&format!("\"{var}\""))
+        };
+        assert!(known, "docker-compose.yml sets {var}, which src/config.rs never reads");
+    }
+}
+
+#[test]
+fn stages_wait_for_setup_and_serve_metrics_on_9100() {
+    let doc = compose();
+    let all = services(&doc);
+    let stages = stage_services(&doc);
+    let stage_names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    for expected in ["audit-enrich", "audit-persist"] {
+        assert!(stage_names.contains(&expected), "no compose service runs {expected}");
+    }
+    for (name, service) in &stages {
+        for setup in ["topics", "migrate"] {
+            assert_eq!(
+                service["depends_on"][setup]["condition"], "service_completed_successfully",
+                "{name} must start after the one-shot `{setup}` succeeded"
+            );
+        }
+        let env = environment(service);
+        assert!(
+            env.contains(&("AUDITFLOW_HTTP_LISTEN".into(), "0.0.0.0:9100".into())),
+            "{name} must serve /metrics on 0.0.0.0:9100"
+        );
+    }
+    let needs = [("topics", "kafka"), ("migrate", "postgres")];
+    for (job, dependency) in needs {
+        assert_eq!(all[job]["depends_on"][dependency]["condition"], "service_healthy", "{job} waits for {dependency}");
+    }
+    for infra in ["kafka", "postgres", "redis"] {
+        assert!(all[infra]["healthcheck"]["test"].is_array(), "{infra} needs a healthcheck");
+    }
+    assert_eq!(all["kafka"]["image"], "apache/kafka:4.1.1");
+}
+
+#[test]
+fn prometheus_scrapes_every_stage_and_mounted_files_exist() {
+    let doc = compose();
+    let prometheus: Yaml = serde_yaml_ng::from_str(&read("deploy/prometheus/prometheus.yml")).expect("prometheus.yml");
+    let prometheus = serde_json::to_value(&prometheus).expect("json");
+    let job = prometheus["scrape_configs"]
+        .as_array()
+        .expect("scrape_configs")
+        .iter()
+        .find(|j| j["job_name"] == "auditflow")
+        .expect("a scrape job named auditflow (alerts.yml selects job=\"auditflow\")");
+    let names: Vec<&str> = job["dns_sd_configs"][0]["names"]
+        .as_array()
+        .expect("dns_sd_configs names")
+        .iter()
+        .filter_map(Json::as_str)
+        .collect();
+    for (stage, _) in stage_services(&doc) {
+        assert!(names.contains(&stage.as_str()), "deploy/prometheus/prometheus.yml does not scrape {stage}");
+    }
+
+    for (name, service) in services(&doc) {
+        for volume in service["volumes"].as_array().into_iter().flatten() {
+            let Some(source) = volume.as_str().and_then(|v| v.split(':').next()) else { continue };
+            if source.starts_with("./") {
+                assert!(repo().join(source).exists(), "service {name} mounts {source}, which does not exist");
+            }
+        }
+        for profile in service["profiles"].as_array().into_iter().flatten() {
+            assert_eq!(profile, "monitoring", "{name}: only the monitoring profile is expected");
+        }
+    }
+    for monitoring in ["prometheus", "grafana"] {
+        assert_eq!(services(&doc)[monitoring]["profiles"][0], "monitoring", "{monitoring} belongs to the monitoring profile");
+    }
+}

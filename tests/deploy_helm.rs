@@ -1,0 +1,363 @@
+//! The Helm chart renders, for its default values and for values-full.yaml, a fleet an SRE can
+//! run: per stage probes, graceful termination, hardening, a PodDisruptionBudget, an autoscaler
+//! that never exceeds the input topic's partitions, Secret references instead of secrets, and
+//! the migration hook. Its auditflow.toml is accepted by the real configuration loader.
+//!
+//! Needs a `helm` binary: $AUDITFLOW_HELM, else $AUDITFLOW_STACK_DIR/tools/bin/helm, else
+//! .stack/tools/bin/helm. `scripts/helm install` builds it (.ci/run does this).
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+const CHART: &str = "helm/auditflow";
+const FULL: &str = "helm/auditflow/values-full.yaml";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("read {path}: {e}"))
+}
+
+fn helm() -> PathBuf {
+    let path = match std::env::var_os("AUDITFLOW_HELM") {
+        Some(p) => PathBuf::from(p),
+        None => std::env::var_os("AUDITFLOW_STACK_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo().join(".stack"))
+            .join("tools/bin/helm"),
+    };
+    assert!(
+        path.is_file(),
+        "no helm binary at {}: run `scripts/helm install` first (it builds the pinned Helm into \
+         $AUDITFLOW_STACK_DIR/tools/bin), or point AUDITFLOW_HELM at one",
+        path.display()
+    );
+    path
+}
+
+fn run_helm(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(helm()).args(args).current_dir(repo()).output().expect("run helm");
+    if out.status.success() {
+        Ok(String::from_utf8(out.stdout).expect("utf-8"))
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// `helm template` → every manifest as JSON.
+fn render(extra: &[&str]) -> Vec<Json> {
+    let mut args = vec!["template", "auditflow", CHART, "--namespace", "audit"];
+    args.extend_from_slice(extra);
+    let text = run_helm(&args).unwrap_or_else(|e| panic!("helm template {extra:?} failed:\n{e}"));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            let value = serde_yaml_ng::Value::deserialize(doc).expect("helm output is YAML");
+            serde_json::to_value(value).expect("manifest converts to JSON")
+        })
+        .filter(|m: &Json| !m.is_null())
+        .collect()
+}
+
+/// values.yaml, optionally overlaid with another values file (maps merge, the rest replaces),
+/// as Helm does.
+fn values(overlay: Option<&str>) -> Json {
+    fn load(path: &str) -> Json {
+        let y: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(path)).expect("values file is YAML");
+        serde_json::to_value(y).expect("json")
+    }
+    fn merge(base: &mut Json, over: Json) {
+        match (base, over) {
+            (Json::Object(b), Json::Object(o)) => {
+                for (k, v) in o {
+                    merge(b.entry(k).or_insert(Json::Null), v);
+                }
+            }
+            (b, o) => *b = o,
+        }
+    }
+    let mut v = load(&format!("{CHART}/values.yaml"));
+    if let Some(path) = overlay {
+        merge(&mut v, load(path));
+    }
+    v
+}
+
+/// (name, stage values) of every enabled stage.
+fn stages(values: &Json) -> Vec<(String, Json)> {
+    values["stages"]
+        .as_object()
+        .expect("values.yaml has a stages: map")
+        .iter()
+        .filter(|(_, s)| s["enabled"].as_bool().unwrap_or(true))
+        .map(|(n, s)| (n.clone(), s.clone()))
+        .collect()
+}
+
+fn of_kind<'a>(docs: &'a [Json], kind: &str) -> Vec<&'a Json> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn component(doc: &Json) -> &str {
+    doc["metadata"]["labels"]["app.kubernetes.io/component"].as_str().unwrap_or("")
+}
+
+fn for_stage<'a>(docs: &'a [Json], kind: &str, stage: &str) -> &'a Json {
+    let found: Vec<&Json> = of_kind(docs, kind).into_iter().filter(|d| component(d) == stage).collect();
+    assert_eq!(found.len(), 1, "expected exactly one {kind} for stage {stage}, found {}", found.len());
+    found[0]
+}
+
+fn cargo_bins() -> BTreeSet<String> {
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml parses");
+    manifest["bin"].as_array().expect("[[bin]]").iter().map(|b| b["name"].as_str().expect("name").into()).collect()
+}
+
+/// Every pod template of the render (Deployments and Jobs), with its owner's name.
+fn pod_specs(docs: &[Json]) -> Vec<(String, &Json)> {
+    docs.iter()
+        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "Job")
+        .map(|d| (format!("{} {}", d["kind"], d["metadata"]["name"]), &d["spec"]["template"]["spec"]))
+        .collect()
+}
+
+/// What every render must satisfy, whatever the values.
+fn check_fleet(docs: &[Json], values: &Json) {
+    let bins = cargo_bins();
+    let stages = stages(values);
+    assert!(!stages.is_empty());
+    for (name, stage) in &stages {
+        let deployment = for_stage(docs, "Deployment", name);
+        let pod = &deployment["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+
+        let binary = container["command"][0].as_str().expect("stage container has a command");
+        assert!(bins.contains(binary), "stage {name} runs {binary}, not a [[bin]] of Cargo.toml");
+        assert_eq!(container["ports"][0]["containerPort"], 9100, "{name}: port 9100");
+        assert_eq!(container["ports"][0]["name"], "http", "{name}: port named http");
+        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+            assert_eq!(container[probe]["httpGet"]["path"], path, "{name}: {probe} on {path}");
+            let port = &container[probe]["httpGet"]["port"];
+            assert!(port == "http" || port == 9100, "{name}: {probe} on the http port, not {port}");
+        }
+        let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("terminationGracePeriodSeconds set");
+        assert!(grace >= 30, "{name}: terminationGracePeriodSeconds {grace} < 30 leaves no time to drain");
+
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}: pod runAsNonRoot");
+        assert_eq!(pod["securityContext"]["runAsUser"], 10001, "{name}: uid 10001, as in the Dockerfile");
+        let sc = &container["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}: readOnlyRootFilesystem");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}: allowPrivilegeEscalation");
+        assert!(sc["capabilities"]["drop"].as_array().is_some_and(|d| d.contains(&"ALL".into())), "{name}: drop ALL");
+
+        let env = container["env"].as_array().expect("env");
+        let instance = env.iter().find(|e| e["name"] == "AUDITFLOW_INSTANCE_ID").expect("AUDITFLOW_INSTANCE_ID set");
+        assert_eq!(instance["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "{name}: instance id = pod name");
+        assert!(env.iter().any(|e| e["name"] == "AUDITFLOW_HTTP_LISTEN" && e["value"] == "0.0.0.0:9100"));
+
+        let selector = &deployment["spec"]["selector"]["matchLabels"];
+        let pdb = for_stage(docs, "PodDisruptionBudget", name);
+        assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector, "{name}: the PDB selects the stage's pods");
+        let service = for_stage(docs, "Service", name);
+        assert_eq!(&service["spec"]["selector"], selector, "{name}: the Service selects the stage's pods");
+        assert_eq!(service["spec"]["ports"][0]["port"], 9100);
+
+        let partitions = stage["partitions"].as_i64().expect("stage partitions");
+        if let Some(replicas) = deployment["spec"]["replicas"].as_i64() {
+            assert!(replicas <= partitions, "{name}: {replicas} replicas for {partitions} partitions");
+        }
+    }
+
+    // Secrets: referenced, never rendered.
+    assert!(of_kind(docs, "Secret").is_empty(), "the chart must not render Secrets, only reference them");
+    for (owner, pod) in pod_specs(docs) {
+        for container in pod["containers"].as_array().expect("containers") {
+            for e in container["env"].as_array().into_iter().flatten() {
+                let var = e["name"].as_str().expect("env name");
+                let secretish = ["PASSWORD", "SECRET", "TOKEN", "KEY", "DATABASE_URL", "USERNAME"]
+                    .iter()
+                    .any(|w| var.contains(w));
+                if secretish {
+                    assert!(e.get("value").is_none(), "{owner}: {var} has a literal value");
+                    assert!(e["valueFrom"]["secretKeyRef"]["name"].is_string(), "{owner}: {var} must come from a Secret");
+                }
+                if let Some(value) = e["value"].as_str() {
+                    assert!(!(value.contains("://") && value.contains('@')), "{owner}: {var} holds credentials in a URL");
+                }
+            }
+        }
+    }
+    for cm in of_kind(docs, "ConfigMap") {
+        let text = cm["data"].to_string().to_ascii_lowercase();
+        for word in ["password =", "sasl.password", "postgres://"] {
+            assert!(!text.contains(word), "ConfigMap {} contains `{word}`", cm["metadata"]["name"]);
+        }
+    }
+
+    // The schema migration runs as a hook before any stage of a new release.
+    let migrate = of_kind(docs, "Job")
+        .into_iter()
+        .find(|j| j["spec"]["template"]["spec"]["containers"][0]["command"] == serde_json::json!(["auditflow", "migrate"]))
+        .expect("a Job running `auditflow migrate`");
+    let hook = migrate["metadata"]["annotations"]["helm.sh/hook"].as_str().expect("the migrate Job is a Helm hook");
+    assert!(hook.contains("pre-install") && hook.contains("pre-upgrade"), "migrate hook: {hook}");
+    assert!(
+        of_kind(docs, "Job").iter().any(|j| j["spec"]["template"]["spec"]["containers"][0]["command"]
+            == serde_json::json!(["auditflow", "topics", "create"])),
+        "a Job running `auditflow topics create`"
+    );
+}
+
+/// Autoscaler bounds per stage: (kind, min, max).
+fn autoscaler(docs: &[Json], stage: &str) -> (String, i64, i64) {
+    let hpa: Vec<&Json> = of_kind(docs, "HorizontalPodAutoscaler").into_iter().filter(|d| component(d) == stage).collect();
+    let keda: Vec<&Json> = of_kind(docs, "ScaledObject").into_iter().filter(|d| component(d) == stage).collect();
+    match (hpa.as_slice(), keda.as_slice()) {
+        ([h], []) => (
+            "HorizontalPodAutoscaler".into(),
+            h["spec"]["minReplicas"].as_i64().expect("minReplicas"),
+            h["spec"]["maxReplicas"].as_i64().expect("maxReplicas"),
+        ),
+        ([], [k]) => (
+            "ScaledObject".into(),
+            k["spec"]["minReplicaCount"].as_i64().expect("minReplicaCount"),
+            k["spec"]["maxReplicaCount"].as_i64().expect("maxReplicaCount"),
+        ),
+        _ => panic!("stage {stage}: expected one HPA or one ScaledObject, found {} and {}", hpa.len(), keda.len()),
+    }
+}
+
+#[test]
+fn default_values_render_a_safe_fleet_with_cpu_autoscaling() {
+    let docs = render(&[]);
+    let values = values(None);
+    check_fleet(&docs, &values);
+    for (name, stage) in stages(&values) {
+        let (kind, min, max) = autoscaler(&docs, &name);
+        assert_eq!(kind, "HorizontalPodAutoscaler", "{name}: without KEDA an HPA scales the stage");
+        let partitions = stage["partitions"].as_i64().expect("partitions");
+        assert!(min <= max && max <= partitions, "{name}: HPA {min}..{max} with {partitions} partitions");
+        let hpa = for_stage(&docs, "HorizontalPodAutoscaler", &name);
+        assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+        assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu");
+    }
+    assert!(of_kind(&docs, "ServiceMonitor").is_empty() && of_kind(&docs, "NetworkPolicy").is_empty());
+}
+
+#[test]
+fn full_values_render_keda_lag_scaling_monitoring_and_network_policy() {
+    let docs = render(&["-f", FULL]);
+    let values = values(Some(FULL));
+    check_fleet(&docs, &values);
+    for (name, stage) in stages(&values) {
+        let (kind, min, max) = autoscaler(&docs, &name);
+        assert_eq!(kind, "ScaledObject", "{name}: with keda.enabled a ScaledObject scales the stage");
+        let partitions = stage["partitions"].as_i64().expect("partitions");
+        assert!(min <= max && max <= partitions, "{name}: KEDA {min}..{max} with {partitions} partitions");
+        let scaled = for_stage(&docs, "ScaledObject", &name);
+        let trigger = &scaled["spec"]["triggers"][0];
+        assert_eq!(trigger["type"], "kafka");
+        assert_eq!(trigger["metadata"]["consumerGroup"], format!("auditflow-{name}"), "{name}: the stage's group");
+        assert_eq!(trigger["metadata"]["topic"], stage["inputTopic"], "{name}: lag of its input topic");
+        assert_eq!(trigger["metadata"]["bootstrapServers"], values["kafka"]["brokers"]);
+        let threshold = trigger["metadata"]["lagThreshold"].as_str().expect("lagThreshold is a string");
+        assert_eq!(threshold, stage["autoscaling"]["lagThreshold"].to_string());
+    }
+    // values-full.yaml asks for 48 enrich instances on 24 partitions: clamped.
+    assert_eq!(autoscaler(&docs, "enrich").2, 24);
+    assert_eq!(of_kind(&docs, "ServiceMonitor").len(), 1);
+    assert_eq!(of_kind(&docs, "NetworkPolicy").len(), 1);
+    assert_eq!(of_kind(&docs, "TriggerAuthentication").len(), 1, "KEDA reads the SASL Secret too");
+}
+
+#[test]
+fn autoscaler_maximum_never_exceeds_partitions() {
+    let values = values(None);
+    for keda in ["false", "true"] {
+        let mut args: Vec<String> = vec!["--set".into(), format!("keda.enabled={keda}")];
+        for (name, _) in stages(&values) {
+            args.push("--set".into());
+            args.push(format!("stages.{name}.autoscaling.maxReplicas=1000"));
+            args.push("--set".into());
+            args.push(format!("stages.{name}.autoscaling.minReplicas=999"));
+        }
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let docs = render(&arg_refs);
+        for (name, stage) in stages(&values) {
+            let partitions = stage["partitions"].as_i64().expect("partitions");
+            let (kind, min, max) = autoscaler(&docs, &name);
+            assert_eq!((min, max), (partitions, partitions), "{kind} of {name} (keda={keda})");
+        }
+    }
+    // Fixed replicas are clamped the same way.
+    let docs = render(&["--set", "stages.enrich.autoscaling.enabled=false", "--set", "stages.enrich.replicas=500"]);
+    let partitions = values["stages"]["enrich"]["partitions"].as_i64().expect("partitions");
+    assert_eq!(for_stage(&docs, "Deployment", "enrich")["spec"]["replicas"].as_i64(), Some(partitions));
+}
+
+#[test]
+fn chart_refuses_values_that_would_break_a_stage() {
+    let err = run_helm(&["template", "auditflow", CHART, "--set", "stages.enrich.partitions=5"]).expect_err("mismatch");
+    assert!(err.contains("stages.enrich.partitions"), "{err}");
+    let err = run_helm(&["template", "auditflow", CHART, "--set", "terminationGracePeriodSeconds=10"]).expect_err("grace");
+    assert!(err.contains("terminationGracePeriodSeconds"), "{err}");
+}
+
+#[test]
+fn chart_lints_cleanly() {
+    run_helm(&["lint", "--strict", CHART]).unwrap_or_else(|e| panic!("helm lint:\n{e}"));
+    run_helm(&["lint", "--strict", CHART, "-f", FULL]).unwrap_or_else(|e| panic!("helm lint (full):\n{e}"));
+}
+
+/// The rendered auditflow.toml and AUDITFLOW_* variables are what the binaries accept: the
+/// config loader denies unknown keys, so a typo in the chart fails here, not in production.
+#[test]
+fn chart_configuration_is_accepted_by_the_binaries() {
+    let config_rs = read("src/config.rs");
+    for extra in [&[][..], &["-f", FULL][..]] {
+        let docs = render(extra);
+        let cm = of_kind(&docs, "ConfigMap")
+            .into_iter()
+            .find(|c| c["data"]["auditflow.toml"].is_string())
+            .expect("a ConfigMap with auditflow.toml");
+        let toml_text = cm["data"]["auditflow.toml"].as_str().expect("toml");
+        let mut env = HashMap::new();
+        for (owner, pod) in pod_specs(&docs) {
+            for e in pod["containers"][0]["env"].as_array().into_iter().flatten() {
+                let var = e["name"].as_str().expect("name");
+                if !var.starts_with("AUDITFLOW_") {
+                    continue;
+                }
+                let known = if var.starts_with("AUDITFLOW_LIBRDKAFKA_") {
+                    config_rs.contains("\"AUDITFLOW_LIBRDKAFKA_\"")
+                } else {
+                    config_rs.contains(&format!("\"{var}\""))
+                };
+                assert!(known, "{owner} sets {var}, which src/config.rs never reads");
+                if let Some(v) = e["value"].as_str() {
+                    if var != "AUDITFLOW_CONFIG" {
+                        env.insert(var.to_string(), v.to_string());
+                    }
+                }
+            }
+        }
+        let config = auditflow::config::Config::from_sources(Some(toml_text), &env)
+            .unwrap_or_else(|e| panic!("the chart's auditflow.toml ({extra:?}) is refused: {e}\n{toml_text}"));
+        let values = values(extra.get(1).copied());
+        assert_eq!(config.kafka.brokers, values["kafka"]["brokers"].as_str().expect("brokers"));
+        assert_eq!(config.http.listen, "0.0.0.0:9100");
+        assert_eq!(i64::from(config.topics.raw.partitions), values["topics"]["raw"]["partitions"].as_i64().expect("p"));
+        assert_eq!(config.topics.raw.max_message_bytes, 4 * 1024 * 1024, "the raw topic keeps its 4 MiB limit");
+        // The grace period covers the drain the configuration allows.
+        let drain_ms = config.stage.batch_max_wait_ms + config.stage.transaction_timeout_ms;
+        for d in of_kind(&docs, "Deployment") {
+            let grace = d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_u64().expect("grace");
+            assert!(grace * 1000 > drain_ms, "{}: {grace} s grace for a {drain_ms} ms drain", d["metadata"]["name"]);
+        }
+    }
+}
