@@ -46,7 +46,7 @@ async fn the_fleet_runs_over_sasl_ssl_and_never_reveals_the_password() {
     let bad = wrong.start_stage("audit-enrich", "bad");
     let addr = http_addr(&bad);
     let start = Instant::now();
-    while !bad.log().to_lowercase().contains("authentication") && start.elapsed() < Duration::from_secs(30) {
+    while !bad.log().to_lowercase().contains("authentication") && start.elapsed() < Duration::from_secs(45) {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(bad.log().to_lowercase().contains("authentication"), "{}", bad.log());

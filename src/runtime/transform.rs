@@ -226,11 +226,14 @@ pub fn run_transform<S: TransformStage>(
     let producer: BaseProducer<DefaultProducerContext> = producer_config.create()?;
     let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
     loop {
-        match producer.init_transactions(Duration::from_secs(30)) {
+        // Short attempts: librdkafka's logs and errors (e.g. a failed authentication) are only
+        // delivered between calls, and shutdown is only noticed between them too.
+        match producer.init_transactions(Duration::from_secs(5)) {
             Ok(()) => break,
             Err(e) if is_fatal(&e) => return Err(RuntimeError::FatalKafka(e.to_string())),
             Err(e) => {
                 metrics.retries.with_label_values(&[name, "init_transactions"]).inc();
+                producer.poll(Duration::ZERO);
                 tracing::warn!(stage = name, error = %e, "init_transactions failed; retrying");
                 if shutdown.is_triggered() {
                     return Ok(());
