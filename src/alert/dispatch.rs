@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 
 use super::channels::{Channels, Delivery, DeliveryError};
-use super::render::Notice;
+use super::render::{Notice, RECORD_MAX_STRING};
 use super::retry::RetryPolicy;
 use super::settings::{AlertSettings, ChannelKind};
 use super::store::{self, AlertRow};
@@ -156,8 +156,8 @@ impl Alerting {
 
     async fn dispatch_one(&self, row: AlertRow, shutdown: &Shutdown) {
         let id = row.id.clone();
-        let record = row.to_record(Utc::now());
-        let record_json = match serde_json::to_vec(&record) {
+        let now = Utc::now();
+        let record_json = match serde_json::to_vec(&row.to_record(now, RECORD_MAX_STRING)) {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(stage = STAGE, alert = %id, error = %e, "alert record does not serialise");
@@ -173,7 +173,7 @@ impl Alerting {
                 return;
             }
         };
-        let notice = Notice::new(record, self.settings.max_field_chars);
+        let notice = Notice::new(row.to_record(now, usize::MAX), self.settings.max_field_chars);
         let (kinds, recipients) = self.route(&row.policy_id, notice.record.severity, &row.compliance);
 
         let mut failed: Vec<(String, String)> = Vec::new();
@@ -398,28 +398,30 @@ mod tests {
 
     #[test]
     fn routes_union_by_severity_and_tags() {
-        let mut s = AlertSettings::default();
-        s.routes = vec![
-            RouteConfig {
-                name: "sec".into(),
-                channels: vec![ChannelKind::Email],
-                recipients: vec!["security@company.com".into()],
-                ..RouteConfig::default()
-            },
-            RouteConfig {
-                name: "crit".into(),
-                severities: vec![Severity::Critical],
-                channels: vec![ChannelKind::Email, ChannelKind::Slack],
-                recipients: vec!["admin@company.com".into(), "security@company.com".into()],
-                ..RouteConfig::default()
-            },
-            RouteConfig {
-                name: "hipaa".into(),
-                tags: vec!["hipaa".into()],
-                channels: vec![ChannelKind::Webhook],
-                ..RouteConfig::default()
-            },
-        ];
+        let s = AlertSettings {
+            routes: vec![
+                RouteConfig {
+                    name: "sec".into(),
+                    channels: vec![ChannelKind::Email],
+                    recipients: vec!["security@company.com".into()],
+                    ..RouteConfig::default()
+                },
+                RouteConfig {
+                    name: "crit".into(),
+                    severities: vec![Severity::Critical],
+                    channels: vec![ChannelKind::Email, ChannelKind::Slack],
+                    recipients: vec!["admin@company.com".into(), "security@company.com".into()],
+                    ..RouteConfig::default()
+                },
+                RouteConfig {
+                    name: "hipaa".into(),
+                    tags: vec!["hipaa".into()],
+                    channels: vec![ChannelKind::Webhook],
+                    ..RouteConfig::default()
+                },
+            ],
+            ..AlertSettings::default()
+        };
         let all = |_| true;
         let (k, r) = route(&s, &[], Severity::High, &["SOX".into()], all);
         assert_eq!(k, vec![ChannelKind::Email]);

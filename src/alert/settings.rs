@@ -183,7 +183,7 @@ fn default_policies() -> Vec<PolicyConfig> {
 
 /// Where alerts go. A policy's alert uses every route it names (or all routes) whose own
 /// conditions hold; channels and recipients are the union of those routes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
@@ -194,18 +194,6 @@ pub struct RouteConfig {
     pub channels: Vec<ChannelKind>,
     /// E-mail recipients.
     pub recipients: Vec<String>,
-}
-
-impl Default for RouteConfig {
-    fn default() -> Self {
-        RouteConfig {
-            name: String::new(),
-            severities: Vec::new(),
-            tags: Vec::new(),
-            channels: Vec::new(),
-            recipients: Vec::new(),
-        }
-    }
 }
 
 fn default_routes() -> Vec<RouteConfig> {

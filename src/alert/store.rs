@@ -18,7 +18,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::policy::{alert_id, fingerprint, lock_key, PolicyHit};
-use super::render::{truncate_json, AlertRecord, RECORD_MAX_STRING, RECORD_SCHEMA_VERSION};
+use super::render::{truncate_json, AlertRecord, RECORD_SCHEMA_VERSION};
 use crate::rule_match::RuleMatch;
 
 /// A decoded rule match and the policies that selected it.
@@ -218,8 +218,10 @@ pub struct AlertRow {
 }
 
 impl AlertRow {
-    /// The record published and sent, as of `now`.
-    pub fn to_record(&self, now: DateTime<Utc>) -> AlertRecord {
+    /// The record as of `now`. `max_string` cuts long strings of the group key and trigger
+    /// (for records that are published); notifications render from the uncut record and cut
+    /// each field themselves, so they can say how long it was.
+    pub fn to_record(&self, now: DateTime<Utc>, max_string: usize) -> AlertRecord {
         AlertRecord {
             schema_version: RECORD_SCHEMA_VERSION,
             alert_id: Uuid::parse_str(&self.id).unwrap_or_default(),
@@ -229,7 +231,7 @@ impl AlertRow {
             rule_id: self.rule_id.clone(),
             rule_name: self.rule_name.clone(),
             severity: self.severity.parse().unwrap_or_default(),
-            group_key: serde_json::from_value(truncate_json(&self.group_key.0, RECORD_MAX_STRING)).unwrap_or_default(),
+            group_key: serde_json::from_value(truncate_json(&self.group_key.0, max_string)).unwrap_or_default(),
             window_start: self.window_start,
             window_end: self.window_end,
             first_seen: self.first_seen,
@@ -238,7 +240,7 @@ impl AlertRow {
             suppressed_count: i64::from(self.suppressed_count),
             evidence_event_ids: self.evidence_event_ids.clone(),
             compliance: self.compliance.clone(),
-            trigger: truncate_json(&self.trigger_match.0, RECORD_MAX_STRING),
+            trigger: truncate_json(&self.trigger_match.0, max_string),
             created_at: self.created_at,
             dispatched_at: now,
         }

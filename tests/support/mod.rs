@@ -113,11 +113,12 @@ impl TestEnv {
         Config::from_sources(None, &env).expect("test config is valid")
     }
 
-    /// Start a stage binary (`audit-enrich`, `audit-persist`) as instance `instance`.
+    /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-alert`) as instance `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
+            "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
             other => panic!("unknown stage binary {other}"),
         };
         let stage = binary.trim_start_matches("audit-");
