@@ -661,3 +661,112 @@ recipients = ["security@company.com"]
     assert!(stage.is_running(), "no crash");
     assert_eq!(stage.terminate().code(), Some(0));
 }
+
+/// A delivery that still fails when the retry budget is spent: recorded, dead-lettered with
+/// the reason, alert `failed`; security-alerts still has the alert.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_failing_past_its_budget_is_dead_lettered() {
+    let mut env = TestEnv::new("alert_dlq", 1).await;
+    let receiver = Receiver::start([("/down".to_string(), usize::MAX)].into()).await;
+    let config = write_config(
+        &env,
+        r#"
+[alert]
+group_wait_seconds = 1
+poll_interval_ms = 250
+
+[alert.retry]
+initial_backoff_ms = 300
+max_backoff_ms = 1000
+budget_seconds = 3
+
+[[alert.policies]]
+id = "immediate"
+name = "Immediate Rule Alerts"
+frequency = { count = 1, window_seconds = 60 }
+
+[[alert.routes]]
+name = "hooks"
+channels = ["webhook"]
+"#,
+    );
+    env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
+    env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/down")));
+    env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), "s".into()));
+    let stage = env.start_stage("audit-alert", "f1");
+    produce_matches(&env, &failed_logins("trudy", 1, "dlq"));
+
+    wait_until("status failed", Duration::from_secs(60), || async {
+        alerts(&env).await.first().is_some_and(|a| a.status == "failed")
+    })
+    .await;
+    let attempts = deliveries(&env, "webhook").await;
+    assert!(attempts.len() >= 3, "retried within the budget: {attempts:?}");
+    assert_eq!(attempts.last().map(|(_, o)| o.as_str()), Some("failed"));
+    assert_eq!(receiver.requests("/down").len(), attempts.len());
+
+    let dead = read_topic(&format!("{}.audit-alert-dlq", env.id), 1, Duration::from_secs(2));
+    assert_eq!(dead.len(), 1, "logs: {}", stage.log_path.display());
+    let d = &dead[0];
+    let id = alerts(&env).await[0].id.clone();
+    assert_eq!(d.key.as_deref(), Some(id.as_bytes()));
+    assert_eq!(d.headers["dlq.stage"], "alert");
+    assert_eq!(d.headers["dlq.error.kind"], "delivery_failed");
+    assert_eq!(d.headers["dlq.alert.channel"], "webhook");
+    assert!(d.headers["dlq.error.message"].contains("HTTP 500"), "{:?}", d.headers);
+    let record: serde_json::Value = serde_json::from_slice(&d.payload).expect("the alert record");
+    assert_eq!(record["alertId"], id.as_str());
+    assert_eq!(security_alerts(&env).len(), 1, "analysts still get the alert");
+}
+
+/// Two instances share the dispatching: every alert is sent once.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_instances_send_each_alert_once() {
+    let mut env = TestEnv::new("alert_two", 4).await;
+    let receiver = Receiver::start(HashMap::new()).await;
+    let config = write_config(
+        &env,
+        r#"
+[alert]
+group_wait_seconds = 1
+poll_interval_ms = 100
+
+[[alert.policies]]
+id = "immediate"
+name = "Immediate Rule Alerts"
+frequency = { count = 1, window_seconds = 60 }
+group_by = ["user_id"]
+
+[[alert.routes]]
+name = "hooks"
+channels = ["webhook"]
+"#,
+    );
+    env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
+    env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/hook")));
+    env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), "s".into()));
+    let _a = env.start_stage("audit-alert", "i1");
+    let _b = env.start_stage("audit-alert", "i2");
+    let users = 40;
+    let matches: Vec<RuleMatch> = (0..users).flat_map(|u| failed_logins(&format!("user{u}"), 2, "two")).collect();
+    produce_matches(&env, &matches);
+
+    wait_until("every alert dispatched", Duration::from_secs(90), || async {
+        let rows = alerts(&env).await;
+        rows.len() == users && rows.iter().all(|a| a.status == "dispatched")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut ids: Vec<String> = receiver
+        .requests("/hook")
+        .iter()
+        .map(|r| r.headers["x-auditflow-alert-id"].clone())
+        .collect();
+    ids.sort();
+    let n = ids.len();
+    ids.dedup();
+    assert_eq!((n, ids.len()), (users, users), "each alert delivered exactly once");
+    for a in alerts(&env).await {
+        assert_eq!((a.match_count, a.suppressed_count), (2, 1), "{a:?}");
+    }
+}
