@@ -129,6 +129,21 @@ mod tests {
     }
 
     #[test]
+    fn every_tls_mode_builds_a_transport() {
+        for (tls, port) in [(SmtpTls::None, 25), (SmtpTls::Starttls, 587), (SmtpTls::Tls, 465)] {
+            let c = EmailConfig {
+                host: Some("smtp.example.com".into()),
+                tls,
+                username: Some("alerts".into()),
+                password: Some(crate::alert::settings::Secret("pw".into())),
+                ..EmailConfig::default()
+            };
+            assert_eq!(c.port(), port);
+            assert!(EmailChannel::new(&c).is_ok(), "{tls:?}");
+        }
+    }
+
+    #[test]
     fn hundred_kilobyte_fields_make_a_bounded_message() {
         let mut ev = event(&"u".repeat(100 * 1024), "login", false);
         ev.error_message = Some("e".repeat(100 * 1024));
