@@ -1,11 +1,16 @@
-//! `audit-persist`: audit-enriched → PostgreSQL audit_events, offsets in the same transaction.
+//! `audit-persist`: audit-enriched → PostgreSQL audit_events as a tamper-evident ledger, with
+//! personal fields sealed per subject and offsets in the same transaction.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
+use auditflow::ledger::LedgerSigner;
+use auditflow::privacy::SecretKey;
+use auditflow::runtime::kafka::{base_client_config, DeliveryTracker};
 use auditflow::runtime::{process, run_sink};
-use auditflow::stages::persist::PersistStage;
+use auditflow::stages::persist::{PersistSettings, PersistStage};
 
 #[derive(Parser)]
 #[command(version, about = "auditflow persist stage: audit-enriched → PostgreSQL")]
@@ -19,14 +24,26 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let p = process::start("persist", args.config).await?;
+    let keys = p.config.privacy.keys()?;
+    let seed = p.config.ledger.signing_key.as_deref().ok_or_else(|| {
+        auditflow::error::ConfigError::new("AUDITFLOW_SIGNING_KEY", "required (generate with `auditflow keys generate`)")
+    })?;
+    let signer = LedgerSigner::new(&SecretKey::parse("AUDITFLOW_SIGNING_KEY", seed)?);
     let pool = auditflow::db::connect(&p.config.database, 30).await?;
     auditflow::db::check_schema(&pool).await.map_err(anyhow::Error::msg)?;
+    let mut producer_config = base_client_config(&p.config);
+    producer_config.set("enable.idempotence", "true");
+    let checkpoint_producer = producer_config.create_with_context(DeliveryTracker::default())?;
     let handle = tokio::runtime::Handle::current();
-    let stage = PersistStage::new(
-        pool,
-        p.config.topics.enriched.name.clone(),
-        p.config.group_id("persist"),
-        handle.clone(),
-    );
+    let settings = PersistSettings {
+        input_topic: p.config.topics.enriched.name.clone(),
+        group_id: p.config.group_id("persist"),
+        keys,
+        personal_fields: p.config.privacy.personal_fields.clone(),
+        signer,
+        checkpoint_interval: Duration::from_secs(p.config.ledger.checkpoint_interval_secs),
+        checkpoint_topic: p.config.topics.checkpoints.name.clone(),
+    };
+    let stage = PersistStage::new(pool, settings, handle.clone(), Some(checkpoint_producer));
     process::run_blocking(move || run_sink(&p.config, stage, p.metrics, p.health, p.shutdown, handle)).await
 }

@@ -33,6 +33,60 @@ enum Command {
     },
     /// Apply the database migrations.
     Migrate,
+    /// Print fresh keys (master, pseudonym, ledger signing) as environment lines.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Verify the hash chains of audit_events against the signed checkpoints.
+    Verify {
+        /// Only chains of months from this time on (RFC 3339).
+        #[arg(long)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only chains of months before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// GDPR erasure: destroy a subject's data keys (crypto-shredding) and record a signed receipt.
+    Erase {
+        /// The subject: a user id (or an IP address / session id with --kind).
+        #[arg(long)]
+        subject: String,
+        /// Why (recorded in the signed receipt).
+        #[arg(long)]
+        reason: String,
+        #[arg(long, default_value = "user")]
+        kind: auditflow::privacy::SubjectKind,
+    },
+    /// Data-subject access request: every event about a subject, decrypted, as JSON.
+    Export {
+        #[arg(long)]
+        subject: String,
+        #[arg(long, default_value = "user")]
+        kind: auditflow::privacy::SubjectKind,
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Inspect dead letters and send chosen ones back to their source topic.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Consumer lag per stage and partition (sink stages: against their stored offsets).
+    Lag,
+    /// Move a stopped stage's position to a point in time (its offsets, wherever it keeps them).
+    Replay {
+        /// enrich, persist, rules, alert or compliance.
+        #[arg(long)]
+        stage: String,
+        /// RFC 3339 time; the stage restarts at the first message at or after it.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+    },
     /// Demo producer: send a realistic mix of events (logins, failures, admin actions, exports).
     Demo {
         /// How many events to send.
@@ -45,6 +99,40 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters with their reasons.
+    List {
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Show one dead letter (PARTITION:OFFSET): headers and payload.
+    Show { position: String },
+    /// Send dead letters back to their source topic (each at most once).
+    Replay {
+        /// Only these (PARTITION:OFFSET, repeatable).
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// Say what would be sent, send nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Generate AUDITFLOW_MASTER_KEY, AUDITFLOW_PSEUDONYM_KEY and AUDITFLOW_SIGNING_KEY.
+    Generate,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +217,10 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
+        Err(e) if e.downcast_ref::<LedgerBroken>().is_some() => {
+            eprintln!("error: {e}");
+            ExitCode::from(3)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -173,6 +265,66 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             })
             .await?
         }
+        Command::Keys { command: KeysCommand::Generate } => {
+            use auditflow::privacy::SecretKey;
+            let signing = SecretKey::generate();
+            let public = auditflow::ledger::LedgerSigner::new(&signing).verifying_key();
+            println!("AUDITFLOW_MASTER_KEY={}", SecretKey::generate().to_base64());
+            println!("AUDITFLOW_PSEUDONYM_KEY={}", SecretKey::generate().to_base64());
+            println!("AUDITFLOW_SIGNING_KEY={}", signing.to_base64());
+            println!("AUDITFLOW_VERIFY_KEY={}", SecretKey(public.to_bytes()).to_base64());
+            Ok(())
+        }
+        Command::Verify { from, to, json } => run_verify(&config, from, to, json).await,
+        Command::Erase { subject, reason, kind } => {
+            let keys = config.privacy.keys()?;
+            let signer = signer(&config)?;
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            match auditflow::cli::privacy::erase(&pool, &keys, &signer, kind, &subject, &reason).await {
+                Ok(r) => {
+                    println!("erased: {} data key(s) destroyed, {} stored event(s) now unreadable", r.keys_destroyed, r.events_affected);
+                    println!("receipt {} signed by {}: {}", r.id, signer.key_id, r.statement);
+                    Ok(())
+                }
+                Err(auditflow::cli::privacy::EraseError::LegalHold(reason)) => {
+                    Err(InputError(format!("refused: the subject is under legal hold ({reason}); release the hold first")).into())
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Export { subject, kind, output } => {
+            let keys = config.privacy.keys()?;
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            let events = auditflow::cli::privacy::export(&pool, &keys, kind, &subject).await?;
+            let text = serde_json::to_string_pretty(&events)?;
+            match output {
+                Some(path) => std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?,
+                None => println!("{text}"),
+            }
+            eprintln!("{} event(s) about the subject", events.len());
+            Ok(())
+        }
+        Command::Dlq { command } => run_dlq(command, &config).await,
+        Command::Lag => {
+            let pool = auditflow::db::connect(&config.database, 1).await.ok();
+            let rows = auditflow::cli::ops::lag(&config, pool.as_ref()).await?;
+            println!("{:<11} {:<28} {:>9} {:>12} {:>12} {:>10}", "STAGE", "TOPIC", "PARTITION", "POSITION", "END", "LAG");
+            for r in rows {
+                let pos = r.committed.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+                println!("{:<11} {:<28} {:>9} {:>12} {:>12} {:>10}", r.stage, r.topic, r.partition, pos, r.end, r.lag);
+            }
+            Ok(())
+        }
+        Command::Replay { stage, from } => {
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            let moved = auditflow::cli::ops::rewind_stage(&config, &pool, &stage, from)
+                .await
+                .map_err(|e| InputError(e.to_string()))?;
+            for (partition, offset) in moved {
+                println!("{stage}: partition {partition} restarts at offset {offset}");
+            }
+            Ok(())
+        }
         Command::Migrate => {
             let pool = auditflow::db::connect(&config.database, 20).await.context("connecting to PostgreSQL")?;
             auditflow::db::MIGRATOR.run(&pool).await.context("applying migrations")?;
@@ -211,6 +363,136 @@ async fn run_emit(args: EmitArgs, config: Config) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+async fn run_dlq(command: DlqCommand, config: &Config) -> anyhow::Result<()> {
+    use auditflow::runtime::dlq;
+    let cfg = config.clone();
+    let letters = tokio::task::spawn_blocking(move || auditflow::cli::ops::read_all(&cfg, &cfg.topics.dlq.name)).await??;
+    match command {
+        DlqCommand::List { stage, kind, limit } => {
+            let chosen = auditflow::cli::ops::select(&letters, stage.as_deref(), kind.as_deref(), &[]);
+            println!("{:<12} {:<10} {:<20} {:<36} MESSAGE", "POSITION", "STAGE", "KIND", "SOURCE");
+            for d in chosen.iter().take(limit) {
+                let source = format!(
+                    "{}/{}:{}",
+                    d.header(dlq::H_SOURCE_TOPIC).unwrap_or("?"),
+                    d.header(dlq::H_SOURCE_PARTITION).unwrap_or("?"),
+                    d.header(dlq::H_SOURCE_OFFSET).unwrap_or("?")
+                );
+                let message: String = d.header(dlq::H_ERROR_MESSAGE).unwrap_or("").chars().take(80).collect();
+                println!(
+                    "{:<12} {:<10} {:<20} {:<36} {}",
+                    d.position(),
+                    d.header(dlq::H_STAGE).unwrap_or("?"),
+                    d.header(dlq::H_ERROR_KIND).unwrap_or("?"),
+                    source,
+                    message.replace(['\n', '\r'], " ")
+                );
+            }
+            println!("{} of {} dead letter(s) shown", chosen.len().min(limit), chosen.len());
+            Ok(())
+        }
+        DlqCommand::Show { position } => {
+            let d = letters
+                .iter()
+                .find(|d| d.position() == position)
+                .ok_or_else(|| InputError(format!("no dead letter at {position} (expected PARTITION:OFFSET)")))?;
+            for (k, v) in &d.headers {
+                println!("{k}: {v}");
+            }
+            println!();
+            println!("{}", String::from_utf8_lossy(&d.payload));
+            Ok(())
+        }
+        DlqCommand::Replay { ids, stage, kind, dry_run } => {
+            let chosen = auditflow::cli::ops::select(&letters, stage.as_deref(), kind.as_deref(), &ids);
+            if chosen.is_empty() {
+                return Err(InputError("no dead letter matches; see `auditflow dlq list`".into()).into());
+            }
+            let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+            let o = auditflow::cli::ops::replay(config, &pool, &chosen, dry_run).await?;
+            println!(
+                "{} {} replayed, {} already replayed before, {} not replayable (truncated or without source)",
+                o.replayed,
+                if dry_run { "would be" } else { "" },
+                o.already_replayed,
+                o.not_replayable
+            );
+            Ok(())
+        }
+    }
+}
+
+fn signer(config: &Config) -> anyhow::Result<auditflow::ledger::LedgerSigner> {
+    let seed = config.ledger.signing_key.as_deref().ok_or_else(|| {
+        auditflow::error::ConfigError::new("AUDITFLOW_SIGNING_KEY", "required (generate with `auditflow keys generate`)")
+    })?;
+    Ok(auditflow::ledger::LedgerSigner::new(&auditflow::privacy::SecretKey::parse("AUDITFLOW_SIGNING_KEY", seed)?))
+}
+
+async fn run_verify(
+    config: &Config,
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let key = match &config.ledger.verify_key {
+        Some(text) => auditflow::ledger::verifying_key_from_text(text)
+            .ok_or_else(|| auditflow::error::ConfigError::new("AUDITFLOW_VERIFY_KEY", "not a valid Ed25519 public key"))?,
+        None => signer(config)?.verifying_key(),
+    };
+    let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+    let bar = (!json && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::new_spinner);
+    let report = auditflow::cli::ledger::verify(&pool, &key, from, to, |chain| {
+        if let Some(b) = &bar {
+            b.set_message(format!("verifying {chain}"));
+            b.tick();
+        }
+    })
+    .await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if json {
+        let breaks: Vec<serde_json::Value> = report
+            .breaks
+            .iter()
+            .map(|b| serde_json::json!({"chain": b.chain_id, "seq": b.seq, "kind": b.kind.as_str(), "eventId": b.event_id, "detail": b.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": report.breaks.is_empty(), "chains": report.chains_verified, "rows": report.rows_verified,
+                "checkpoints": report.checkpoints_checked, "retiredChains": report.chains_retired, "breaks": breaks
+            })
+        );
+    } else {
+        println!(
+            "{} chain(s), {} row(s), {} checkpoint(s) verified; {} chain(s) retired by retention",
+            report.chains_verified, report.rows_verified, report.checkpoints_checked, report.chains_retired
+        );
+        for b in &report.breaks {
+            println!(
+                "BROKEN {} at seq {}: {} ({}){}",
+                b.chain_id,
+                b.seq,
+                b.kind.as_str(),
+                b.detail,
+                b.event_id.as_deref().map(|e| format!(", event {e}")).unwrap_or_default()
+            );
+        }
+    }
+    if report.breaks.is_empty() {
+        Ok(())
+    } else {
+        Err(LedgerBroken(report.breaks.len()).into())
+    }
+}
+
+/// The ledger failed verification: exit code 3, distinct from input (2) and other errors (1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} chain(s) failed verification")]
+struct LedgerBroken(usize);
 
 fn single_event(args: &EmitArgs, enrich: &auditflow::enrich::EnrichConfig) -> Result<RawEvent, InputError> {
     let metadata = match &args.metadata {

@@ -27,8 +27,84 @@ pub struct Config {
     pub http: HttpConfig,
     pub stage: StageConfig,
     pub enrich: EnrichSettings,
+    pub privacy: PrivacySettings,
+    pub ledger: LedgerSettings,
     pub alert: crate::alert::AlertSettings,
     pub log: LogConfig,
+}
+
+/// Crypto-shredding: which fields are personal and the keys protecting them.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrivacySettings {
+    /// Wraps every subject's data key (base64 or hex, 32 bytes). `AUDITFLOW_MASTER_KEY`.
+    pub master_key: Option<String>,
+    /// Keys the searchable pseudonyms (HMAC-SHA256). `AUDITFLOW_PSEUDONYM_KEY`.
+    pub pseudonym_key: Option<String>,
+    /// Fields stored only encrypted. `AUDITFLOW_PERSONAL_FIELDS=user_id,ip_address,…`.
+    pub personal_fields: Vec<crate::privacy::PersonalField>,
+}
+
+impl Default for PrivacySettings {
+    fn default() -> Self {
+        PrivacySettings { master_key: None, pseudonym_key: None, personal_fields: crate::privacy::PersonalField::ALL.to_vec() }
+    }
+}
+
+impl fmt::Debug for PrivacySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PrivacySettings")
+            .field("master_key", &self.master_key.as_ref().map(|_| "<redacted>"))
+            .field("pseudonym_key", &self.pseudonym_key.as_ref().map(|_| "<redacted>"))
+            .field("personal_fields", &self.personal_fields)
+            .finish()
+    }
+}
+
+impl PrivacySettings {
+    /// Both keys, or a configuration error naming the missing one.
+    pub fn keys(&self) -> Result<crate::privacy::PrivacyKeys, ConfigError> {
+        let master = self
+            .master_key
+            .as_deref()
+            .ok_or_else(|| ConfigError::new("AUDITFLOW_MASTER_KEY", "required (generate with `auditflow keys generate`)"))?;
+        let pseudonym = self.pseudonym_key.as_deref().ok_or_else(|| {
+            ConfigError::new("AUDITFLOW_PSEUDONYM_KEY", "required (generate with `auditflow keys generate`)")
+        })?;
+        Ok(crate::privacy::PrivacyKeys {
+            master: crate::privacy::SecretKey::parse("AUDITFLOW_MASTER_KEY", master)?,
+            pseudonym: crate::privacy::SecretKey::parse("AUDITFLOW_PSEUDONYM_KEY", pseudonym)?,
+        })
+    }
+}
+
+/// Tamper evidence: the key that signs ledger checkpoints and how often.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Ed25519 secret seed (base64 or hex, 32 bytes). `AUDITFLOW_SIGNING_KEY`.
+    pub signing_key: Option<String>,
+    /// Ed25519 public key for `auditflow verify` when the secret is not at hand.
+    /// `AUDITFLOW_VERIFY_KEY`.
+    pub verify_key: Option<String>,
+    /// A signed checkpoint of every chain that moved is written at most this often.
+    pub checkpoint_interval_secs: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings { signing_key: None, verify_key: None, checkpoint_interval_secs: 10 }
+    }
+}
+
+impl fmt::Debug for LedgerSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LedgerSettings")
+            .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
+            .field("verify_key", &self.verify_key)
+            .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
+            .finish()
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -111,6 +187,10 @@ pub struct TopicsConfig {
     pub security_alerts: TopicSpec,
     /// Alert deliveries that still failed after every retry.
     pub alert_dlq: TopicSpec,
+    /// Compliance records (framework, control, event) for downstream GRC tools (JSON).
+    pub compliance_events: TopicSpec,
+    /// Signed ledger checkpoints, so they can be kept outside the database (JSON).
+    pub checkpoints: TopicSpec,
 }
 
 impl Default for TopicsConfig {
@@ -150,6 +230,14 @@ impl Default for TopicsConfig {
                 retention_ms: 30 * DAY_MS,
                 ..TopicSpec::default()
             },
+            compliance_events: TopicSpec { name: "compliance-events".into(), ..TopicSpec::default() },
+            // Checkpoints are tiny and are the external anchor of the ledger: keep them forever.
+            checkpoints: TopicSpec {
+                name: "audit-checkpoints".into(),
+                partitions: 1,
+                retention_ms: -1,
+                ..TopicSpec::default()
+            },
         }
     }
 }
@@ -164,6 +252,8 @@ impl TopicsConfig {
             &self.security_actions,
             &self.security_alerts,
             &self.alert_dlq,
+            &self.compliance_events,
+            &self.checkpoints,
         ]
     }
 }
@@ -239,8 +329,10 @@ impl Default for HttpConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StageConfig {
-    /// Consumer group; defaults to `auditflow-<stage>`.
+    /// Consumer group of this process; defaults to `<group_prefix>-<stage>`.
     pub group_id: Option<String>,
+    /// Prefix of every stage's consumer group (operator commands use it to find them all).
+    pub group_prefix: String,
     /// Distinguishes instances of one stage (transactional ids, logs). Defaults to host name + pid.
     pub instance_id: Option<String>,
     /// A batch closes at this many messages…
@@ -264,6 +356,7 @@ impl Default for StageConfig {
     fn default() -> Self {
         StageConfig {
             group_id: None,
+            group_prefix: "auditflow".into(),
             instance_id: None,
             batch_max_messages: 5000,
             batch_max_wait_ms: 100,
@@ -373,6 +466,8 @@ impl Config {
         set(env, "AUDITFLOW_TOPIC_SECURITY_ACTIONS", &mut self.topics.security_actions.name)?;
         set(env, "AUDITFLOW_TOPIC_SECURITY_ALERTS", &mut self.topics.security_alerts.name)?;
         set(env, "AUDITFLOW_TOPIC_ALERT_DLQ", &mut self.topics.alert_dlq.name)?;
+        set(env, "AUDITFLOW_TOPIC_COMPLIANCE_EVENTS", &mut self.topics.compliance_events.name)?;
+        set(env, "AUDITFLOW_TOPIC_CHECKPOINTS", &mut self.topics.checkpoints.name)?;
         set(env, "AUDITFLOW_REDIS_URL", &mut self.redis.url)?;
         if env.contains_key("AUDITFLOW_TOPIC_PARTITIONS") {
             let mut n = 0i32;
@@ -386,6 +481,7 @@ impl Config {
         set(env, "AUDITFLOW_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
         set(env, "AUDITFLOW_HTTP_LISTEN", &mut self.http.listen)?;
         set(env, "AUDITFLOW_HTTP_LIVENESS_TIMEOUT_SECS", &mut self.http.liveness_timeout_secs)?;
+        set(env, "AUDITFLOW_GROUP_PREFIX", &mut self.stage.group_prefix)?;
         if let Some(v) = env.get("AUDITFLOW_GROUP_ID") {
             self.stage.group_id = Some(v.clone());
         }
@@ -407,6 +503,30 @@ impl Config {
         set(env, "AUDITFLOW_COMPLIANCE_SOX", &mut self.enrich.compliance.sox.enabled)?;
         set(env, "AUDITFLOW_COMPLIANCE_HIPAA", &mut self.enrich.compliance.hipaa.enabled)?;
         set(env, "AUDITFLOW_COMPLIANCE_PCI", &mut self.enrich.compliance.pci.enabled)?;
+        if let Some(v) = env.get("AUDITFLOW_MASTER_KEY") {
+            self.privacy.master_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_PSEUDONYM_KEY") {
+            self.privacy.pseudonym_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_PERSONAL_FIELDS") {
+            self.privacy.personal_fields = v
+                .split(',')
+                .map(str::trim)
+                .filter(|f| !f.is_empty())
+                .map(|f| {
+                    serde_json::from_value(serde_json::Value::String(f.to_string()))
+                        .map_err(|_| ConfigError::new("AUDITFLOW_PERSONAL_FIELDS", format!("unknown field {f:?}")))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = env.get("AUDITFLOW_SIGNING_KEY") {
+            self.ledger.signing_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_VERIFY_KEY") {
+            self.ledger.verify_key = Some(v.clone());
+        }
+        set(env, "AUDITFLOW_CHECKPOINT_INTERVAL_SECS", &mut self.ledger.checkpoint_interval_secs)?;
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
         self.alert.apply_env(env)?;
@@ -482,6 +602,18 @@ impl Config {
                 return Err(ConfigError::new("AUDITFLOW_GEOIP_DB", format!("no such file: {}", path.display())));
             }
         }
+        if let Some(k) = &self.privacy.master_key {
+            crate::privacy::SecretKey::parse("AUDITFLOW_MASTER_KEY", k)?;
+        }
+        if let Some(k) = &self.privacy.pseudonym_key {
+            crate::privacy::SecretKey::parse("AUDITFLOW_PSEUDONYM_KEY", k)?;
+        }
+        if let Some(k) = &self.ledger.signing_key {
+            crate::privacy::SecretKey::parse("AUDITFLOW_SIGNING_KEY", k)?;
+        }
+        if self.ledger.checkpoint_interval_secs == 0 {
+            return Err(ConfigError::new("AUDITFLOW_CHECKPOINT_INTERVAL_SECS", "must be at least 1"));
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
         }
@@ -489,9 +621,9 @@ impl Config {
         Ok(())
     }
 
-    /// The consumer group of a stage: configured, or `auditflow-<stage>`.
+    /// The consumer group of a stage: configured, or `<group_prefix>-<stage>`.
     pub fn group_id(&self, stage: &str) -> String {
-        self.stage.group_id.clone().unwrap_or_else(|| format!("auditflow-{stage}"))
+        self.stage.group_id.clone().unwrap_or_else(|| format!("{}-{stage}", self.stage.group_prefix))
     }
 
     /// A name unique to this process among the instances of one stage.

@@ -28,7 +28,7 @@ impl EventMix {
     /// The next event. `id` is set so callers can follow it through the pipeline.
     pub fn next_event(&mut self) -> RawEvent {
         let r = self.next();
-        let user = format!("user{}", r % self.users);
+        let user = format!("emp{:05}", r % self.users);
         let ip = match (r >> 20) % 4 {
             0 => format!("10.{}.{}.{}", (r >> 8) % 256, (r >> 16) % 256, (r >> 24) % 254 + 1),
             1 => format!("192.168.{}.{}", (r >> 8) % 256, (r >> 16) % 254 + 1),
@@ -67,11 +67,11 @@ impl EventMix {
             6 | 7 => {
                 raw.action = Some("delete_user".into());
                 raw.resource = Some("user_management".into());
-                raw.resource_id = Some(format!("user{}", (r >> 9) % self.users));
+                raw.resource_id = Some(format!("emp{:05}", (r >> 9) % self.users));
                 raw.classification = Some("CONFIDENTIAL".into());
                 raw.severity = Some("MEDIUM".into());
                 raw.method = Some("DELETE".into());
-                raw.endpoint = Some(format!("/api/users/user{}", (r >> 9) % self.users));
+                raw.endpoint = Some(format!("/api/users/emp{:05}", (r >> 9) % self.users));
                 raw.status_code = Some(if failed { 403 } else { 200 });
                 raw.duration = Some(((r >> 11) % 900) as i64 + 20);
                 raw.metadata = Some(serde_json::json!({
@@ -96,7 +96,7 @@ impl EventMix {
                 raw.classification = Some("CONFIDENTIAL".into());
                 raw.severity = Some(if (r >> 3).is_multiple_of(20) { "CRITICAL" } else { "MEDIUM" }.into());
                 raw.metadata = Some(serde_json::json!({
-                    "role": "billing-admin", "granted_to": format!("user{}", (r >> 17) % self.users),
+                    "role": "billing-admin", "granted_to": format!("emp{:05}", (r >> 17) % self.users),
                     "expires_in_days": 30
                 }));
             }

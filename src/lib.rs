@@ -21,6 +21,8 @@ pub mod demo;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod ledger;
+pub mod privacy;
 pub mod rule_match;
 pub mod runtime;
 pub mod stages;

@@ -7,7 +7,6 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{Read, Write};
 use tokio::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,30 +34,6 @@ fn enriched_ids(env: &TestEnv) -> Vec<String> {
         .collect();
     v.sort();
     v
-}
-
-fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to stage http");
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok();
-    let status = body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, body)
-}
-
-fn http_addr(stage: &StageProcess) -> String {
-    let start = Instant::now();
-    loop {
-        let log = stage.log();
-        if let Some(i) = log.find("addr=") {
-            let rest = &log[i + 5..];
-            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-            return rest[..end].trim_matches('"').to_string();
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "stage never logged its http address:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -91,6 +66,28 @@ async fn ten_thousand_events_become_exactly_ten_thousand_rows() {
         assert!(body.contains("auditflow_batch_processing_seconds_bucket"), "{body}");
         assert_eq!(http_get(&addr, "/healthz").0, 200);
         assert_eq!(http_get(&addr, "/readyz").0, 200);
+    }
+    // Lag per partition, measured against the committed positions (stats every 5 s).
+    for (stage, name, topic) in [(&enrich, "enrich", &env.raw), (&persist, "persist", &env.enriched)] {
+        let addr = http_addr(stage);
+        let start = Instant::now();
+        let lag_lines = loop {
+            let (_, body) = http_get(&addr, "/metrics");
+            let lines: Vec<String> = body
+                .lines()
+                .filter(|l| l.starts_with("auditflow_consumer_lag{") && l.contains(&format!("stage=\"{name}\"")) && l.contains(topic.as_str()))
+                .map(str::to_string)
+                .collect();
+            if lines.len() == 3 || start.elapsed() > Duration::from_secs(20) {
+                break lines;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        assert_eq!(lag_lines.len(), 3, "a lag gauge per partition for {name}");
+        for l in &lag_lines {
+            let v: i64 = l.rsplit(' ').next().and_then(|v| v.parse().ok()).expect("gauge value");
+            assert!(v <= 1, "{name} caught up (a transaction marker may count 1): {l}");
+        }
     }
     let (_, metrics) = http_get(&http_addr(&persist), "/metrics");
     assert!(metrics.contains("auditflow_sunk_total{sink=\"postgres.audit_events\",stage=\"persist\"} 10000"), "{metrics}");
@@ -134,6 +131,8 @@ async fn kill_9_of_both_stages_mid_stream_loses_and_duplicates_nothing() {
     env.wait_for_rows(10_000, Duration::from_secs(180)).await;
     assert_eq!(kills, 8);
     assert_eq!(env.persisted_ids().await, ids(&events), "no gap, no duplicate");
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "hash chains intact across crashes: {report}");
     assert_eq!(enriched_ids(&env), ids(&events), "audit-enriched holds each event exactly once");
     drop((enrich, persist));
 }
@@ -171,6 +170,8 @@ async fn persist_scaled_one_to_three_to_one_under_load_writes_exactly_n_rows() {
     producer.join().expect("producer thread");
     env.wait_for_rows(n as i64, Duration::from_secs(180)).await;
     assert_eq!(env.persisted_ids().await, ids(&events));
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "hash chains intact across rebalances: {report}");
     let assigned_to_more_than_one: i64 = sqlx::query_scalar("SELECT count(*) FROM stage_offsets")
         .fetch_one(&env.pool)
         .await

@@ -129,13 +129,16 @@ impl ClientContext for StageContext {
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
-                if *partition < 0 || p.consumer_lag < 0 {
+                // Offsets are committed through producer transactions or stored in a sink, which
+                // the consumer's "committed" view never sees; the runtime stores each committed
+                // position locally, so lag is measured against that.
+                if *partition < 0 || p.consumer_lag_stored < 0 {
                     continue;
                 }
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[self.stage, topic, &partition.to_string()])
-                    .set(p.consumer_lag);
+                    .set(p.consumer_lag_stored);
             }
         }
     }
@@ -244,4 +247,14 @@ impl rdkafka::producer::ProducerContext for DeliveryTracker {
             }
         }
     }
+}
+
+/// Record committed positions in the consumer's local offset store (feeds the lag metric).
+pub fn store_committed(consumer: &BaseConsumer<StageContext>, positions: &[(String, i32, i64)]) {
+    let mut tpl = TopicPartitionList::with_capacity(positions.len());
+    for (topic, partition, next) in positions {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*next));
+    }
+    // A partition revoked meanwhile cannot be stored; its new owner reports it.
+    let _ = consumer.store_offsets(&tpl);
 }

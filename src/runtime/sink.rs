@@ -11,14 +11,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::dlq::dead_letter;
 use super::kafka::{consumer_config, subscribed_consumer, OffsetLoader, StageContext};
 use super::offsets::OffsetAdvance;
-use super::transform::{count_topic, send_with_backpressure, track_offset, BatchOffsets};
+use super::transform::{as_inputs, poll_batch, send_with_backpressure, BatchOffsets};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
 use crate::config::Config;
 use crate::error::Rejection;
@@ -56,6 +55,12 @@ pub trait SinkStage: Send + 'static {
     ) -> impl Future<Output = Result<WriteOutcome, SinkError>>;
     /// Blocking loader of stored offsets, called on partition assignment.
     fn offset_loader(&self) -> OffsetLoader;
+
+    /// Called about once a second when no batch is pending (e.g. to sign checkpoints of a
+    /// quiet stream). Errors are logged and retried at the next tick.
+    fn on_tick(&mut self) -> impl Future<Output = Result<(), SinkError>> {
+        async { Ok(()) }
+    }
 }
 
 /// Run a sink stage until `shutdown` trips. Call from a blocking thread; `handle` runs the
@@ -103,58 +108,31 @@ pub fn run_sink<S: SinkStage>(
     let mut dead: Vec<OutputRecord> = Vec::new();
     let mut offsets = BatchOffsets::default();
 
+    let mut last_tick = Instant::now();
     while !shutdown.is_triggered() {
         health.heartbeat();
+        if last_tick.elapsed() >= Duration::from_secs(1) {
+            last_tick = Instant::now();
+            if let Err(e) = handle.block_on(sink.on_tick()) {
+                metrics.retries.with_label_values(&[name, "tick"]).inc();
+                tracing::warn!(stage = name, error = %e, "sink tick failed; will try again");
+            }
+        }
         items.clear();
         dead.clear();
         offsets.clear();
         let generation = consumer.context().generation();
-        let mut consumed = 0usize;
         let mut last_rejection: Option<Rejection> = None;
-        let mut started: Option<Instant> = None;
         let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
-
-        while consumed < max_messages {
-            let timeout = match started {
-                Some(t) => match max_wait.checked_sub(t.elapsed()) {
-                    Some(left) => left,
-                    None => break,
-                },
-                None => Duration::from_millis(100),
-            };
-            match consumer.poll(timeout) {
-                None => {
-                    if started.is_none() {
-                        break;
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(stage = name, error = %e, "consume error");
-                    if started.is_none() {
-                        break;
-                    }
-                }
-                Some(Ok(m)) => {
-                    started.get_or_insert_with(Instant::now);
-                    consumed += 1;
-                    let input = InputMessage {
-                        topic: m.topic(),
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        timestamp_ms: m.timestamp().to_millis(),
-                        key: m.key(),
-                        payload: m.payload().unwrap_or(&[]),
-                    };
-                    track_offset(&mut offsets, input.topic, input.partition, input.offset);
-                    count_topic(&mut consumed_per_topic, input.topic);
-                    match sink.decode(&input) {
-                        Ok(item) => items.push(item),
-                        Err(rejection) => {
-                            metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
-                            dead.push(dead_letter(&dlq_topic, name, &input, &rejection));
-                            last_rejection = Some(rejection);
-                        }
-                    }
+        let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
+        let consumed = messages.len();
+        for input in as_inputs(&messages, &mut offsets, &mut consumed_per_topic) {
+            match sink.decode(&input) {
+                Ok(item) => items.push(item),
+                Err(rejection) => {
+                    metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
+                    dead.push(dead_letter(&dlq_topic, name, &input, &rejection));
+                    last_rejection = Some(rejection);
                 }
             }
         }
@@ -216,6 +194,9 @@ pub fn run_sink<S: SinkStage>(
                     tracing::debug!(stage = name, error = %e, "informational offset commit failed");
                 }
                 metrics.commits.with_label_values(&[name, "committed"]).inc();
+                let positions: Vec<(String, i32, i64)> =
+                    advances.iter().map(|a| (a.topic.clone(), a.partition, a.next)).collect();
+                super::kafka::store_committed(&consumer, &positions);
                 for (topic, n) in &consumed_per_topic {
                     metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
                 }

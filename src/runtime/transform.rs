@@ -111,6 +111,68 @@ impl BatchOffsets {
     }
 }
 
+/// Poll until the batch is full or `max_wait` has passed since its first message. Returns
+/// no start time when nothing arrived within 100 ms (the caller then checks for shutdown).
+pub(crate) fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
+    consumer: &'c BaseConsumer<C>,
+    stage: &str,
+    max_messages: usize,
+    max_wait: Duration,
+) -> (Vec<BorrowedMessage<'c>>, Option<Instant>) {
+    let mut messages = Vec::with_capacity(max_messages);
+    let mut started: Option<Instant> = None;
+    while messages.len() < max_messages {
+        let timeout = match started {
+            Some(t) => match max_wait.checked_sub(t.elapsed()) {
+                Some(left) => left,
+                None => break,
+            },
+            None => Duration::from_millis(100),
+        };
+        match consumer.poll(timeout) {
+            None => {
+                if started.is_none() {
+                    break;
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(stage, error = %e, "consume error");
+                if started.is_none() {
+                    break;
+                }
+            }
+            Some(Ok(m)) => {
+                started.get_or_insert_with(Instant::now);
+                messages.push(m);
+            }
+        }
+    }
+    (messages, started)
+}
+
+/// The stage's view of a batch, noting each partition's offset range and per-topic counts.
+pub(crate) fn as_inputs<'m>(
+    messages: &'m [BorrowedMessage<'_>],
+    offsets: &mut BatchOffsets,
+    consumed_per_topic: &mut Vec<(String, u64)>,
+) -> Vec<InputMessage<'m>> {
+    messages
+        .iter()
+        .map(|m| {
+            track_offset(offsets, m.topic(), m.partition(), m.offset());
+            count_topic(consumed_per_topic, m.topic());
+            InputMessage {
+                topic: m.topic(),
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp_ms: m.timestamp().to_millis(),
+                key: m.key(),
+                payload: m.payload().unwrap_or(&[]),
+            }
+        })
+        .collect()
+}
+
 /// Per-topic message count without allocating per message (batches have one or two topics).
 pub(crate) fn count_topic(counts: &mut Vec<(String, u64)>, topic: &str) {
     match counts.iter_mut().find(|(t, _)| t == topic) {
@@ -196,53 +258,11 @@ pub fn run_transform<S: TransformStage>(
         output.clear();
         offsets.clear();
         let generation = consumer.context().generation();
-        let mut messages: Vec<BorrowedMessage<'_>> = Vec::with_capacity(max_messages);
-        let mut started: Option<Instant> = None;
-
-        while messages.len() < max_messages {
-            let timeout = match started {
-                Some(t) => match max_wait.checked_sub(t.elapsed()) {
-                    Some(left) => left,
-                    None => break,
-                },
-                None => Duration::from_millis(100),
-            };
-            match consumer.poll(timeout) {
-                None => {
-                    if started.is_none() {
-                        break; // idle: go round the outer loop to check shutdown and heartbeat
-                    }
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(stage = name, error = %e, "consume error");
-                    if started.is_none() {
-                        break;
-                    }
-                }
-                Some(Ok(m)) => {
-                    started.get_or_insert_with(Instant::now);
-                    messages.push(m);
-                }
-            }
-        }
+        let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
         let Some(started) = started else { continue };
         let consumed = messages.len();
         let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
-        let inputs: Vec<InputMessage<'_>> = messages
-            .iter()
-            .map(|m| {
-                track_offset(&mut offsets, m.topic(), m.partition(), m.offset());
-                count_topic(&mut consumed_per_topic, m.topic());
-                InputMessage {
-                    topic: m.topic(),
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp_ms: m.timestamp().to_millis(),
-                    key: m.key(),
-                    payload: m.payload().unwrap_or(&[]),
-                }
-            })
-            .collect();
+        let inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
 
         // Transient failures (Redis, database) retry the same batch; nothing is committed.
         let mut processed = false;
@@ -288,6 +308,9 @@ pub fn run_transform<S: TransformStage>(
             Ok(()) => {
                 backoff.reset();
                 metrics.commits.with_label_values(&[name, "committed"]).inc();
+                let positions: Vec<(String, i32, i64)> =
+                    offsets.iter().map(|(t, p, r)| (t.to_string(), p, r.last + 1)).collect();
+                super::kafka::store_committed(&consumer, &positions);
                 for (topic, n) in &consumed_per_topic {
                     metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
                 }

@@ -1,37 +1,71 @@
-//! `audit-persist`: `audit-enriched` → PostgreSQL `audit_events`.
+//! `audit-persist`: `audit-enriched` → PostgreSQL `audit_events`, as a tamper-evident ledger.
 //!
-//! One multi-row `INSERT … SELECT FROM UNNEST(arrays)` per batch (a single round trip, no row
-//! by row), `ON CONFLICT DO NOTHING` on the event id, and the consumed offsets advanced in the
-//! same transaction.
+//! Per batch, in one transaction: personal fields sealed under each subject's data key,
+//! every row linked into its hash chain (one chain per source partition and event month),
+//! one multi-row `INSERT … SELECT FROM UNNEST(arrays)` (no row-by-row writes), the chain heads
+//! and the consumed offsets advanced. Signed checkpoints of the chains this instance writes
+//! are recorded at most every `checkpoint_interval_secs` and published to `audit-checkpoints`
+//! after commit (an outbox: unpublished ones are retried).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
-use sqlx::PgPool;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::codec::decode_enriched;
 use crate::error::Rejection;
 use crate::event::EnrichedEvent;
-use crate::runtime::kafka::OffsetLoader;
+use crate::ledger::{self, Checkpoint, Hash, LedgerSigner, StoredRow};
+use crate::privacy::{self, PersonalField, PersonalFields, PrivacyKeys, SecretKey, SubjectKind};
+use crate::runtime::kafka::{DeliveryTracker, OffsetLoader};
 use crate::runtime::offsets::{self, Advance, OffsetAdvance};
 use crate::runtime::{InputMessage, SinkError, SinkStage, WriteOutcome};
 
+/// Everything the persist stage needs besides the database.
+pub struct PersistSettings {
+    pub input_topic: String,
+    pub group_id: String,
+    pub keys: PrivacyKeys,
+    pub personal_fields: Vec<PersonalField>,
+    pub signer: LedgerSigner,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_topic: String,
+}
+
 pub struct PersistStage {
     pool: PgPool,
-    input_topic: String,
-    group_id: String,
+    settings: PersistSettings,
     handle: tokio::runtime::Handle,
+    checkpoint_producer: Option<BaseProducer<DeliveryTracker>>,
     /// Month partitions known to exist, so the DDL check runs once per month per process.
     known_months: HashSet<(i32, u32)>,
+    /// Chains this instance has written since its last checkpoint.
+    dirty_chains: HashSet<String>,
+    last_checkpoint: Instant,
 }
 
 impl PersistStage {
-    pub fn new(pool: PgPool, input_topic: String, group_id: String, handle: tokio::runtime::Handle) -> PersistStage {
-        PersistStage { pool, input_topic, group_id, handle, known_months: HashSet::new() }
+    pub fn new(
+        pool: PgPool,
+        settings: PersistSettings,
+        handle: tokio::runtime::Handle,
+        checkpoint_producer: Option<BaseProducer<DeliveryTracker>>,
+    ) -> PersistStage {
+        PersistStage {
+            pool,
+            settings,
+            handle,
+            checkpoint_producer,
+            known_months: HashSet::new(),
+            dirty_chains: HashSet::new(),
+            last_checkpoint: Instant::now(),
+        }
     }
 
-    async fn ensure_months(&mut self, items: &[EnrichedEvent]) -> Result<(), sqlx::Error> {
+    async fn ensure_months(&mut self, items: &[&EnrichedEvent]) -> Result<(), sqlx::Error> {
         let mut missing: Vec<DateTime<Utc>> = Vec::new();
         for ev in items {
             let month = (ev.timestamp.year(), ev.timestamp.month());
@@ -46,43 +80,177 @@ impl PersistStage {
         Ok(())
     }
 
-    async fn write_batch(&mut self, items: &[EnrichedEvent], advances: &[OffsetAdvance]) -> Result<WriteOutcome, sqlx::Error> {
-        self.ensure_months(items).await?;
-        let mut tx = self.pool.begin().await?;
-        if !items.is_empty() {
-            let cols = Columns::from_events(items);
-            sqlx::query(INSERT_SQL)
-                .bind(&cols.id)
-                .bind(&cols.timestamp)
-                .bind(&cols.user_id)
-                .bind(&cols.session_id)
-                .bind(&cols.action)
-                .bind(&cols.resource)
-                .bind(&cols.resource_id)
-                .bind(&cols.method)
-                .bind(&cols.endpoint)
-                .bind(&cols.status_code)
-                .bind(&cols.user_agent)
-                .bind(&cols.ip_address)
-                .bind(&cols.location)
-                .bind(&cols.ip_facts)
-                .bind(&cols.classification)
-                .bind(&cols.severity)
-                .bind(&cols.metadata)
-                .bind(&cols.success)
-                .bind(&cols.error_message)
-                .bind(&cols.duration)
-                .bind(&cols.compliance)
-                .bind(&cols.source_topic)
-                .bind(&cols.source_partition)
-                .bind(&cols.source_offset)
-                .bind(&cols.enriched_at)
-                .execute(&mut *tx)
-                .await?;
+    /// Events of the batch not stored yet (an upstream duplicate id is stored once).
+    async fn new_events<'a>(&self, items: &'a [EnrichedEvent]) -> Result<Vec<&'a EnrichedEvent>, sqlx::Error> {
+        let mut seen: HashSet<(&str, DateTime<Utc>)> = HashSet::with_capacity(items.len());
+        let unique: Vec<&EnrichedEvent> = items.iter().filter(|e| seen.insert((e.id.as_str(), e.timestamp))).collect();
+        let ids: Vec<&str> = unique.iter().map(|e| e.id.as_str()).collect();
+        let times: Vec<DateTime<Utc>> = unique.iter().map(|e| e.timestamp).collect();
+        let existing: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+            r#"SELECT a.id, a."timestamp" FROM audit_events a
+                 JOIN UNNEST($1::text[], $2::timestamptz[]) AS b(id, ts) ON a.id = b.id AND a."timestamp" = b.ts"#,
+        )
+        .bind(&ids)
+        .bind(&times)
+        .fetch_all(&self.pool)
+        .await?;
+        if existing.is_empty() {
+            return Ok(unique);
         }
-        match offsets::advance(&mut tx, &self.group_id, advances).await? {
+        let existing: HashSet<(String, DateTime<Utc>)> = existing.into_iter().collect();
+        Ok(unique.into_iter().filter(|e| !existing.contains(&(e.id.clone(), e.timestamp))).collect())
+    }
+
+    /// The current data key of every subject, creating keys for new (or erased) subjects.
+    async fn subject_keys(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        subjects: &HashMap<String, SubjectKind>,
+    ) -> Result<HashMap<String, (i32, SecretKey)>, sqlx::Error> {
+        let pseudonyms: Vec<&str> = subjects.keys().map(String::as_str).collect();
+        let mut keys = self.load_keys(tx, &pseudonyms).await?;
+        let missing: Vec<(&str, i32)> = pseudonyms
+            .iter()
+            .filter_map(|p| match keys.get(*p) {
+                Some((_, Some(_))) => None,
+                Some((generation, None)) => Some((*p, generation + 1)),
+                None => Some((*p, 1)),
+            })
+            .collect();
+        if !missing.is_empty() {
+            let mut names = Vec::with_capacity(missing.len());
+            let mut generations = Vec::with_capacity(missing.len());
+            let mut kinds = Vec::with_capacity(missing.len());
+            let mut wrapped = Vec::with_capacity(missing.len());
+            for (p, generation) in &missing {
+                let (_, w) = self.settings.keys.new_data_key(p);
+                names.push(*p);
+                generations.push(*generation);
+                kinds.push(subjects.get(*p).map(|k| k.as_str()).unwrap_or("user"));
+                wrapped.push(w);
+            }
+            // A concurrent instance may create the same key first; its key wins, ours is dropped.
+            sqlx::query(
+                "INSERT INTO subject_keys (subject_pseudonym, generation, subject_kind, wrapped_key)
+                 SELECT * FROM UNNEST($1::text[], $2::int[], $3::text[], $4::bytea[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&names)
+            .bind(&generations)
+            .bind(&kinds)
+            .bind(&wrapped)
+            .execute(&mut **tx)
+            .await?;
+            keys = self.load_keys(tx, &pseudonyms).await?;
+        }
+        let mut out = HashMap::with_capacity(keys.len());
+        for (p, (generation, wrapped)) in keys {
+            if let Some(w) = wrapped {
+                match self.settings.keys.unwrap_data_key(&p, &w) {
+                    Ok(k) => {
+                        out.insert(p, (generation, k));
+                    }
+                    Err(e) => tracing::error!(subject = %p, error = %e, "cannot unwrap a data key (wrong master key?)"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn load_keys(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        pseudonyms: &[&str],
+    ) -> Result<HashMap<String, (i32, Option<Vec<u8>>)>, sqlx::Error> {
+        let rows: Vec<(String, i32, Option<Vec<u8>>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (subject_pseudonym) subject_pseudonym, generation, wrapped_key
+               FROM subject_keys WHERE subject_pseudonym = ANY($1)
+              ORDER BY subject_pseudonym, generation DESC",
+        )
+        .bind(pseudonyms)
+        .fetch_all(&mut **tx)
+        .await?;
+        Ok(rows.into_iter().map(|(p, g, w)| (p, (g, w))).collect())
+    }
+
+    async fn write_batch(&mut self, items: &[EnrichedEvent], advances: &[OffsetAdvance]) -> Result<WriteOutcome, sqlx::Error> {
+        let fresh = self.new_events(items).await?;
+        self.ensure_months(&fresh).await?;
+        let mut tx = self.pool.begin().await?;
+        let mut touched: Vec<String> = Vec::new();
+        if !fresh.is_empty() {
+            let keys = &self.settings.keys;
+            let subjects: HashMap<String, SubjectKind> = fresh
+                .iter()
+                .map(|e| {
+                    let (kind, id) = privacy::subject_of(e);
+                    (keys.pseudonym(kind, id), kind)
+                })
+                .collect();
+            let data_keys = self.subject_keys(&mut tx, &subjects).await?;
+
+            let mut chain_ids: Vec<String> = fresh
+                .iter()
+                .map(|e| ledger::chain_id(&e.source.topic, e.source.partition, e.timestamp))
+                .collect();
+            chain_ids.sort();
+            chain_ids.dedup();
+            let heads: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT chain_id, last_seq, last_hash FROM ledger_chain_heads WHERE chain_id = ANY($1) FOR UPDATE",
+            )
+            .bind(&chain_ids)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut heads: HashMap<String, (i64, Hash)> = heads
+                .into_iter()
+                .map(|(c, s, h)| {
+                    let mut hash = [0u8; 32];
+                    if h.len() == 32 {
+                        hash.copy_from_slice(&h);
+                    }
+                    (c, (s, hash))
+                })
+                .collect();
+
+            let mut cols = Columns::default();
+            for ev in &fresh {
+                let (kind, subject) = privacy::subject_of(ev);
+                let pseudonym = keys.pseudonym(kind, subject);
+                let key = data_keys.get(&pseudonym);
+                let chain = ledger::chain_id(&ev.source.topic, ev.source.partition, ev.timestamp);
+                let (last_seq, last_hash) = heads.get(&chain).copied().unwrap_or((0, ledger::genesis(&chain)));
+                let row = self.stored_row(ev, &pseudonym, key, chain.clone(), last_seq + 1);
+                let hash = ledger::row_hash(&last_hash, &row);
+                cols.push(row, last_hash, hash);
+                heads.insert(chain, (last_seq + 1, hash));
+            }
+            insert_rows(&mut tx, &cols).await?;
+
+            let (mut names, mut seqs, mut hashes, mut months) = (vec![], vec![], vec![], vec![]);
+            for (chain, (seq, hash)) in heads.iter().filter(|(c, _)| chain_ids.binary_search(c).is_ok()) {
+                names.push(chain.clone());
+                seqs.push(*seq);
+                hashes.push(hash.to_vec());
+                months.push(month_of_chain(chain));
+            }
+            sqlx::query(
+                "INSERT INTO ledger_chain_heads (chain_id, last_seq, last_hash, month_start)
+                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::timestamptz[])
+                 ON CONFLICT (chain_id) DO UPDATE
+                    SET last_seq = EXCLUDED.last_seq, last_hash = EXCLUDED.last_hash, updated_at = now()",
+            )
+            .bind(&names)
+            .bind(&seqs)
+            .bind(&hashes)
+            .bind(&months)
+            .execute(&mut *tx)
+            .await?;
+            touched = chain_ids;
+        }
+        match offsets::advance(&mut tx, &self.settings.group_id, advances).await? {
             Advance::Done => {
                 tx.commit().await?;
+                self.dirty_chains.extend(touched);
                 Ok(WriteOutcome::Committed)
             }
             Advance::Fenced => {
@@ -91,6 +259,179 @@ impl PersistStage {
             }
         }
     }
+
+    /// The row exactly as stored: personal fields sealed, the rest in their columns.
+    fn stored_row(
+        &self,
+        ev: &EnrichedEvent,
+        pseudonym: &str,
+        key: Option<&(i32, SecretKey)>,
+        chain_id: String,
+        chain_seq: i64,
+    ) -> StoredRow {
+        let personal = |f: PersonalField| self.settings.personal_fields.contains(&f);
+        let mut sealed = PersonalFields::default();
+        let mut row = StoredRow {
+            id: ev.id.clone(),
+            timestamp_us: ev.timestamp.timestamp_micros(),
+            action: ev.action.clone(),
+            resource: ev.resource.clone(),
+            resource_id: ev.resource_id.clone(),
+            method: ev.method.clone(),
+            endpoint: ev.endpoint.clone(),
+            status_code: ev.status_code,
+            ip_facts: ev.ip.as_ref().and_then(|f| serde_json::to_value(f).ok()).map(|v| ledger::canonical_json(&v)),
+            classification: ev.classification.as_str().to_string(),
+            severity: ev.severity.as_str().to_string(),
+            success: ev.success,
+            error_message: ev.error_message.clone(),
+            duration: ev.duration_ms,
+            compliance: serde_json::to_value(ev.compliance).map(|v| ledger::canonical_json(&v)).unwrap_or_default(),
+            source_topic: ev.source.topic.clone(),
+            source_partition: ev.source.partition,
+            source_offset: ev.source.offset,
+            enriched_at_us: ev.enriched_at.timestamp_micros(),
+            subject_pseudonym: Some(pseudonym.to_string()),
+            user_pseudonym: ev.user_id.as_deref().map(|u| self.settings.keys.pseudonym(SubjectKind::User, u)),
+            chain_id,
+            chain_seq,
+            ..StoredRow::default()
+        };
+        macro_rules! place {
+            ($field:expr, $value:expr, $column:expr, $sealed:expr) => {
+                if personal($field) {
+                    $sealed = $value;
+                } else {
+                    $column = $value;
+                }
+            };
+        }
+        place!(PersonalField::UserId, ev.user_id.clone(), row.user_id, sealed.user_id);
+        place!(PersonalField::SessionId, ev.session_id.clone(), row.session_id, sealed.session_id);
+        place!(PersonalField::IpAddress, ev.ip_address.clone(), row.ip_address, sealed.ip_address);
+        place!(PersonalField::UserAgent, ev.user_agent.clone(), row.user_agent, sealed.user_agent);
+        if personal(PersonalField::Location) {
+            sealed.location = ev.location.clone();
+        } else {
+            row.location = ev.location.as_ref().and_then(|l| serde_json::to_value(l).ok()).map(|v| ledger::canonical_json(&v));
+        }
+        if personal(PersonalField::Metadata) {
+            sealed.metadata = ev.metadata.clone();
+        } else {
+            row.metadata = ev.metadata.as_ref().map(ledger::canonical_json);
+        }
+        if sealed != PersonalFields::default() {
+            if let (Some((generation, key)), Ok(plain)) = (key, serde_json::to_vec(&sealed)) {
+                row.personal = Some(privacy::seal(key, &plain, ev.id.as_bytes()));
+                row.key_generation = Some(*generation);
+            }
+        }
+        row
+    }
+
+    /// Sign checkpoints for the chains written since the last one, then publish pending ones.
+    async fn checkpoint(&mut self, force: bool) -> Result<(), sqlx::Error> {
+        if !self.dirty_chains.is_empty() && (force || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval) {
+            let chains: Vec<String> = self.dirty_chains.iter().cloned().collect();
+            let mut tx = self.pool.begin().await?;
+            let heads: Vec<(String, i64, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
+                "SELECT chain_id, last_seq, last_hash, month_start FROM ledger_chain_heads
+                  WHERE chain_id = ANY($1) AND last_seq > checkpointed_seq FOR UPDATE",
+            )
+            .bind(&chains)
+            .fetch_all(&mut *tx)
+            .await?;
+            let now = Utc::now();
+            for (chain, seq, hash, month) in &heads {
+                let mut h = [0u8; 32];
+                if hash.len() == 32 {
+                    h.copy_from_slice(hash);
+                }
+                let cp = Checkpoint::sign(&self.settings.signer, chain, *seq, h, now);
+                sqlx::query(
+                    "INSERT INTO ledger_checkpoints (chain_id, month_start, seq, head_hash, signed_at, key_id, signature)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(chain)
+                .bind(month)
+                .bind(seq)
+                .bind(hash)
+                .bind(cp.signed_at)
+                .bind(&cp.key_id)
+                .bind(&cp.signature)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query("UPDATE ledger_chain_heads SET checkpointed_seq = $2 WHERE chain_id = $1")
+                    .bind(chain)
+                    .bind(seq)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            self.dirty_chains.clear();
+            self.last_checkpoint = Instant::now();
+        }
+        self.publish_checkpoints().await
+    }
+
+    /// Deliver unpublished checkpoints to the topic, then mark them (at least once; consumers
+    /// key them by chain and seq).
+    async fn publish_checkpoints(&mut self) -> Result<(), sqlx::Error> {
+        let Some(producer) = &self.checkpoint_producer else { return Ok(()) };
+        let rows = sqlx::query(
+            "SELECT id, chain_id, seq, head_hash, signed_at, key_id, signature FROM ledger_checkpoints
+              WHERE published_at IS NULL ORDER BY id LIMIT 500",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let public = self.settings.signer.verifying_key();
+        let mut ids = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let hash: Vec<u8> = r.get("head_hash");
+            let mut h = [0u8; 32];
+            if hash.len() == 32 {
+                h.copy_from_slice(&hash);
+            }
+            let cp = Checkpoint {
+                chain_id: r.get("chain_id"),
+                seq: r.get("seq"),
+                head_hash: h,
+                signed_at: r.get("signed_at"),
+                key_id: r.get("key_id"),
+                signature: r.get("signature"),
+            };
+            let payload = cp.to_json(&public).to_string();
+            let key = format!("{}#{}", cp.chain_id, cp.seq);
+            if producer.send(BaseRecord::to(&self.settings.checkpoint_topic).key(&key).payload(&payload)).is_err() {
+                break;
+            }
+            ids.push(r.get::<i64, _>("id"));
+        }
+        let before = producer.context().failed.load(std::sync::atomic::Ordering::SeqCst);
+        if producer.flush(Duration::from_secs(10)).is_err()
+            || producer.context().failed.load(std::sync::atomic::Ordering::SeqCst) != before
+        {
+            tracing::warn!("checkpoints not delivered to the topic yet; will retry");
+            return Ok(());
+        }
+        sqlx::query("UPDATE ledger_checkpoints SET published_at = now() WHERE id = ANY($1)")
+            .bind(&ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn month_of_chain(chain_id: &str) -> DateTime<Utc> {
+    chain_id
+        .rsplit('/')
+        .next()
+        .and_then(|m| DateTime::parse_from_rfc3339(&format!("{m}-01T00:00:00Z")).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_default()
 }
 
 const INSERT_SQL: &str = r#"
@@ -98,20 +439,24 @@ INSERT INTO audit_events (
     id, "timestamp", user_id, session_id, action, resource, resource_id, method, endpoint,
     status_code, user_agent, ip_address, location, ip_facts, classification, severity, metadata,
     success, error_message, duration, compliance, source_topic, source_partition, source_offset,
-    enriched_at)
+    enriched_at, subject_pseudonym, user_pseudonym, key_generation, personal, chain_id, chain_seq,
+    prev_hash, row_hash)
 SELECT id, ts, user_id, session_id, action, resource, resource_id, method, endpoint,
        status_code, user_agent, ip_address::inet, location::jsonb, ip_facts::jsonb, classification,
        severity, metadata::jsonb, success, error_message, duration, compliance::jsonb, source_topic,
-       source_partition, source_offset, enriched_at
+       source_partition, source_offset, enriched_at, subject_pseudonym, user_pseudonym,
+       key_generation, personal, chain_id, chain_seq, prev_hash, row_hash
   FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
               $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[],
               $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $19::text[],
-              $20::bigint[], $21::text[], $22::text[], $23::int[], $24::bigint[], $25::timestamptz[])
+              $20::bigint[], $21::text[], $22::text[], $23::int[], $24::bigint[], $25::timestamptz[],
+              $26::text[], $27::text[], $28::int[], $29::bytea[], $30::text[], $31::bigint[],
+              $32::bytea[], $33::bytea[])
     AS t(id, ts, user_id, session_id, action, resource, resource_id, method, endpoint,
          status_code, user_agent, ip_address, location, ip_facts, classification, severity,
          metadata, success, error_message, duration, compliance, source_topic, source_partition,
-         source_offset, enriched_at)
-ON CONFLICT DO NOTHING
+         source_offset, enriched_at, subject_pseudonym, user_pseudonym, key_generation, personal,
+         chain_id, chain_seq, prev_hash, row_hash)
 "#;
 
 /// A batch transposed into one array per column, as UNNEST wants it.
@@ -131,8 +476,8 @@ struct Columns {
     ip_address: Vec<Option<String>>,
     location: Vec<Option<String>>,
     ip_facts: Vec<Option<String>>,
-    classification: Vec<&'static str>,
-    severity: Vec<&'static str>,
+    classification: Vec<String>,
+    severity: Vec<String>,
     metadata: Vec<Option<String>>,
     success: Vec<bool>,
     error_message: Vec<Option<String>>,
@@ -142,40 +487,96 @@ struct Columns {
     source_partition: Vec<i32>,
     source_offset: Vec<i64>,
     enriched_at: Vec<DateTime<Utc>>,
+    subject_pseudonym: Vec<Option<String>>,
+    user_pseudonym: Vec<Option<String>>,
+    key_generation: Vec<Option<i32>>,
+    personal: Vec<Option<Vec<u8>>>,
+    chain_id: Vec<String>,
+    chain_seq: Vec<i64>,
+    prev_hash: Vec<Vec<u8>>,
+    row_hash: Vec<Vec<u8>>,
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
 }
 
 impl Columns {
-    fn from_events(items: &[EnrichedEvent]) -> Columns {
-        let mut c = Columns::default();
-        for ev in items {
-            c.id.push(ev.id.clone());
-            c.timestamp.push(ev.timestamp);
-            c.user_id.push(ev.user_id.clone());
-            c.session_id.push(ev.session_id.clone());
-            c.action.push(ev.action.clone());
-            c.resource.push(ev.resource.clone());
-            c.resource_id.push(ev.resource_id.clone());
-            c.method.push(ev.method.clone());
-            c.endpoint.push(ev.endpoint.clone());
-            c.status_code.push(ev.status_code);
-            c.user_agent.push(ev.user_agent.clone());
-            c.ip_address.push(ev.ip_address.clone());
-            c.location.push(ev.location.as_ref().and_then(|l| serde_json::to_string(l).ok()));
-            c.ip_facts.push(ev.ip.as_ref().and_then(|f| serde_json::to_string(f).ok()));
-            c.classification.push(ev.classification.as_str());
-            c.severity.push(ev.severity.as_str());
-            c.metadata.push(ev.metadata.as_ref().map(|m| m.to_string()));
-            c.success.push(ev.success);
-            c.error_message.push(ev.error_message.clone());
-            c.duration.push(ev.duration_ms);
-            c.compliance.push(serde_json::to_string(&ev.compliance).unwrap_or_else(|_| "{}".into()));
-            c.source_topic.push(ev.source.topic.clone());
-            c.source_partition.push(ev.source.partition);
-            c.source_offset.push(ev.source.offset);
-            c.enriched_at.push(ev.enriched_at);
-        }
-        c
+    fn push(&mut self, r: StoredRow, prev: Hash, hash: Hash) {
+        self.id.push(r.id);
+        self.timestamp.push(from_micros(r.timestamp_us));
+        self.user_id.push(r.user_id);
+        self.session_id.push(r.session_id);
+        self.action.push(r.action);
+        self.resource.push(r.resource);
+        self.resource_id.push(r.resource_id);
+        self.method.push(r.method);
+        self.endpoint.push(r.endpoint);
+        self.status_code.push(r.status_code);
+        self.user_agent.push(r.user_agent);
+        self.ip_address.push(r.ip_address);
+        self.location.push(r.location);
+        self.ip_facts.push(r.ip_facts);
+        self.classification.push(r.classification);
+        self.severity.push(r.severity);
+        self.metadata.push(r.metadata);
+        self.success.push(r.success);
+        self.error_message.push(r.error_message);
+        self.duration.push(r.duration);
+        self.compliance.push(r.compliance);
+        self.source_topic.push(r.source_topic);
+        self.source_partition.push(r.source_partition);
+        self.source_offset.push(r.source_offset);
+        self.enriched_at.push(from_micros(r.enriched_at_us));
+        self.subject_pseudonym.push(r.subject_pseudonym);
+        self.user_pseudonym.push(r.user_pseudonym);
+        self.key_generation.push(r.key_generation);
+        self.personal.push(r.personal);
+        self.chain_id.push(r.chain_id);
+        self.chain_seq.push(r.chain_seq);
+        self.prev_hash.push(prev.to_vec());
+        self.row_hash.push(hash.to_vec());
     }
+}
+
+async fn insert_rows(tx: &mut Transaction<'_, Postgres>, c: &Columns) -> Result<(), sqlx::Error> {
+    sqlx::query(INSERT_SQL)
+        .bind(&c.id)
+        .bind(&c.timestamp)
+        .bind(&c.user_id)
+        .bind(&c.session_id)
+        .bind(&c.action)
+        .bind(&c.resource)
+        .bind(&c.resource_id)
+        .bind(&c.method)
+        .bind(&c.endpoint)
+        .bind(&c.status_code)
+        .bind(&c.user_agent)
+        .bind(&c.ip_address)
+        .bind(&c.location)
+        .bind(&c.ip_facts)
+        .bind(&c.classification)
+        .bind(&c.severity)
+        .bind(&c.metadata)
+        .bind(&c.success)
+        .bind(&c.error_message)
+        .bind(&c.duration)
+        .bind(&c.compliance)
+        .bind(&c.source_topic)
+        .bind(&c.source_partition)
+        .bind(&c.source_offset)
+        .bind(&c.enriched_at)
+        .bind(&c.subject_pseudonym)
+        .bind(&c.user_pseudonym)
+        .bind(&c.key_generation)
+        .bind(&c.personal)
+        .bind(&c.chain_id)
+        .bind(&c.chain_seq)
+        .bind(&c.prev_hash)
+        .bind(&c.row_hash)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 impl SinkStage for PersistStage {
@@ -190,7 +591,7 @@ impl SinkStage for PersistStage {
     }
 
     fn input_topics(&self) -> Vec<String> {
-        vec![self.input_topic.clone()]
+        vec![self.settings.input_topic.clone()]
     }
 
     fn decode(&mut self, input: &InputMessage<'_>) -> Result<EnrichedEvent, Rejection> {
@@ -198,12 +599,24 @@ impl SinkStage for PersistStage {
     }
 
     async fn write(&mut self, items: &[EnrichedEvent], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {
-        self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))
+        let outcome = self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))?;
+        if outcome == WriteOutcome::Committed {
+            // Checkpointing is outside the batch's transaction: a failure here loses nothing
+            // (the next tick signs the same heads).
+            if let Err(e) = self.checkpoint(false).await {
+                tracing::warn!(error = %e, "checkpoint failed; will retry");
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn on_tick(&mut self) -> Result<(), SinkError> {
+        self.checkpoint(false).await.map_err(|e| SinkError(e.to_string()))
     }
 
     fn offset_loader(&self) -> OffsetLoader {
         let pool = self.pool.clone();
-        let group = self.group_id.clone();
+        let group = self.settings.group_id.clone();
         let handle = self.handle.clone();
         let loader = Arc::new(move |partitions: &[(String, i32)]| {
             handle.block_on(offsets::load(&pool, &group, partitions)).map_err(|e| e.to_string())

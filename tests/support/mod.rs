@@ -29,6 +29,18 @@ pub fn admin_database_url() -> String {
         .unwrap_or_else(|_| "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into())
 }
 
+/// Fixed keys for tests (32 bytes each, hex): never used outside tests.
+pub const TEST_MASTER_KEY: &str = "0101010101010101010101010101010101010101010101010101010101010101";
+pub const TEST_PSEUDONYM_KEY: &str = "0202020202020202020202020202020202020202020202020202020202020202";
+pub const TEST_SIGNING_KEY: &str = "0303030303030303030303030303030303030303030303030303030303030303";
+
+pub fn test_keys() -> auditflow::privacy::PrivacyKeys {
+    auditflow::privacy::PrivacyKeys {
+        master: auditflow::privacy::SecretKey::parse("k", TEST_MASTER_KEY).expect("key"),
+        pseudonym: auditflow::privacy::SecretKey::parse("k", TEST_PSEUDONYM_KEY).expect("key"),
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -98,11 +110,19 @@ impl TestEnv {
             ("AUDITFLOW_TOPIC_SECURITY_ACTIONS".into(), format!("{}.security-actions", self.id)),
             ("AUDITFLOW_TOPIC_SECURITY_ALERTS".into(), format!("{}.security-alerts", self.id)),
             ("AUDITFLOW_TOPIC_ALERT_DLQ".into(), format!("{}.audit-alert-dlq", self.id)),
+            ("AUDITFLOW_TOPIC_COMPLIANCE_EVENTS".into(), format!("{}.compliance-events", self.id)),
+            ("AUDITFLOW_TOPIC_CHECKPOINTS".into(), format!("{}.audit-checkpoints", self.id)),
             ("AUDITFLOW_TOPIC_PARTITIONS".into(), self.partitions.to_string()),
             ("AUDITFLOW_HTTP_LISTEN".into(), "127.0.0.1:0".into()),
+            // Stage groups are `<test id>-<stage>`, for the stages and the operator commands alike.
+            ("AUDITFLOW_GROUP_PREFIX".into(), self.id.clone()),
             ("AUDITFLOW_LOG".into(), "info,librdkafka=warn".into()),
             ("AUDITFLOW_BATCH_MAX_MESSAGES".into(), "1000".into()),
             ("AUDITFLOW_RETRY_MAX_BACKOFF_MS".into(), "1000".into()),
+            ("AUDITFLOW_MASTER_KEY".into(), TEST_MASTER_KEY.into()),
+            ("AUDITFLOW_PSEUDONYM_KEY".into(), TEST_PSEUDONYM_KEY.into()),
+            ("AUDITFLOW_SIGNING_KEY".into(), TEST_SIGNING_KEY.into()),
+            ("AUDITFLOW_CHECKPOINT_INTERVAL_SECS".into(), "1".into()),
         ];
         v.extend(self.extra_env.iter().cloned());
         v
@@ -115,19 +135,23 @@ impl TestEnv {
 
     /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-alert`) as instance `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
+        self.start_stage_with(binary, instance, &[])
+    }
+
+    /// Same, with extra environment (e.g. a changed setting for this one process).
+    pub fn start_stage_with(&self, binary: &str, instance: &str, extra: &[(&str, &str)]) -> StageProcess {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
             "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
             other => panic!("unknown stage binary {other}"),
         };
-        let stage = binary.trim_start_matches("audit-");
         let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));
         let log = File::options().create(true).append(true).open(&log_path).expect("log file");
         let child = Command::new(exe)
             .envs(self.env_vars())
-            .env("AUDITFLOW_GROUP_ID", format!("{}-{stage}", self.id))
             .env("AUDITFLOW_INSTANCE_ID", instance)
+            .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -314,8 +338,47 @@ impl Drop for StageProcess {
     }
 }
 
+/// `auditflow verify --json` on this test's database: the report, and whether it passed.
+pub fn verify_ledger(env: &TestEnv) -> (bool, serde_json::Value) {
+    let out = Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(["verify", "--json"])
+        .envs(env.env_vars())
+        .output()
+        .expect("run auditflow verify");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        serde_json::json!({"unparsable": String::from_utf8_lossy(&out.stdout), "stderr": String::from_utf8_lossy(&out.stderr)})
+    });
+    (out.status.success() && report["ok"] == true, report)
+}
+
 /// `n` realistic events with unique ids.
 pub fn sample_events(n: usize, seed: u64) -> Vec<RawEvent> {
     let mut mix = auditflow::demo::EventMix::new(seed, 500);
     (0..n).map(|_| mix.next_event()).collect()
+}
+
+/// A plain HTTP/1.1 GET against a stage's health/metrics server: (status, whole response).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else { return (0, String::new()) };
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok();
+    (body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body)
+}
+
+/// The address a stage logged for its HTTP server (`addr=…` at start).
+pub fn http_addr(stage: &StageProcess) -> String {
+    let start = Instant::now();
+    loop {
+        let log = stage.log();
+        if let Some(i) = log.find("addr=") {
+            let rest = &log[i + 5..];
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            return rest[..end].trim_matches('"').to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "stage never logged its http address:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -1,0 +1,186 @@
+//! Data-subject operations: `auditflow erase` (crypto-shredding with a signed receipt) and
+//! `auditflow export` (access request: every event about a subject, decrypted).
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{PgPool, Row};
+
+use crate::ledger::LedgerSigner;
+use crate::privacy::{self, PersonalFields, PrivacyError, PrivacyKeys, SubjectKind};
+
+/// Why an erasure was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    #[error("subject is under legal hold ({0}); release the hold before erasing")]
+    LegalHold(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// The signed record of one erasure.
+#[derive(Debug, Clone)]
+pub struct ErasureReceipt {
+    pub id: uuid::Uuid,
+    pub subject_pseudonym: String,
+    pub keys_destroyed: i32,
+    pub events_affected: i64,
+    pub erased_at: DateTime<Utc>,
+    pub statement: String,
+    pub signature_hex: String,
+}
+
+async fn table_exists(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let t: Option<String> = sqlx::query_scalar("SELECT to_regclass($1)::text").bind(name).fetch_one(pool).await?;
+    Ok(t.is_some())
+}
+
+/// Destroy every data key of the subject. Refused while a legal hold names the subject.
+pub async fn erase(
+    pool: &PgPool,
+    keys: &PrivacyKeys,
+    signer: &LedgerSigner,
+    kind: SubjectKind,
+    subject: &str,
+    reason: &str,
+) -> Result<ErasureReceipt, EraseError> {
+    let pseudonym = keys.pseudonym(kind, subject);
+    let mut tx = pool.begin().await?;
+    if table_exists(pool, "legal_holds").await? {
+        let hold: Option<String> = sqlx::query_scalar(
+            "SELECT reason FROM legal_holds WHERE subject_pseudonym = $1 AND released_at IS NULL LIMIT 1",
+        )
+        .bind(&pseudonym)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(reason) = hold {
+            return Err(EraseError::LegalHold(reason));
+        }
+    }
+    let destroyed = sqlx::query(
+        "UPDATE subject_keys SET wrapped_key = NULL, erased_at = now()
+          WHERE subject_pseudonym = $1 AND wrapped_key IS NOT NULL",
+    )
+    .bind(&pseudonym)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected() as i32;
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE subject_pseudonym = $1")
+        .bind(&pseudonym)
+        .fetch_one(&mut *tx)
+        .await?;
+    let erased_at = Utc::now();
+    let id = uuid::Uuid::new_v4();
+    let statement = json!({
+        "receipt": id.to_string(),
+        "subjectPseudonym": pseudonym,
+        "subjectKind": kind.as_str(),
+        "reason": reason,
+        "erasedAt": erased_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "keysDestroyed": destroyed,
+        "eventsAffected": events,
+    })
+    .to_string();
+    let signature = signer.sign(statement.as_bytes());
+    sqlx::query(
+        "INSERT INTO erasure_receipts (id, subject_pseudonym, reason, erased_at, keys_destroyed, events_affected,
+                                       statement, key_id, signature)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(&pseudonym)
+    .bind(reason)
+    .bind(erased_at)
+    .bind(destroyed)
+    .bind(events)
+    .bind(&statement)
+    .bind(&signer.key_id)
+    .bind(&signature)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(ErasureReceipt {
+        id,
+        subject_pseudonym: pseudonym,
+        keys_destroyed: destroyed,
+        events_affected: events,
+        erased_at,
+        statement,
+        signature_hex: hex::encode(signature),
+    })
+}
+
+/// Every stored event about the subject, personal fields decrypted where the key still exists.
+pub async fn export(
+    pool: &PgPool,
+    keys: &PrivacyKeys,
+    kind: SubjectKind,
+    subject: &str,
+) -> Result<Vec<serde_json::Value>, sqlx::Error> {
+    let pseudonym = keys.pseudonym(kind, subject);
+    let key_rows: Vec<(i32, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT generation, wrapped_key FROM subject_keys WHERE subject_pseudonym = $1")
+            .bind(&pseudonym)
+            .fetch_all(pool)
+            .await?;
+    let rows = sqlx::query(
+        r#"SELECT id, "timestamp", action, resource, resource_id, method, endpoint, status_code,
+                  classification, severity, success, error_message, duration, compliance::text AS compliance,
+                  user_id, session_id, host(ip_address) AS ip_address, user_agent, location::text AS location,
+                  metadata::text AS metadata, key_generation, personal
+             FROM audit_events WHERE subject_pseudonym = $1 ORDER BY "timestamp", id"#,
+    )
+    .bind(&pseudonym)
+    .fetch_all(pool)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: String = r.try_get("id")?;
+        let generation: Option<i32> = r.try_get("key_generation")?;
+        let sealed: Option<Vec<u8>> = r.try_get("personal")?;
+        let (personal, erased) = match (sealed, generation) {
+            (Some(sealed), Some(g)) => {
+                match key_rows.iter().find(|(kg, _)| *kg == g) {
+                    Some((_, Some(wrapped))) => match keys
+                        .unwrap_data_key(&pseudonym, wrapped)
+                        .and_then(|k| privacy::open(&k, &sealed, id.as_bytes()))
+                    {
+                        Ok(plain) => (serde_json::from_slice::<PersonalFields>(&plain).ok(), false),
+                        Err(PrivacyError::Erased) | Err(PrivacyError::Corrupt) => (None, false),
+                    },
+                    _ => (None, true),
+                }
+            }
+            _ => (None, false),
+        };
+        let p = personal.unwrap_or_default();
+        let text = |col: &str| -> Result<Option<serde_json::Value>, sqlx::Error> {
+            let t: Option<String> = r.try_get(col)?;
+            Ok(t.and_then(|t| serde_json::from_str(&t).ok()))
+        };
+        let ts: DateTime<Utc> = r.try_get("timestamp")?;
+        out.push(json!({
+            "id": id,
+            "timestamp": ts.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "action": r.try_get::<String, _>("action")?,
+            "resource": r.try_get::<String, _>("resource")?,
+            "resourceId": r.try_get::<Option<String>, _>("resource_id")?,
+            "method": r.try_get::<Option<String>, _>("method")?,
+            "endpoint": r.try_get::<Option<String>, _>("endpoint")?,
+            "statusCode": r.try_get::<Option<i32>, _>("status_code")?,
+            "classification": r.try_get::<String, _>("classification")?,
+            "severity": r.try_get::<String, _>("severity")?,
+            "success": r.try_get::<bool, _>("success")?,
+            "errorMessage": r.try_get::<Option<String>, _>("error_message")?,
+            "duration": r.try_get::<Option<i64>, _>("duration")?,
+            "compliance": text("compliance")?,
+            "userId": p.user_id.or(r.try_get("user_id")?),
+            "sessionId": p.session_id.or(r.try_get("session_id")?),
+            "ipAddress": p.ip_address.or(r.try_get("ip_address")?),
+            "userAgent": p.user_agent.or(r.try_get("user_agent")?),
+            "location": p.location.and_then(|l| serde_json::to_value(l).ok()).or(text("location")?),
+            "metadata": p.metadata.or(text("metadata")?),
+            "personalDataErased": erased,
+        }));
+    }
+    Ok(out)
+}
