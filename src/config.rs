@@ -29,6 +29,7 @@ pub struct Config {
     pub enrich: EnrichSettings,
     pub privacy: PrivacySettings,
     pub ledger: LedgerSettings,
+    pub alert: crate::alert::AlertSettings,
     pub log: LogConfig,
 }
 
@@ -528,6 +529,7 @@ impl Config {
         set(env, "AUDITFLOW_CHECKPOINT_INTERVAL_SECS", &mut self.ledger.checkpoint_interval_secs)?;
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
+        self.alert.apply_env(env)?;
         Ok(())
     }
 
@@ -615,6 +617,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
         }
+        self.alert.validate()?;
         Ok(())
     }
 

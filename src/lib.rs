@@ -6,11 +6,13 @@
 //! - [`runtime`]: the one place that talks to Kafka: batching, exactly-once commits, offsets
 //!   stored in sinks, rebalances, dead letters, retries, shutdown.
 //! - [`stages`]: each stage's logic plugged into the runtime.
+//! - [`alert`]: alert policies, deduplication state, notification channels and their dispatcher.
 //! - [`config`], [`telemetry`], [`db`], [`cli`]: configuration, logs/metrics/health, database,
 //!   and the `auditflow` operator command.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod alert;
 pub mod cli;
 pub mod codec;
 pub mod config;

@@ -133,7 +133,7 @@ impl TestEnv {
         Config::from_sources(None, &env).expect("test config is valid")
     }
 
-    /// Start a stage binary (`audit-enrich`, `audit-persist`) as instance `instance`.
+    /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-alert`) as instance `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
         self.start_stage_with(binary, instance, &[])
     }
@@ -143,6 +143,7 @@ impl TestEnv {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
+            "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
             other => panic!("unknown stage binary {other}"),
         };
         let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));

@@ -1,0 +1,438 @@
+//! The dispatcher: reads due alerts from PostgreSQL (the outbox the sink writes) and delivers
+//! them.
+//!
+//! Every `poll_interval_ms` it claims pending alerts whose group wait is over with
+//! `FOR UPDATE SKIP LOCKED` and a lease, so any number of instances share the work and an
+//! alert held by a crashed instance is taken over when its lease ends. For each alert:
+//! 1. the alert record goes to `security-alerts` (key = alert id, idempotent producer);
+//! 2. each routed, configured channel is tried with exponential backoff and jitter within the
+//!    retry budget, behind the channel's rate limit; every attempt lands in `alert_deliveries`;
+//! 3. a channel that still fails gets a record on the alert dead-letter topic with the reason,
+//!    and the alert ends `failed`; otherwise `dispatched`.
+//!
+//! Delivery is at least once: a crash between a send and its bookkeeping sends again after the
+//! lease. Consumers deduplicate by alert id (the e-mail's Message-ID and the webhook's
+//! `X-Auditflow-Alert-Id` carry it too). Channels that already delivered are not retried.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use lettre::message::Mailbox;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::PgPool;
+use tokio::task::JoinSet;
+
+use super::channels::{Channels, Delivery, DeliveryError};
+use super::render::{Notice, RECORD_MAX_STRING};
+use super::retry::RetryPolicy;
+use super::settings::{AlertSettings, ChannelKind};
+use super::store::{self, AlertRow};
+use super::AlertMetrics;
+use crate::config::Config;
+use crate::event::Severity;
+use crate::runtime::Shutdown;
+use crate::telemetry::Metrics;
+
+const STAGE: &str = "alert";
+/// Most alerts in flight per instance.
+const MAX_IN_FLIGHT: usize = 64;
+
+/// Everything the dispatcher (and operational alerts) need, shared by their tasks.
+pub struct Alerting {
+    pub settings: AlertSettings,
+    pub pool: PgPool,
+    pub channels: Channels,
+    producer: FutureProducer,
+    alerts_topic: String,
+    dlq_topic: String,
+    retry: RetryPolicy,
+    pub metrics: AlertMetrics,
+    pub runtime_metrics: Arc<Metrics>,
+}
+
+/// How one channel's delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Delivered,
+    Failed(String),
+    /// Shutdown came first; the alert is given back.
+    Aborted,
+}
+
+impl Alerting {
+    pub fn new(config: &Config, pool: PgPool, metrics: Arc<Metrics>, alert_metrics: AlertMetrics) -> Result<Arc<Alerting>, String> {
+        let channels = Channels::from_settings(&config.alert)?;
+        let mut pc = crate::runtime::kafka::base_client_config(config);
+        pc.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("message.timeout.ms", "30000");
+        let producer: FutureProducer = pc.create().map_err(|e| format!("Kafka producer: {e}"))?;
+        for kind in ChannelKind::ALL {
+            if !channels.configured(kind) && config.alert.routes.iter().any(|r| r.channels.contains(&kind)) {
+                tracing::info!(channel = %kind, "routes name a channel that is not configured; it is skipped");
+            }
+        }
+        Ok(Arc::new(Alerting {
+            settings: config.alert.clone(),
+            pool,
+            channels,
+            producer,
+            alerts_topic: config.topics.security_alerts.name.clone(),
+            dlq_topic: config.topics.alert_dlq.name.clone(),
+            retry: RetryPolicy::from(&config.alert.retry),
+            metrics: alert_metrics,
+            runtime_metrics: metrics,
+        }))
+    }
+
+    /// A claim outlives the longest dispatch: Kafka plus every channel's retry budget.
+    fn lease_seconds(&self) -> u64 {
+        2 * self.retry.budget.as_secs() + 120
+    }
+
+    /// Poll, claim and dispatch until `shutdown` trips; then give unfinished alerts back.
+    pub async fn run_dispatcher(self: Arc<Self>, shutdown: Shutdown) {
+        let poll = Duration::from_millis(self.settings.poll_interval_ms);
+        let mut tasks: JoinSet<()> = JoinSet::new();
+        let mut failures = 0u32;
+        let mut last_housekeeping: Option<Instant> = None;
+        tracing::info!(stage = STAGE, topic = %self.alerts_topic, "alert dispatcher running");
+        while !shutdown.is_triggered() {
+            while tasks.try_join_next().is_some() {}
+            let free = MAX_IN_FLIGHT.saturating_sub(tasks.len()) as i64;
+            if free > 0 {
+                match store::claim_due(&self.pool, self.lease_seconds(), free.min(self.settings.dispatch_batch)).await {
+                    Ok(rows) => {
+                        failures = 0;
+                        self.metrics.polls.with_label_values(&[STAGE, "ok"]).inc();
+                        for row in rows {
+                            let me = self.clone();
+                            let sd = shutdown.clone();
+                            tasks.spawn(async move { me.dispatch_one(row, &sd).await });
+                        }
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        self.metrics.polls.with_label_values(&[STAGE, "error"]).inc();
+                        self.runtime_metrics.retries.with_label_values(&[STAGE, "dispatch"]).inc();
+                        tracing::warn!(stage = STAGE, error = %e, "cannot poll for due alerts; retrying");
+                    }
+                }
+            }
+            if last_housekeeping.is_none_or(|t| t.elapsed() > Duration::from_secs(3600)) {
+                match store::expire_matches(&self.pool, self.settings.match_retention_hours).await {
+                    Ok(n) => {
+                        last_housekeeping = Some(Instant::now());
+                        if n > 0 {
+                            tracing::info!(stage = STAGE, expired = n, "forgot rule matches past the retention");
+                        }
+                    }
+                    Err(e) => tracing::debug!(stage = STAGE, error = %e, "match expiry postponed"),
+                }
+            }
+            let wait = if failures == 0 { poll } else { (poll * 2u32.pow(failures.min(5))).min(Duration::from_secs(10)) };
+            sleep_or_shutdown(wait, &shutdown).await;
+        }
+        // In-flight alerts see the shutdown, give their lease back and end.
+        let drain = tokio::time::timeout(Duration::from_secs(10), async {
+            while tasks.join_next().await.is_some() {}
+        });
+        if drain.await.is_err() {
+            tracing::warn!(stage = STAGE, "dispatcher tasks did not stop in time; their leases expire on their own");
+        }
+        tracing::info!(stage = STAGE, "alert dispatcher stopped");
+    }
+
+    /// Channels and e-mail recipients of an alert: the union over the routes its policy names
+    /// (or all routes) whose own severity/tag conditions hold. Unconfigured channels drop out.
+    pub fn route(&self, policy_id: &str, severity: Severity, tags: &[String]) -> (Vec<ChannelKind>, Vec<Mailbox>) {
+        let names: &[String] = self.settings.policy(policy_id).map(|p| p.routes.as_slice()).unwrap_or(&[]);
+        route(&self.settings, names, severity, tags, |k| self.channels.configured(k))
+    }
+
+    async fn dispatch_one(&self, row: AlertRow, shutdown: &Shutdown) {
+        let id = row.id.clone();
+        let now = Utc::now();
+        let record_json = match serde_json::to_vec(&row.to_record(now, RECORD_MAX_STRING)) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::error!(stage = STAGE, alert = %id, error = %e, "alert record does not serialise");
+                let _ = store::finish(&self.pool, &id, "failed", row.suppressed_count).await;
+                return;
+            }
+        };
+        let done = match store::delivered_channels(&self.pool, &id).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(stage = STAGE, alert = %id, error = %e, "cannot read earlier deliveries; retrying later");
+                let _ = store::release(&self.pool, &id, 5.0).await;
+                return;
+            }
+        };
+        let notice = Notice::new(row.to_record(now, usize::MAX), self.settings.max_field_chars);
+        let (kinds, recipients) = self.route(&row.policy_id, notice.record.severity, &row.compliance);
+
+        let mut failed: Vec<(String, String)> = Vec::new();
+        // 1. security-alerts: analysts' feed, and the only channel every alert has.
+        if !done.iter().any(|c| c == "kafka") {
+            let target = self.alerts_topic.clone();
+            match self
+                .with_retries(&id, "kafka", Some(&target), shutdown, || self.publish(&id, &record_json))
+                .await
+            {
+                Outcome::Delivered => {}
+                Outcome::Failed(reason) => failed.push(("kafka".into(), reason)),
+                Outcome::Aborted => return self.give_back(&id).await,
+            }
+        }
+        // 2. the routed channels, concurrently.
+        let delivery = Delivery { notice: &notice, record_json: &record_json, recipients: &recipients };
+        let recipients_text =
+            recipients.iter().map(|m| m.email.to_string()).collect::<Vec<_>>().join(", ");
+        let pending: Vec<ChannelKind> =
+            kinds.into_iter().filter(|k| !done.iter().any(|c| c == k.as_str())).collect();
+        let results = futures::future::join_all(pending.iter().map(|&kind| {
+            let target = match kind {
+                ChannelKind::Email => Some(recipients_text.as_str()),
+                _ => None,
+            };
+            let delivery = &delivery;
+            let id = id.as_str();
+            async move {
+                (kind, self.with_retries(id, kind.as_str(), target, shutdown, || self.channels.attempt(kind, delivery)).await)
+            }
+        }))
+        .await;
+        let mut aborted = false;
+        for (kind, outcome) in results {
+            match outcome {
+                Outcome::Delivered => {}
+                Outcome::Failed(reason) => failed.push((kind.as_str().into(), reason)),
+                Outcome::Aborted => aborted = true,
+            }
+        }
+        for (channel, reason) in &failed {
+            self.dead_letter(&id, channel, reason, &record_json).await;
+        }
+        if aborted && failed.is_empty() {
+            return self.give_back(&id).await;
+        }
+        let status = if failed.is_empty() { "dispatched" } else { "failed" };
+        let mut backoff = crate::runtime::Backoff::new(5000);
+        loop {
+            match store::finish(&self.pool, &id, status, row.suppressed_count).await {
+                Ok(()) => break,
+                Err(e) if !shutdown.is_triggered() => {
+                    tracing::warn!(stage = STAGE, alert = %id, error = %e, "cannot record the dispatch; retrying");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(_) => return, // the lease runs out; another dispatch skips the delivered channels
+            }
+        }
+        self.metrics.dispatched.with_label_values(&[STAGE, status]).inc();
+        tracing::info!(
+            stage = STAGE,
+            alert = %id,
+            policy = %row.policy_id,
+            rule = %row.rule_id,
+            matches = row.match_count,
+            suppressed = row.suppressed_count,
+            status,
+            "alert dispatched"
+        );
+    }
+
+    async fn give_back(&self, id: &str) {
+        if let Err(e) = store::release(&self.pool, id, 0.0).await {
+            tracing::debug!(stage = STAGE, alert = %id, error = %e, "lease not released; it expires on its own");
+        }
+    }
+
+    /// Attempts until delivered, a permanent error, the retry budget, or shutdown.
+    async fn with_retries<F, Fut>(
+        &self,
+        alert_id: &str,
+        channel: &str,
+        target: Option<&str>,
+        shutdown: &Shutdown,
+        mut attempt_once: F,
+    ) -> Outcome
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), DeliveryError>>,
+    {
+        let start = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = attempt_once().await;
+            let (outcome, detail, wait) = match &result {
+                Ok(()) => ("delivered", None, None),
+                Err(e) => {
+                    let next =
+                        if e.permanent { None } else { self.retry.next(attempt, start.elapsed(), fastrand::f64()) };
+                    (if next.is_some() { "retrying" } else { "failed" }, Some(e.message.as_str()), next)
+                }
+            };
+            self.metrics.deliveries.with_label_values(&[STAGE, channel, outcome]).inc();
+            if let Err(e) = store::record_delivery(&self.pool, alert_id, channel, target, attempt, outcome, detail).await {
+                tracing::warn!(stage = STAGE, alert = %alert_id, channel, error = %e, "delivery attempt not recorded");
+            }
+            match (result, wait) {
+                (Ok(()), _) => return Outcome::Delivered,
+                (Err(e), Some(wait)) => {
+                    tracing::warn!(stage = STAGE, alert = %alert_id, channel, attempt, error = %e, retry_in_ms = wait.as_millis() as u64, "delivery failed; retrying");
+                    if sleep_or_shutdown(wait, shutdown).await {
+                        return Outcome::Aborted;
+                    }
+                }
+                (Err(e), None) => {
+                    tracing::error!(stage = STAGE, alert = %alert_id, channel, attempt, error = %e, "delivery failed for good");
+                    return Outcome::Failed(format!("{channel}: {} (after {attempt} attempts)", e.message));
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, alert_id: &str, json: &[u8]) -> Result<(), DeliveryError> {
+        let record = FutureRecord::to(&self.alerts_topic).key(alert_id).payload(json);
+        match self.producer.send(record, Duration::from_secs(30)).await {
+            Ok(_) => {
+                self.runtime_metrics.produced.with_label_values(&[STAGE, &self.alerts_topic]).inc();
+                Ok(())
+            }
+            Err((e, _)) => Err(DeliveryError::transient(format!("Kafka: {e}"))),
+        }
+    }
+
+    /// The alert, with the reason, on the alert dead-letter topic (at least once, bounded).
+    async fn dead_letter(&self, alert_id: &str, channel: &str, reason: &str, json: &[u8]) {
+        let reason = super::render::clean_line(reason, 2000);
+        for attempt in 1..=5u32 {
+            let headers = OwnedHeaders::new()
+                .insert(Header { key: crate::runtime::dlq::H_STAGE, value: Some(STAGE) })
+                .insert(Header { key: crate::runtime::dlq::H_ERROR_KIND, value: Some("delivery_failed") })
+                .insert(Header { key: crate::runtime::dlq::H_ERROR_MESSAGE, value: Some(reason.as_str()) })
+                .insert(Header { key: "dlq.alert.id", value: Some(alert_id) })
+                .insert(Header { key: "dlq.alert.channel", value: Some(channel) });
+            let record = FutureRecord::to(&self.dlq_topic).key(alert_id).payload(json).headers(headers);
+            match self.producer.send(record, Duration::from_secs(30)).await {
+                Ok(_) => {
+                    self.runtime_metrics.produced.with_label_values(&[STAGE, &self.dlq_topic]).inc();
+                    self.runtime_metrics.dlq.with_label_values(&[STAGE, "delivery_failed"]).inc();
+                    return;
+                }
+                Err((e, _)) => {
+                    tracing::warn!(stage = STAGE, alert = %alert_id, attempt, error = %e, "alert dead letter not delivered yet");
+                    tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                }
+            }
+        }
+        tracing::error!(stage = STAGE, alert = %alert_id, channel, "alert dead letter lost; alert_deliveries keeps the failure");
+    }
+}
+
+/// Route resolution (pure): see [`Alerting::route`].
+pub fn route(
+    settings: &AlertSettings,
+    names: &[String],
+    severity: Severity,
+    tags: &[String],
+    configured: impl Fn(ChannelKind) -> bool,
+) -> (Vec<ChannelKind>, Vec<Mailbox>) {
+    let mut kinds: Vec<ChannelKind> = Vec::new();
+    let mut recipients: Vec<Mailbox> = Vec::new();
+    for r in &settings.routes {
+        if !names.is_empty() && !names.contains(&r.name) {
+            continue;
+        }
+        if !r.severities.is_empty() && !r.severities.contains(&severity) {
+            continue;
+        }
+        if !r.tags.is_empty() && !r.tags.iter().any(|t| tags.iter().any(|x| x.eq_ignore_ascii_case(t))) {
+            continue;
+        }
+        for k in &r.channels {
+            if configured(*k) && !kinds.contains(k) {
+                kinds.push(*k);
+            }
+        }
+        for to in &r.recipients {
+            if let Ok(m) = to.parse::<Mailbox>() {
+                if !recipients.iter().any(|x| x.email == m.email) {
+                    recipients.push(m);
+                }
+            }
+        }
+    }
+    kinds.sort();
+    if !kinds.contains(&ChannelKind::Email) {
+        recipients.clear();
+    }
+    (kinds, recipients)
+}
+
+/// Sleep, waking early on shutdown. True if shutdown came first.
+pub async fn sleep_or_shutdown(d: Duration, shutdown: &Shutdown) -> bool {
+    let end = Instant::now() + d;
+    loop {
+        if shutdown.is_triggered() {
+            return true;
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(200))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::settings::RouteConfig;
+
+    #[test]
+    fn routes_union_by_severity_and_tags() {
+        let s = AlertSettings {
+            routes: vec![
+                RouteConfig {
+                    name: "sec".into(),
+                    channels: vec![ChannelKind::Email],
+                    recipients: vec!["security@company.com".into()],
+                    ..RouteConfig::default()
+                },
+                RouteConfig {
+                    name: "crit".into(),
+                    severities: vec![Severity::Critical],
+                    channels: vec![ChannelKind::Email, ChannelKind::Slack],
+                    recipients: vec!["admin@company.com".into(), "security@company.com".into()],
+                    ..RouteConfig::default()
+                },
+                RouteConfig {
+                    name: "hipaa".into(),
+                    tags: vec!["hipaa".into()],
+                    channels: vec![ChannelKind::Webhook],
+                    ..RouteConfig::default()
+                },
+            ],
+            ..AlertSettings::default()
+        };
+        let all = |_| true;
+        let (k, r) = route(&s, &[], Severity::High, &["SOX".into()], all);
+        assert_eq!(k, vec![ChannelKind::Email]);
+        assert_eq!(r.len(), 1);
+        let (k, r) = route(&s, &[], Severity::Critical, &["HIPAA".into()], all);
+        assert_eq!(k, vec![ChannelKind::Email, ChannelKind::Slack, ChannelKind::Webhook]);
+        assert_eq!(r.len(), 2, "recipients deduplicated");
+        let (k, _) = route(&s, &["hipaa".to_string()], Severity::Critical, &["HIPAA".into()], all);
+        assert_eq!(k, vec![ChannelKind::Webhook], "a policy's route list limits the routes");
+        let (k, r) = route(&s, &[], Severity::Critical, &[], |k| k != ChannelKind::Email);
+        assert_eq!(k, vec![ChannelKind::Slack], "unconfigured channels drop out");
+        assert!(r.is_empty());
+    }
+}

@@ -1,0 +1,165 @@
+//! `audit-alert`: `audit-rule-matches` → alert policies → PostgreSQL `audit_alerts`.
+//!
+//! A sink stage: per batch, one transaction folds every ALERT/BLOCK match into the alert state
+//! ([`crate::alert::store`]) and advances the consumed offsets. LOG matches are skipped (their
+//! offsets still advance). Nothing is sent from here: the dispatcher running in the same process
+//! reads due alerts from the table (outbox), so a notification never depends on a transaction
+//! that might still roll back.
+
+use std::sync::Arc;
+
+use sqlx::PgPool;
+
+use crate::alert::policy::{evaluate, truncate_ms};
+use crate::alert::settings::AlertSettings;
+use crate::alert::store::{self, Candidate, HitOutcome};
+use crate::alert::AlertMetrics;
+use crate::error::{Rejection, RejectionKind};
+use crate::rule_match::RuleMatch;
+use crate::runtime::kafka::OffsetLoader;
+use crate::runtime::offsets::{self, Advance, OffsetAdvance};
+use crate::runtime::{InputMessage, SinkError, SinkStage, WriteOutcome};
+
+/// Longest id (match, rule) accepted: ids are keys, not documents.
+const MAX_ID_LEN: usize = 256;
+
+pub struct AlertStage {
+    pool: PgPool,
+    input_topic: String,
+    group_id: String,
+    handle: tokio::runtime::Handle,
+    settings: AlertSettings,
+    metrics: AlertMetrics,
+}
+
+impl AlertStage {
+    pub fn new(
+        pool: PgPool,
+        input_topic: String,
+        group_id: String,
+        settings: AlertSettings,
+        metrics: AlertMetrics,
+        handle: tokio::runtime::Handle,
+    ) -> AlertStage {
+        AlertStage { pool, input_topic, group_id, handle, settings, metrics }
+    }
+
+    async fn write_batch(
+        &mut self,
+        items: &[Candidate],
+        advances: &[OffsetAdvance],
+    ) -> Result<(WriteOutcome, Vec<(String, HitOutcome)>), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::new();
+        store::lock_groups(&mut tx, items).await?;
+        let max_evidence = self.settings.max_evidence.min(i32::MAX as usize) as i32;
+        for c in items {
+            for hit in &c.hits {
+                let name = self.settings.policy(&hit.policy_id).map(|p| p.name.as_str()).unwrap_or(&hit.policy_id);
+                let outcome = store::apply_hit(&mut tx, c, hit, name, max_evidence).await?;
+                outcomes.push((hit.policy_id.clone(), outcome));
+            }
+        }
+        match offsets::advance(&mut tx, &self.group_id, advances).await? {
+            Advance::Done => {
+                tx.commit().await?;
+                Ok((WriteOutcome::Committed, outcomes))
+            }
+            Advance::Fenced => {
+                tx.rollback().await?;
+                Ok((WriteOutcome::Fenced, Vec::new()))
+            }
+        }
+    }
+}
+
+/// Decode and check one `RuleMatch` (JSON). Ids are bounded; times cut to milliseconds.
+pub fn decode_match(payload: &[u8]) -> Result<RuleMatch, Rejection> {
+    let mut m: RuleMatch = serde_json::from_slice(payload).map_err(|e| {
+        let kind = if e.is_data() { RejectionKind::InvalidField } else { RejectionKind::InvalidJson };
+        Rejection::new(kind, format!("not a rule match: {e}"))
+    })?;
+    for (name, v) in [("matchId", &m.match_id), ("ruleId", &m.rule_id)] {
+        if v.trim().is_empty() {
+            return Err(Rejection::new(RejectionKind::MissingField, format!("{name} is empty")));
+        }
+        if v.len() > MAX_ID_LEN {
+            return Err(Rejection::new(RejectionKind::InvalidField, format!("{name} longer than {MAX_ID_LEN} bytes")));
+        }
+    }
+    m.matched_at = truncate_ms(m.matched_at);
+    Ok(m)
+}
+
+impl SinkStage for AlertStage {
+    type Item = Candidate;
+
+    fn name(&self) -> &'static str {
+        "alert"
+    }
+
+    fn sink_name(&self) -> &'static str {
+        "postgres.audit_alerts"
+    }
+
+    fn input_topics(&self) -> Vec<String> {
+        vec![self.input_topic.clone()]
+    }
+
+    fn decode(&mut self, input: &InputMessage<'_>) -> Result<Candidate, Rejection> {
+        let m = decode_match(input.payload)?;
+        let hits = evaluate(&self.settings.policies, self.settings.group_wait_seconds, &m);
+        let event_id = m.event.as_ref().map(|e| e.id.clone()).or_else(|| m.evidence_event_ids.last().cloned());
+        Ok(Candidate { m, hits, event_id })
+    }
+
+    async fn write(&mut self, items: &[Candidate], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {
+        let (outcome, hits) = self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))?;
+        for (policy, o) in hits {
+            let label = match o {
+                HitOutcome::Replayed => "replayed",
+                HitOutcome::Pooled => "pooled",
+                HitOutcome::Opened(id) => {
+                    tracing::info!(stage = "alert", alert = %id, policy = %policy, "alert opened");
+                    "opened"
+                }
+                HitOutcome::Folded(_) => "folded",
+            };
+            self.metrics.hits.with_label_values(&["alert", &policy, label]).inc();
+        }
+        Ok(outcome)
+    }
+
+    fn offset_loader(&self) -> OffsetLoader {
+        let pool = self.pool.clone();
+        let group = self.group_id.clone();
+        let handle = self.handle.clone();
+        let loader = Arc::new(move |partitions: &[(String, i32)]| {
+            handle.block_on(offsets::load(&pool, &group, partitions)).map_err(|e| e.to_string())
+        });
+        Box::new(move |p| loader(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::policy::tests::{event, rule_match};
+    use crate::event::Severity;
+    use crate::rule_match::RuleAction;
+
+    #[test]
+    fn decode_accepts_rule_matches_and_rejects_the_rest() {
+        let m = rule_match("r", Severity::High, RuleAction::Alert, event("u", "login", false));
+        let json = serde_json::to_vec(&m).unwrap();
+        assert_eq!(decode_match(&json).unwrap().match_id, m.match_id);
+        assert_eq!(decode_match(b"{nope").unwrap_err().kind, RejectionKind::InvalidJson);
+        assert_eq!(decode_match(b"{\"matchId\": 1}").unwrap_err().kind, RejectionKind::InvalidField);
+        let mut long = m.clone();
+        long.match_id = "x".repeat(300);
+        assert_eq!(decode_match(&serde_json::to_vec(&long).unwrap()).unwrap_err().kind, RejectionKind::InvalidField);
+        let mut empty = m;
+        empty.rule_id = " ".into();
+        assert_eq!(decode_match(&serde_json::to_vec(&empty).unwrap()).unwrap_err().kind, RejectionKind::MissingField);
+    }
+}
