@@ -27,6 +27,8 @@ pub struct Config {
     pub http: HttpConfig,
     pub stage: StageConfig,
     pub enrich: EnrichSettings,
+    /// `[compliance]`: the framework/control mapping of `audit-compliance` and reports.
+    pub compliance: crate::compliance::ComplianceSettings,
     pub log: LogConfig,
 }
 
@@ -424,6 +426,7 @@ impl Config {
         set(env, "AUDITFLOW_COMPLIANCE_PCI", &mut self.enrich.compliance.pci.enabled)?;
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
+        self.compliance.apply_env(env);
         Ok(())
     }
 
@@ -499,6 +502,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
         }
+        self.compliance.validate()?;
         Ok(())
     }
 

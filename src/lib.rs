@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod codec;
+pub mod compliance;
 pub mod config;
 pub mod db;
 pub mod demo;
