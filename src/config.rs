@@ -29,6 +29,8 @@ pub struct Config {
     pub enrich: EnrichSettings,
     /// `[compliance]`: the framework/control mapping of `audit-compliance` and reports.
     pub compliance: crate::compliance::ComplianceSettings,
+    /// `[retention]`: how long audit data is kept, per classification and framework.
+    pub retention: crate::retention::RetentionConfig,
     pub log: LogConfig,
 }
 
@@ -427,6 +429,7 @@ impl Config {
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
         self.compliance.apply_env(env);
+        self.retention.apply_env(env)?;
         Ok(())
     }
 
@@ -503,6 +506,7 @@ impl Config {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
         }
         self.compliance.validate()?;
+        self.retention.validate()?;
         Ok(())
     }
 

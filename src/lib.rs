@@ -21,6 +21,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod privacy;
+pub mod retention;
 pub mod rule_match;
 pub mod runtime;
 pub mod stages;

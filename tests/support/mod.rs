@@ -115,11 +115,13 @@ impl TestEnv {
         Config::from_sources(None, &env).expect("test config is valid")
     }
 
-    /// Start a stage binary (`audit-enrich`, `audit-persist`) as instance `instance`.
+    /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-compliance`) as instance
+    /// `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
+            "audit-compliance" => env!("CARGO_BIN_EXE_audit-compliance"),
             other => panic!("unknown stage binary {other}"),
         };
         let stage = binary.trim_start_matches("audit-");
