@@ -1,4 +1,7 @@
-//! The `auditflow` operator command: emit events, create topics, migrate the database.
+//! The `auditflow` operator command: emit events, create topics, migrate the database,
+//! compliance reports, retention and legal holds.
 
 pub mod emit;
+pub mod report;
+pub mod retention;
 pub mod topics;
