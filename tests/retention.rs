@@ -18,6 +18,9 @@ use support::*;
 
 const PSEUDONYM_KEY: [u8; 32] = [0x33; 32];
 
+/// A `retention_drops` row: table, partition, month start and end, rows, retention days.
+type DropRow = (String, String, DateTime<Utc>, DateTime<Utc>, i64, i32);
+
 /// First instant of the month `k` months before the current one (UTC).
 fn month(k: i32) -> DateTime<Utc> {
     let now = Utc::now();
@@ -191,7 +194,7 @@ async fn retention_drops_only_expired_unheld_months_and_logs_each_drop() {
     }
     assert_eq!(partitions(pool).await, expected, "only the expired, unheld months were dropped");
 
-    let drops: Vec<(String, String, DateTime<Utc>, DateTime<Utc>, i64, i32)> = sqlx::query_as(
+    let drops: Vec<DropRow> = sqlx::query_as(
         "SELECT table_name, partition_name, month_start, month_end, rows_dropped, retention_days FROM retention_drops ORDER BY month_start, table_name",
     )
     .fetch_all(pool)

@@ -48,15 +48,15 @@ pub fn format_outcome(outcome: &RetentionOutcome) -> String {
             let _ = write!(decision, " by hold {}", ids.join(", "));
         }
         if m.rows_without_subject > 0 {
-            let _ = write!(decision, "; {} rows without a subject pseudonym while subject holds are active", m.rows_without_subject);
+            let _ = write!(decision, ": {} row(s) with no subject pseudonym while subject holds are active", m.rows_without_subject);
         }
         let _ = writeln!(
             s,
-            "{:<8} {:>10} {:>8}d {:<21} {}",
+            "{:<8} {:>10} {:>9} {:<21} {}",
             m.month_start.format("%Y-%m"),
-            m.rows(),
-            m.retention_days,
-            m.expires_at.format("%Y-%m-%d %H:%M"),
+            m.rows().map_or("-".into(), |r| r.to_string()),
+            m.retention_days.map_or("-".into(), |d| format!("{d}d")),
+            m.expires_at.map_or("-".into(), |t| t.format("%Y-%m-%d %H:%M").to_string()),
             decision
         );
     }

@@ -132,6 +132,11 @@ impl RetentionConfig {
         self.classification.get(&c).copied().unwrap_or(self.default_days)
     }
 
+    /// The shortest retention any row can have: a month younger than this needs no look inside.
+    pub fn min_days(&self) -> u32 {
+        Classification::ALL.iter().map(|c| self.classification_days(*c)).min().unwrap_or(self.default_days)
+    }
+
     /// The longest retention any row can have: what an empty month waits for.
     pub fn max_days(&self) -> u32 {
         Classification::ALL
@@ -207,7 +212,8 @@ fn next_month(start: DateTime<Utc>) -> DateTime<Utc> {
 pub struct PartitionStat {
     pub table: &'static str,
     pub partition: String,
-    pub rows: i64,
+    /// `None` when the month was decided without counting (too recent to have expired).
+    pub rows: Option<i64>,
 }
 
 /// What retention decided for a month.
@@ -248,10 +254,11 @@ pub struct MonthPlan {
     pub month_start: DateTime<Utc>,
     pub month_end: DateTime<Utc>,
     pub partitions: Vec<PartitionStat>,
-    /// The longest retention of any row in the month (the maximum retention for an empty one).
-    pub retention_days: i64,
-    /// When the last row's retention ends.
-    pub expires_at: DateTime<Utc>,
+    /// The longest retention of any row in the month (the maximum retention for an empty one);
+    /// `None` when the month was decided without looking inside.
+    pub retention_days: Option<i64>,
+    /// When the last row's retention ends (same `None` case).
+    pub expires_at: Option<DateTime<Utc>>,
     /// Active legal holds that keep the month.
     pub held_by: Vec<i64>,
     /// Rows whose subject is unknown while a subject hold is active (they keep the month).
@@ -260,7 +267,8 @@ pub struct MonthPlan {
 }
 
 impl MonthPlan {
-    pub fn rows(&self) -> i64 {
+    /// Rows in the month, when counted.
+    pub fn rows(&self) -> Option<i64> {
         self.partitions.iter().map(|p| p.rows).sum()
     }
 }
@@ -315,6 +323,24 @@ async fn evaluate(
     active: &[holds::LegalHold],
 ) -> Result<MonthPlan, sqlx::Error> {
     let month_end = next_month(month_start);
+    // Every row of the month is at or after its start, and keeps at least the shortest
+    // retention: a month that young cannot have expired, and is decided without a scan.
+    let undecided = |decision| MonthPlan {
+        month_start,
+        month_end,
+        partitions: partitions.iter().map(|(table, p)| PartitionStat { table, partition: p.clone(), rows: None }).collect(),
+        retention_days: None,
+        expires_at: None,
+        held_by: Vec::new(),
+        rows_without_subject: 0,
+        decision,
+    };
+    if month_end > now {
+        return Ok(undecided(Decision::KeepCurrent));
+    }
+    if month_start + chrono::Duration::days(i64::from(cfg.min_days())) > now {
+        return Ok(undecided(Decision::KeepRetention));
+    }
     let mut stats = Vec::new();
     let mut expires_at: Option<DateTime<Utc>> = None;
     let mut retention_days: Option<i64> = None;
@@ -334,7 +360,7 @@ async fn evaluate(
         ))
         .fetch_one(&mut *conn)
         .await?;
-        stats.push(PartitionStat { table, partition: partition.clone(), rows });
+        stats.push(PartitionStat { table, partition: partition.clone(), rows: Some(rows) });
         expires_at = expires_at.max(expiry);
         retention_days = retention_days.max(max_days);
 
@@ -376,9 +402,7 @@ async fn evaluate(
 
     let retention_days = retention_days.unwrap_or(i64::from(cfg.max_days()));
     let expires_at = expires_at.unwrap_or(month_end + chrono::Duration::days(retention_days));
-    let decision = if month_end > now {
-        Decision::KeepCurrent
-    } else if !held_by.is_empty() || rows_without_subject > 0 {
+    let decision = if !held_by.is_empty() || rows_without_subject > 0 {
         Decision::KeepHeld
     } else if expires_at > now {
         Decision::KeepRetention
@@ -389,8 +413,8 @@ async fn evaluate(
         month_start,
         month_end,
         partitions: stats,
-        retention_days,
-        expires_at,
+        retention_days: Some(retention_days),
+        expires_at: Some(expires_at),
         held_by,
         rows_without_subject,
         decision,
@@ -464,8 +488,8 @@ async fn drop_month(pool: &PgPool, cfg: &RetentionConfig, now: DateTime<Utc>, mo
             .bind(&stat.partition)
             .bind(plan.month_start)
             .bind(plan.month_end)
-            .bind(stat.rows)
-            .bind(i32::try_from(plan.retention_days).unwrap_or(i32::MAX))
+            .bind(stat.rows.unwrap_or(0))
+            .bind(plan.retention_days.and_then(|d| i32::try_from(d).ok()).unwrap_or(i32::MAX))
             .execute(&mut *tx)
             .await?;
         }
@@ -476,7 +500,7 @@ async fn drop_month(pool: &PgPool, cfg: &RetentionConfig, now: DateTime<Utc>, mo
     match result {
         Ok(plan) if plan.decision == Decision::Dropped => {
             tx.commit().await?;
-            tracing::info!(month = %plan.month_start.format("%Y-%m"), rows = plan.rows(), retention_days = plan.retention_days,
+            tracing::info!(month = %plan.month_start.format("%Y-%m"), rows = ?plan.rows(), retention_days = ?plan.retention_days,
                 partitions = ?plan.partitions.iter().map(|p| &p.partition).collect::<Vec<_>>(), "retention dropped an expired month");
             Ok(plan)
         }
@@ -487,13 +511,12 @@ async fn drop_month(pool: &PgPool, cfg: &RetentionConfig, now: DateTime<Utc>, mo
         Err(e) if is_lock_failure(&e) => {
             let _ = tx.rollback().await;
             tracing::warn!(month = %month_start.format("%Y-%m"), error = %e, "retention could not lock the month; next run tries again");
-            let month_end = next_month(month_start);
             Ok(MonthPlan {
                 month_start,
-                month_end,
+                month_end: next_month(month_start),
                 partitions: Vec::new(),
-                retention_days: 0,
-                expires_at: month_end,
+                retention_days: None,
+                expires_at: None,
                 held_by: Vec::new(),
                 rows_without_subject: 0,
                 decision: Decision::SkippedBusy,
@@ -543,6 +566,7 @@ mod tests {
         let c = RetentionConfig::default();
         assert_eq!(c.default_days, 2555);
         assert_eq!(c.max_days(), 2555);
+        assert_eq!(c.min_days(), 2555);
         for cl in Classification::ALL {
             assert_eq!(c.classification_days(*cl), 2555);
         }
@@ -566,6 +590,7 @@ mod tests {
         assert_eq!(c.default_days, 200);
         assert_eq!(c.framework.get(&Framework::Hipaa), Some(&2190));
         assert_eq!(c.max_days(), 4000);
+        assert_eq!(c.min_days(), 30);
         c.validate().unwrap();
         let e = RetentionConfig::default().apply_env(&env(&[("AUDITFLOW_RETENTION_DAYS", "forever")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_RETENTION_DAYS");
