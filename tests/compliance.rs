@@ -301,7 +301,33 @@ async fn compliance_records_land_once_in_table_and_topic_and_reports_match_sql()
     let anonymous = pseudonyms.of(SubjectKind::Ip, "198.51.100.7");
     assert!(got.iter().any(|r| r.11.as_deref() == Some(anonymous.as_str())), "an anonymous actor is known by its address's pseudonym");
     assert!(read_topic(&env.dlq, 3, Duration::from_secs(1)).is_empty(), "nothing dead-lettered");
+
+    // A late event for a month whose partition retention has since dropped: the stage notices
+    // the partition is gone and creates it again instead of retrying forever.
+    let old = Utc::now() - chrono::Duration::days(800);
+    let late = |user: &str| RawEvent { timestamp: Some(RawTimestamp::Rfc3339(old.to_rfc3339())), ..raw("delete_user", "user_management", Some(user)) };
+    let old_partition = format!("compliance_events_{}", old.format("%Y_%m"));
+    let count_old = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM compliance_events WHERE event_time < now() - interval '400 days'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+    };
+    env.produce_events(&[late("late1")]);
+    let start = Instant::now();
+    while count_old().await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "late event never recorded:\n{}", compliance.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    sqlx::query(&format!("DROP TABLE \"{old_partition}\"")).execute(&env.pool).await.expect("drop the old month");
+    env.produce_events(&[late("late2")]);
+    let start = Instant::now();
+    while count_old().await == 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "event for a dropped month never recorded:\n{}", compliance.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     drop(compliance);
+    sqlx::query(&format!("DROP TABLE \"{old_partition}\"")).execute(&env.pool).await.expect("remove the late month again");
 
     // Reports: JSON figures equal independent SQL, for every framework.
     let from = Utc::now() - chrono::Duration::days(7);

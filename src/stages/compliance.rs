@@ -69,7 +69,7 @@ impl ComplianceStage {
             self.known_months.insert((at.year(), at.month()));
         }
         let c = Columns::from_records(records);
-        sqlx::query(INSERT_SQL)
+        let inserted = sqlx::query(INSERT_SQL)
             .bind(&c.event_id)
             .bind(&c.event_time)
             .bind(&c.framework)
@@ -83,8 +83,13 @@ impl ComplianceStage {
             .bind(&c.classification)
             .bind(&c.subject_pseudonym)
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await;
+        if inserted.is_err() {
+            // Retention may have dropped a month this process saw before (a late event for an
+            // expired month): check the partitions again on the retry.
+            self.known_months.clear();
+        }
+        inserted.map(|_| ())
     }
 }
 
