@@ -8,9 +8,13 @@ use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand};
 
 use auditflow::cli::emit::{self, InputError};
+use auditflow::cli::report::{self, ReportFormat};
+use auditflow::cli::retention::{format_holds, format_outcome, subject_pseudonym, SubjectArg};
 use auditflow::cli::topics::{create_topics, TopicOutcome};
+use auditflow::compliance::{Framework, FrameworkSwitches, Mapping, Pseudonyms};
 use auditflow::config::Config;
 use auditflow::event::RawEvent;
+use auditflow::retention::holds::{self, NewHold};
 
 #[derive(Parser)]
 #[command(name = "auditflow", version, about = "Operate the auditflow audit-logging pipeline")]
@@ -99,6 +103,106 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Compliance report of one framework over a period (HTML, CSV or JSON).
+    Report(ReportArgs),
+    /// Enforce data retention: drop whole expired, unheld month partitions.
+    Retention {
+        #[command(subcommand)]
+        command: RetentionCommand,
+    },
+    /// Legal holds: data under an active hold is never removed by retention.
+    Hold {
+        #[command(subcommand)]
+        command: HoldCommand,
+    },
+}
+
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// sox, gdpr, hipaa or pci.
+    #[arg(long, value_parser = parse_framework)]
+    framework: Framework,
+    /// Start of the period, inclusive (YYYY-MM-DD or RFC 3339, UTC). Default: 30 days before --to.
+    #[arg(long, value_parser = report::parse_time)]
+    from: Option<chrono::DateTime<chrono::Utc>>,
+    /// End of the period, exclusive. Default: now.
+    #[arg(long, value_parser = report::parse_time)]
+    to: Option<chrono::DateTime<chrono::Utc>>,
+    /// html, csv or json.
+    #[arg(long, default_value = "html", value_parser = parse_format)]
+    format: ReportFormat,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum RetentionCommand {
+    /// Drop every month whose rows are all past retention and not under legal hold.
+    Run {
+        /// Show what would be dropped; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldCommand {
+    /// Place a hold on a subject, a time range, or a subject within a time range.
+    Add {
+        /// The subject's user id (or IP address); only its keyed pseudonym is stored.
+        #[arg(long, conflicts_with = "subject_pseudonym")]
+        subject: Option<String>,
+        /// How to read --subject.
+        #[arg(long, value_enum, default_value_t = SubjectArg::Auto)]
+        subject_kind: SubjectArg,
+        /// The subject's pseudonym as reports show it, instead of --subject.
+        #[arg(long)]
+        subject_pseudonym: Option<String>,
+        /// Start of the held range, inclusive (YYYY-MM-DD or RFC 3339).
+        #[arg(long, value_parser = report::parse_time)]
+        from: Option<chrono::DateTime<chrono::Utc>>,
+        /// End of the held range, exclusive.
+        #[arg(long, value_parser = report::parse_time)]
+        to: Option<chrono::DateTime<chrono::Utc>>,
+        /// Why (case, ticket, authority).
+        #[arg(long)]
+        reason: String,
+        /// Who places the hold (default: $USER).
+        #[arg(long)]
+        created_by: Option<String>,
+    },
+    /// List active holds (--all: released ones too).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// Release an active hold; its record stays.
+    Release {
+        id: i64,
+        /// Who releases it (default: $USER).
+        #[arg(long)]
+        released_by: Option<String>,
+    },
+}
+
+fn parse_framework(s: &str) -> Result<Framework, String> {
+    s.parse()
+}
+
+fn parse_format(s: &str) -> Result<ReportFormat, String> {
+    s.parse()
+}
+
+fn operator(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .or_else(|| std::env::var("LOGNAME").ok())
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 #[derive(Subcommand)]
@@ -325,6 +429,20 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Report(args) => run_report(args, config).await,
+        Command::Retention { command: RetentionCommand::Run { dry_run, json } } => {
+            let pool = auditflow::db::connect(&config.database, 5).await.context("connecting to PostgreSQL")?;
+            let outcome = auditflow::retention::run(&pool, &config.retention, chrono::Utc::now(), dry_run)
+                .await
+                .context("enforcing retention")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                print!("{}", format_outcome(&outcome));
+            }
+            Ok(())
+        }
+        Command::Hold { command } => run_hold(command, config).await,
         Command::Migrate => {
             let pool = auditflow::db::connect(&config.database, 20).await.context("connecting to PostgreSQL")?;
             auditflow::db::MIGRATOR.run(&pool).await.context("applying migrations")?;
@@ -332,6 +450,58 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn run_report(args: ReportArgs, config: Config) -> anyhow::Result<()> {
+    let to = args.to.unwrap_or_else(chrono::Utc::now);
+    let from = args.from.unwrap_or(to - chrono::Duration::days(30));
+    if from >= to {
+        return Err(InputError(format!("--from ({from}) must be before --to ({to})")).into());
+    }
+    // Every control of the mapping is listed, whether its framework is switched on now or not:
+    // the report covers what was recorded.
+    let mapping = Mapping::load(config.compliance.mapping.as_deref(), FrameworkSwitches::ALL_ON)?;
+    let pool = auditflow::db::connect(&config.database, 5).await.context("connecting to PostgreSQL")?;
+    let data = report::gather(&pool, args.framework, from, to, Some(&mapping)).await.context("querying compliance_events")?;
+    let text = report::render(&data, args.format);
+    match &args.output {
+        Some(path) => {
+            std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(())
+}
+
+async fn run_hold(command: HoldCommand, config: Config) -> anyhow::Result<()> {
+    let pool = auditflow::db::connect(&config.database, 5).await.context("connecting to PostgreSQL")?;
+    match command {
+        HoldCommand::Add { subject, subject_kind, subject_pseudonym: given, from, to, reason, created_by } => {
+            let pseudonym = match (subject, given) {
+                (Some(s), _) => {
+                    let pseudonyms = Pseudonyms::from_env()?;
+                    Some(subject_pseudonym(&pseudonyms, &s, subject_kind).map_err(InputError)?)
+                }
+                (None, Some(p)) if !p.trim().is_empty() => Some(p.trim().to_string()),
+                _ => None,
+            };
+            let hold = NewHold { subject_pseudonym: pseudonym, from_ts: from, to_ts: to, reason, created_by: operator(created_by) };
+            hold.validate().map_err(InputError)?;
+            let placed = holds::add(&pool, &hold).await.context("placing the hold")?;
+            println!("placed legal hold {}", placed.id);
+            print!("{}", format_holds(&[placed]));
+        }
+        HoldCommand::List { all } => print!("{}", format_holds(&holds::list(&pool, all).await?)),
+        HoldCommand::Release { id, released_by } => match holds::release(&pool, id, &operator(released_by)).await? {
+            Some(h) => {
+                println!("released legal hold {}", h.id);
+                print!("{}", format_holds(&[h]));
+            }
+            None => return Err(InputError(format!("no active legal hold with id {id}")).into()),
+        },
+    }
+    Ok(())
 }
 
 async fn run_emit(args: EmitArgs, config: Config) -> anyhow::Result<()> {

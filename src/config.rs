@@ -30,6 +30,10 @@ pub struct Config {
     pub privacy: PrivacySettings,
     pub ledger: LedgerSettings,
     pub alert: crate::alert::AlertSettings,
+    /// `[compliance]`: the framework/control mapping of `audit-compliance` and reports.
+    pub compliance: crate::compliance::ComplianceSettings,
+    /// `[retention]`: how long audit data is kept, per classification and framework.
+    pub retention: crate::retention::RetentionConfig,
     pub log: LogConfig,
 }
 
@@ -530,6 +534,8 @@ impl Config {
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
         self.alert.apply_env(env)?;
+        self.compliance.apply_env(env);
+        self.retention.apply_env(env)?;
         Ok(())
     }
 
@@ -618,6 +624,8 @@ impl Config {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
         }
         self.alert.validate()?;
+        self.compliance.validate()?;
+        self.retention.validate()?;
         Ok(())
     }
 

@@ -15,6 +15,7 @@
 pub mod alert;
 pub mod cli;
 pub mod codec;
+pub mod compliance;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -23,6 +24,7 @@ pub mod error;
 pub mod event;
 pub mod ledger;
 pub mod privacy;
+pub mod retention;
 pub mod rule_match;
 pub mod runtime;
 pub mod stages;

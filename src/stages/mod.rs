@@ -1,9 +1,13 @@
 //! The pipeline's stages. Each is business logic plugged into the shared runtime:
 //! - [`enrich`]: `audit-raw` → validate, normalise, enrich → `audit-enriched` (Avro), exactly once.
-//! - [`persist`]: `audit-enriched` → PostgreSQL `audit_events`, offsets in the same transaction.
+//! - [`persist`]: `audit-enriched` → PostgreSQL `audit_events` (hash-chained ledger), offsets in
+//!   the same transaction.
 //! - [`alert`]: `audit-rule-matches` → alert policies → PostgreSQL `audit_alerts` (the
 //!   dispatcher in the same process sends them).
+//! - [`compliance`]: `audit-enriched` → framework/control records in PostgreSQL
+//!   `compliance_events` and on `compliance-events`, exactly once.
 
 pub mod alert;
+pub mod compliance;
 pub mod enrich;
 pub mod persist;

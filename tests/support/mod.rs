@@ -134,6 +134,8 @@ impl TestEnv {
     }
 
     /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-alert`) as instance `instance`.
+    /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-compliance`) as instance
+    /// `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
         self.start_stage_with(binary, instance, &[])
     }
@@ -144,6 +146,7 @@ impl TestEnv {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
             "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
+            "audit-compliance" => env!("CARGO_BIN_EXE_audit-compliance"),
             other => panic!("unknown stage binary {other}"),
         };
         let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));
