@@ -599,7 +599,14 @@ impl SinkStage for PersistStage {
     }
 
     async fn write(&mut self, items: &[EnrichedEvent], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {
-        let outcome = self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))?;
+        let outcome = match self.write_batch(items, advances).await {
+            Ok(o) => o,
+            Err(e) => {
+                // A month partition may have been dropped by retention since it was cached.
+                self.known_months.clear();
+                return Err(SinkError(e.to_string()));
+            }
+        };
         if outcome == WriteOutcome::Committed {
             // Checkpointing is outside the batch's transaction: a failure here loses nothing
             // (the next tick signs the same heads).
