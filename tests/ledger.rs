@@ -226,3 +226,40 @@ async fn the_stage_role_can_insert_but_not_change_the_ledger() {
     let err = sqlx::query("DELETE FROM audit_events").execute(&env.pool).await.expect_err("trigger");
     assert!(err.to_string().contains("append-only"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ledger_still_verifies_after_retention_drops_old_months() {
+    let env = TestEnv::new("retire", 2).await;
+    let mut events = sample_events(600, 12);
+    for e in events.iter_mut().take(300) {
+        // Far past the default 2555-day retention.
+        e.timestamp = Some(auditflow::event::RawTimestamp::Rfc3339("2012-03-15T10:00:00Z".into()));
+    }
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _persist = env.start_stage("audit-persist", "p1");
+    env.produce_events(&events);
+    env.wait_for_rows(600, Duration::from_secs(120)).await;
+    let start = Instant::now();
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM ledger_chain_heads WHERE checkpointed_seq < last_seq")
+        .fetch_one(&env.pool)
+        .await
+        .expect("heads")
+        > 0
+    {
+        assert!(start.elapsed() < Duration::from_secs(60), "checkpoints never caught up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, before) = verify_json(&env);
+    assert_eq!(code, Some(0), "{before}");
+    assert_eq!(before["chains"], 4, "two partitions × two months: {before}");
+
+    let out = auditflow(&env, &["retention", "run"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.row_count().await, 300, "the 2012 month is gone");
+
+    let (code, after) = verify_json(&env);
+    assert_eq!(code, Some(0), "verification after retention: {after}");
+    assert_eq!(after["chains"], 2);
+    assert_eq!(after["retiredChains"], 2, "the dropped month's chains are retired, not broken: {after}");
+    assert_eq!(after["rows"], 300);
+}
