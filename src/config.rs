@@ -27,6 +27,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub stage: StageConfig,
     pub enrich: EnrichSettings,
+    pub rules: crate::rules::RulesSettings,
     pub log: LogConfig,
 }
 
@@ -408,6 +409,7 @@ impl Config {
         set(env, "AUDITFLOW_COMPLIANCE_PCI", &mut self.enrich.compliance.pci.enabled)?;
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
+        self.rules.apply_env(env)?;
         Ok(())
     }
 
@@ -483,6 +485,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(ConfigError::new("AUDITFLOW_LOG_FORMAT", "must be `text` or `json`"));
         }
+        self.rules.validate()?;
         Ok(())
     }
 
