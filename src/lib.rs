@@ -20,6 +20,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod rule_match;
+pub mod rules;
 pub mod runtime;
 pub mod stages;
 pub mod telemetry;
