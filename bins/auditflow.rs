@@ -45,6 +45,35 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Check detection rule files, or try them on events without Kafka or Redis.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile every rule file of DIR as audit-rules would; report each problem with file and line.
+    Validate {
+        /// Directory of rule files (*.yaml, *.yml).
+        dir: PathBuf,
+    },
+    /// Run the rules of DIR over a JSON-lines file of raw or enriched events, with an in-memory
+    /// window store; print which rules fire per event and the window state.
+    Test {
+        /// Directory of rule files (*.yaml, *.yml).
+        dir: PathBuf,
+        /// JSON-lines file of events (`-` reads stdin).
+        #[arg(long)]
+        events: PathBuf,
+        /// Print the matches as JSON lines (RuleMatch records) instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Check absence rules at this time (RFC 3339) after the last event.
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -172,6 +201,17 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 Ok(())
             })
             .await?
+        }
+        Command::Rules { command: RulesCommand::Validate { dir } } => {
+            let mut stdout = std::io::stdout().lock();
+            auditflow::cli::rules::validate(&dir, &mut stdout).map_err(|e| InputError(e.to_string()))?;
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Test { dir, events, json, until } } => {
+            let opts = auditflow::cli::rules::TestOptions { rules_dir: dir, events, json, until };
+            let mut stdout = std::io::stdout().lock();
+            auditflow::cli::rules::run_test(&opts, &config.enrich.to_enrich_config(), &mut stdout)?;
+            Ok(())
         }
         Command::Migrate => {
             let pool = auditflow::db::connect(&config.database, 20).await.context("connecting to PostgreSQL")?;
