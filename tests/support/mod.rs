@@ -113,11 +113,18 @@ impl TestEnv {
         Config::from_sources(None, &env).expect("test config is valid")
     }
 
-    /// Start a stage binary (`audit-enrich`, `audit-persist`) as instance `instance`.
+    /// Start a stage binary (`audit-enrich`, `audit-persist`, `audit-rules`) as instance `instance`.
     pub fn start_stage(&self, binary: &str, instance: &str) -> StageProcess {
+        self.start_stage_env(binary, instance, &[])
+    }
+
+    /// [`TestEnv::start_stage`] with extra environment variables, applied last (so they can
+    /// override the group id, for instance).
+    pub fn start_stage_env(&self, binary: &str, instance: &str, extra: &[(&str, &str)]) -> StageProcess {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
+            "audit-rules" => env!("CARGO_BIN_EXE_audit-rules"),
             other => panic!("unknown stage binary {other}"),
         };
         let stage = binary.trim_start_matches("audit-");
@@ -127,6 +134,7 @@ impl TestEnv {
             .envs(self.env_vars())
             .env("AUDITFLOW_GROUP_ID", format!("{}-{stage}", self.id))
             .env("AUDITFLOW_INSTANCE_ID", instance)
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
