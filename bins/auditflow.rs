@@ -204,7 +204,8 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         }
         Command::Rules { command: RulesCommand::Validate { dir } } => {
             let mut stdout = std::io::stdout().lock();
-            auditflow::cli::rules::validate(&dir, &mut stdout).map_err(|e| InputError(e.to_string()))?;
+            auditflow::cli::rules::validate(&dir, &mut stdout)
+                .map_err(|e| InputError(format!("{} problem(s) in the rules of {}:\n{e}", e.0.len(), dir.display())))?;
             Ok(())
         }
         Command::Rules { command: RulesCommand::Test { dir, events, json, until } } => {

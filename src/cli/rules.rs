@@ -154,7 +154,8 @@ pub fn run_test(
                 ev.id
             )?;
             for m in result.matches.iter().filter(|m| m.kind == RuleKind::Pattern) {
-                writeln!(out, "  MATCH  {:<28} pattern        {} {:?} match={}", m.rule_id, m.severity, m.action, m.match_id)?;
+                let action = format!("{:?}", m.action).to_uppercase();
+                writeln!(out, "  MATCH  {:<28} pattern        {} {action} match={}", m.rule_id, m.severity, m.match_id)?;
             }
             for t in &result.trace {
                 let line = match &t.outcome {
@@ -250,5 +251,71 @@ fn format_ms(ms: i64) -> String {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    #[test]
+    fn rules_test_runs_the_example_events_through_the_default_pack() {
+        let opts = TestOptions {
+            rules_dir: root().join("rules"),
+            events: root().join("examples/rules-events.jsonl"),
+            json: false,
+            until: Some("2025-11-26T19:00:00Z".parse().unwrap()),
+        };
+        let mut out = Vec::new();
+        let summary = run_test(&opts, &EnrichConfig::default(), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(summary.events, 17);
+        for (rule, n) in [
+            ("failed-login-attempts", 15),
+            ("failed-logins-per-user", 1),
+            ("failed-logins-per-ip", 1),
+            ("suspicious-activity", 1),
+            ("password-spraying", 1),
+            ("grant-then-export", 1),
+            ("audit-source-silent", 3),
+        ] {
+            assert_eq!(summary.by_rule.get(rule), Some(&n), "{rule}:\n{text}");
+        }
+        assert!(text.contains("9/10 in 1m"), "window state per event:\n{text}");
+        assert!(text.contains("FIRED 10/10 in 1m"), "{text}");
+        assert!(text.contains("BLOCK  ip 203.0.113.7 for 900 s"), "{text}");
+
+        let mut json = Vec::new();
+        let opts = TestOptions { json: true, ..opts };
+        run_test(&opts, &EnrichConfig::default(), &mut json).unwrap();
+        let matches: Vec<RuleMatch> = String::from_utf8(json)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(matches.len(), summary.matches);
+    }
+
+    #[test]
+    fn rules_test_reports_the_line_of_a_bad_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let events = dir.path().join("e.jsonl");
+        std::fs::write(&events, "{\"action\":\"login\",\"resource\":\"x\"}\n{\"action\":\"login\"}\n").unwrap();
+        let opts = TestOptions { rules_dir: root().join("rules"), events, json: false, until: None };
+        let err = run_test(&opts, &EnrichConfig::default(), &mut Vec::new()).unwrap_err();
+        assert!(err.to_string().contains("e.jsonl:2: invalid event: missing_field"), "{err}");
+    }
+
+    #[test]
+    fn validate_lists_the_rules() {
+        let mut out = Vec::new();
+        validate(&root().join("rules"), &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("ok: 10 rules in force"), "{text}");
+        assert!(text.contains("grant-then-export") && text.contains("sequence"), "{text}");
     }
 }

@@ -488,7 +488,11 @@ pub fn compile_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, RuleErr
         let file: RuleFile = match serde_norway::from_str(text) {
             Ok(f) => f,
             Err(e) => {
-                errors.push(yaml_error(path, &e));
+                // Reading stops at the first problem; read rule by rule to report them all.
+                match per_rule_errors(path, text) {
+                    Some(each) if !each.is_empty() => errors.extend(each),
+                    _ => errors.push(yaml_error(path, &e)),
+                }
                 continue;
             }
         };
@@ -608,6 +612,45 @@ fn yaml_error(path: &Path, e: &serde_norway::Error) -> RuleError {
         None => (None, None),
     };
     RuleError { file: path.to_path_buf(), line, column, message }
+}
+
+/// The problems of each rule of a file read on its own, for files laid out the usual way
+/// (`rules:` at the left margin, one `- ` item per rule). `None` when the layout is not that.
+fn per_rule_errors(path: &Path, text: &str) -> Option<Vec<RuleError>> {
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.iter().position(|l| l.trim_end() == "rules:")?;
+    let mut items: Vec<usize> = Vec::new();
+    let mut indent: Option<usize> = None;
+    let mut end = lines.len();
+    for (i, line) in lines.iter().enumerate().skip(start + 1) {
+        let body = line.trim_start();
+        let ind = line.len() - body.len();
+        if body.is_empty() || body.starts_with('#') {
+            continue;
+        }
+        if ind == 0 && !body.starts_with('-') {
+            end = i; // another top-level key
+            break;
+        }
+        if body.starts_with('-') && indent.is_none_or(|d| d == ind) {
+            indent = Some(ind);
+            items.push(i);
+        }
+    }
+    let mut errors = Vec::new();
+    for (k, &first) in items.iter().enumerate() {
+        let last = items.get(k + 1).copied().unwrap_or(end);
+        let chunk = lines[first..last].join("\n");
+        if let Err(e) = serde_norway::from_str::<Vec<super::model::RawRuleDef>>(&chunk) {
+            let mut err = yaml_error(path, &e);
+            err.line = err.line.map(|l| l + first);
+            if let Some(rest) = err.message.strip_prefix(".[0]").or_else(|| err.message.strip_prefix("[0]")) {
+                err.message = format!("rules[{k}]{rest}");
+            }
+            errors.push(err);
+        }
+    }
+    Some(errors)
 }
 
 /// Line (1-based) of each rule's `id:` key, in file order. Rules are the only mappings with an

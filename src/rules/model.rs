@@ -137,7 +137,7 @@ impl<'de> Deserialize<'de> for RegexText {
             // regex's message spans several lines (pattern, caret, reason): keep it on one.
             Err(e) => Err(de::Error::custom(format!(
                 "invalid regex {s:?}: {}",
-                e.to_string().lines().last().unwrap_or("").trim()
+                e.to_string().lines().last().unwrap_or("").trim().trim_start_matches("error: ")
             ))),
         }
     }

@@ -626,6 +626,17 @@ fn invalid_regex_cidr_duration_and_fields_point_at_their_line() {
 }
 
 #[test]
+fn every_broken_rule_of_a_file_is_reported() {
+    let yaml = "rules:\n  - id: a\n    name: A\n    severity: LOW\n    action: LOG\n    match:\n      text: { regex: \"admin(\" }\n  - id: ok\n    name: OK\n    severity: LOW\n    action: LOG\n    match: { success: true }\n  - id: c\n    name: C\n    severity: LOW\n    action: LOG\n    treshold: { count: 3, window: 1m }\n";
+    let errs = errors(yaml);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (Some(7), Some(13)), "{}", errs[0]);
+    assert!(errs[0].message.starts_with("rules[0].match.text: invalid regex"), "{}", errs[0]);
+    assert_eq!(errs[1].line, Some(17), "{}", errs[1]);
+    assert!(errs[1].message.contains("rules[2]: unknown field `treshold`"), "{}", errs[1]);
+}
+
+#[test]
 fn whole_rule_problems_and_duplicates_point_at_the_rule() {
     let yaml = "rules:\n  - id: a\n    name: A\n    severity: LOW\n    action: LOG\n    match: { success: false }\n\n  - name: B\n    id: b\n    severity: LOW\n    action: BLOCK\n    match: { success: false }\n  - id: a\n    name: A again\n    severity: LOW\n    action: LOG\n    match: { success: false }\n";
     let errs = errors(yaml);
