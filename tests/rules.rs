@@ -505,3 +505,48 @@ fn redis_scripts_agree_with_the_memory_store() {
         assert!(seen.contains_key(&(rule.to_string(), what)), "no {rule}/{what} outcome in {seen:?}");
     }
 }
+
+const RULE_A: &str = "rules:\n  - id: rule-a\n    name: A\n    severity: LOW\n    action: LOG\n    match: { success: false }\n";
+const RULE_B: &str = "rules:\n  - id: rule-b\n    name: B\n    severity: LOW\n    action: LOG\n    match: { text: { contains: login } }\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_reload_while_running_and_a_broken_set_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.yaml"), RULE_A).expect("write");
+    let (mut env, _prefix) = rules_env("rules_reload", 1, &redis_url(), dir.path()).await;
+    env.extra_env.push(("AUDITFLOW_RULES_RELOAD_SECS".into(), "1".into()));
+    let stage = env.start_stage("audit-rules", "r1");
+    wait_for_log(&stage, "stage running");
+    let t0 = Utc::now().timestamp_millis();
+    let send = |i: i64| produce_enriched(&env, &[failed_login(&format!("{}-{i}", env.id), t0 + i, "u", "192.0.2.1")], |_| "u".into());
+
+    send(1);
+    let got = wait_for_matches(&env, 1, Duration::from_secs(60), &[&stage]);
+    assert_eq!(got.iter().map(|m| m.rule_id.as_str()).collect::<Vec<_>>(), vec!["rule-a"]);
+
+    // A broken file: refused, logged with its line, rule-a stays in force.
+    std::fs::write(dir.path().join("b.yaml"), "rules:\n  - id: rule-b\n    name: B\n    severity: LOW\n    action: LOG\n    match: { ip_cidr: 192.0.2.0/33 }\n").expect("write");
+    wait_for_log(&stage, "new rule set refused");
+    assert!(stage.log().contains("b.yaml:6"), "the error names the file and line:\n{}", stage.log());
+    send(2);
+    let got = wait_for_matches(&env, 2, Duration::from_secs(60), &[&stage]);
+    assert_eq!(count_rule(&got, "rule-a"), 2);
+
+    // Fixed: both rules apply to the next event, without a restart.
+    std::fs::write(dir.path().join("b.yaml"), RULE_B).expect("write");
+    wait_for_log(&stage, "rules reloaded");
+    send(3);
+    let got = wait_for_matches(&env, 4, Duration::from_secs(60), &[&stage]);
+    assert_eq!((count_rule(&got, "rule-a"), count_rule(&got, "rule-b")), (3, 1));
+
+    // SIGHUP reloads at once too.
+    let pid = stage.pid().expect("stage running").to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
+    wait_for_log(&stage, "SIGHUP: reloading rules");
+    let reloads = || stage.log().matches("rules reloaded").count();
+    let start = Instant::now();
+    while reloads() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no reload after SIGHUP:\n{}", stage.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

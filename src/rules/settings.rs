@@ -72,3 +72,43 @@ impl RulesSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_file_and_environment() {
+        let c = Config::from_sources(None, &HashMap::new()).unwrap();
+        assert_eq!(c.rules, RulesSettings::default());
+        assert_eq!(c.rules.dir, PathBuf::from("rules"));
+        let file = "[rules]\ndir = \"/etc/auditflow/rules\"\nreload_interval_secs = 30\n";
+        let c = Config::from_sources(
+            Some(file),
+            &env(&[("AUDITFLOW_REDIS_PREFIX", "t1:"), ("AUDITFLOW_RULES_RELOAD_SECS", "0")]),
+        )
+        .unwrap();
+        assert_eq!(c.rules.dir, PathBuf::from("/etc/auditflow/rules"));
+        assert_eq!(c.rules.reload_interval_secs, 0);
+        assert_eq!(c.rules.key_prefix, "t1:");
+        let c = Config::from_sources(None, &env(&[("AUDITFLOW_RULES_DIR", "/srv/rules")])).unwrap();
+        assert_eq!(c.rules.dir, PathBuf::from("/srv/rules"));
+    }
+
+    #[test]
+    fn invalid_settings_name_the_variable() {
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_RULES_RELOAD_SECS", "soon")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_RULES_RELOAD_SECS");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_TIMEOUT_MS", "1")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_REDIS_TIMEOUT_MS");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_PREFIX", "a b")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_REDIS_PREFIX");
+        let e = Config::from_sources(Some("[rules]\ndirectory = \"x\"\n"), &HashMap::new()).unwrap_err();
+        assert!(e.reason.contains("unknown field"), "{e}");
+    }
+}
