@@ -143,97 +143,84 @@ impl RulesEngine {
                 if !rule.cond.eval(ev, ip, &hits) {
                     continue;
                 }
-                let key = |group: &str| WindowKey { rule: rule.meta.id.clone(), group: group.to_string() };
-                match &rule.state {
-                    Stateful::Pattern => pending.push(Pending { event: ei, rule: ri, group: None, op: None }),
-                    Stateful::Threshold { count, window_ms, lateness_ms, group_by } => {
-                        let Some((g, map)) = group_key(group_by, ev) else {
-                            if trace {
-                                traces.push((ei, ri, String::new(), None));
-                            }
-                            continue;
-                        };
-                        ops.push(WindowOp::Threshold {
-                            key: key(&g),
-                            event_id: ev.id.clone(),
-                            time_ms: t,
-                            window_ms: *window_ms,
-                            lateness_ms: *lateness_ms,
-                            limit: *count,
-                        });
-                        if trace {
-                            traces.push((ei, ri, g.clone(), Some(ops.len() - 1)));
-                        }
-                        pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(ops.len() - 1) });
+                let group_by = match &rule.state {
+                    Stateful::Pattern => {
+                        pending.push(Pending { event: ei, rule: ri, group: None, op: None });
+                        continue;
                     }
-                    Stateful::Distinct { field, more_than, window_ms, lateness_ms, group_by } => {
-                        let (Some((g, map)), Some(value)) = (group_key(group_by, ev), field.1.get(ev)) else {
-                            if trace {
-                                traces.push((ei, ri, String::new(), None));
-                            }
-                            continue;
-                        };
-                        ops.push(WindowOp::Distinct {
-                            key: key(&g),
-                            event_id: ev.id.clone(),
-                            time_ms: t,
-                            value: value.into_owned(),
-                            window_ms: *window_ms,
-                            lateness_ms: *lateness_ms,
-                            more_than: *more_than,
-                        });
-                        if trace {
-                            traces.push((ei, ri, g.clone(), Some(ops.len() - 1)));
-                        }
-                        pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(ops.len() - 1) });
+                    Stateful::Threshold { group_by, .. }
+                    | Stateful::Distinct { group_by, .. }
+                    | Stateful::Sequence { group_by, .. }
+                    | Stateful::Absence { group_by, .. } => group_by,
+                };
+                let steps_mask = match &rule.state {
+                    Stateful::Sequence { steps, .. } => steps
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.eval(ev, ip, &hits))
+                        .fold(0u32, |m, (k, _)| m | (1 << k)),
+                    _ => 0,
+                };
+                if matches!(rule.state, Stateful::Sequence { .. }) && steps_mask == 0 {
+                    continue;
+                }
+                let distinct_value = match &rule.state {
+                    Stateful::Distinct { field, .. } => field.1.get(ev),
+                    _ => None,
+                };
+                let needs_value = matches!(rule.state, Stateful::Distinct { .. });
+                let group = group_key(group_by, ev).filter(|_| !needs_value || distinct_value.is_some());
+                let Some((g, map)) = group else {
+                    if trace {
+                        traces.push((ei, ri, String::new(), None));
                     }
-                    Stateful::Sequence { steps, within_ms, lateness_ms, group_by } => {
-                        let mask = steps
-                            .iter()
-                            .enumerate()
-                            .filter(|(_, c)| c.eval(ev, ip, &hits))
-                            .fold(0u32, |m, (k, _)| m | (1 << k));
-                        if mask == 0 {
-                            continue;
-                        }
-                        let Some((g, map)) = group_key(group_by, ev) else {
-                            if trace {
-                                traces.push((ei, ri, String::new(), None));
-                            }
-                            continue;
-                        };
-                        ops.push(WindowOp::Sequence {
-                            key: key(&g),
-                            event_id: ev.id.clone(),
-                            time_ms: t,
-                            steps_mask: mask,
-                            steps: steps.len() as u32,
-                            within_ms: *within_ms,
-                            lateness_ms: *lateness_ms,
-                        });
-                        if trace {
-                            traces.push((ei, ri, g.clone(), Some(ops.len() - 1)));
-                        }
-                        pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(ops.len() - 1) });
-                    }
-                    Stateful::Absence { window_ms, group_by, .. } => {
-                        let Some((g, _)) = group_key(group_by, ev) else {
-                            if trace {
-                                traces.push((ei, ri, String::new(), None));
-                            }
-                            continue;
-                        };
-                        ops.push(WindowOp::Seen {
-                            rule: rule.meta.id.clone(),
-                            group: g.clone(),
-                            time_ms: t,
-                            window_ms: *window_ms,
-                        });
+                    continue;
+                };
+                let key = WindowKey { rule: rule.meta.id.clone(), group: g.clone() };
+                let event_id = ev.id.clone();
+                let op = match &rule.state {
+                    Stateful::Pattern => continue,
+                    Stateful::Threshold { count, window_ms, lateness_ms, .. } => WindowOp::Threshold {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        window_ms: *window_ms,
+                        lateness_ms: *lateness_ms,
+                        limit: *count,
+                    },
+                    Stateful::Distinct { more_than, window_ms, lateness_ms, .. } => WindowOp::Distinct {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        value: distinct_value.map(|v| v.into_owned()).unwrap_or_default(),
+                        window_ms: *window_ms,
+                        lateness_ms: *lateness_ms,
+                        more_than: *more_than,
+                    },
+                    Stateful::Sequence { steps, within_ms, lateness_ms, .. } => WindowOp::Sequence {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        steps_mask,
+                        steps: steps.len() as u32,
+                        within_ms: *within_ms,
+                        lateness_ms: *lateness_ms,
+                    },
+                    Stateful::Absence { window_ms, .. } => {
+                        // Absence rules only record when the group was last seen.
+                        ops.push(WindowOp::Seen { rule: key.rule, group: g.clone(), time_ms: t, window_ms: *window_ms });
                         if trace {
                             traces.push((ei, ri, g, None));
                         }
+                        continue;
                     }
+                };
+                ops.push(op);
+                let op_index = ops.len() - 1;
+                if trace {
+                    traces.push((ei, ri, g.clone(), Some(op_index)));
                 }
+                pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(op_index) });
             }
         }
 
@@ -250,8 +237,8 @@ impl RulesEngine {
                 None => Some(pattern_match(rule, ev)),
                 Some(op) => match &outcomes[op] {
                     WindowOutcome::Fired { firing, .. } => {
-                        let (g, map) = p.group.unwrap_or_default();
-                        Some(stateful_match(rule, ev, &g, map, firing))
+                        let (_, map) = p.group.unwrap_or_default();
+                        Some(stateful_match(rule, ev, map, firing))
                     }
                     _ => None,
                 },
@@ -396,13 +383,7 @@ fn millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-fn stateful_match(
-    rule: &CompiledRule,
-    ev: &EnrichedEvent,
-    _group: &str,
-    map: BTreeMap<String, String>,
-    f: &Firing,
-) -> RuleMatch {
+fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, map: BTreeMap<String, String>, f: &Firing) -> RuleMatch {
     let window_ms = match &rule.state {
         Stateful::Threshold { window_ms, .. } | Stateful::Distinct { window_ms, .. } => *window_ms,
         Stateful::Sequence { within_ms, .. } => *within_ms,

@@ -1,6 +1,7 @@
 //! The window store shared by every `audit-rules` instance: Redis, one Lua script per stateful
 //! evaluation (atomic, so two instances cannot both decide the same crossing), all of a batch's
-//! scripts sent in one pipeline (one round trip per batch, not per rule or event).
+//! scripts sent in one pipeline (one round trip per batch of up to 2,000 evaluations, not one per
+//! rule or event).
 //!
 //! Keys, under the configured prefix `P` (default `auditflow:`); the `{…}` hash tag keeps a
 //! window's keys in one cluster slot:
@@ -29,6 +30,9 @@ use super::store::{state_ttl_ms, Firing, WindowKey, WindowOp, WindowOutcome, Win
 use crate::error::TransientError;
 
 const COMMON: &str = include_str!("lua/common.lua");
+
+/// Most scripts sent in one pipeline.
+const PIPELINE_MAX: usize = 2000;
 
 /// A Lua script: its source (for SCRIPT LOAD) and SHA1 (for EVALSHA).
 struct Script {
@@ -323,11 +327,17 @@ impl WindowStore for RedisWindowStore {
         let handle = self.handle.clone();
         // Bounded even if the connection manager keeps reconnecting: a batch never hangs.
         let deadline = self.timeout * 3;
-        handle.block_on(async {
-            match tokio::time::timeout(deadline, self.run(ops)).await {
-                Ok(r) => r,
-                Err(_) => Err(TransientError::new("redis", format!("no answer within {deadline:?}"))),
-            }
-        })
+        let mut outcomes = Vec::with_capacity(ops.len());
+        // A big batch goes as a few pipelines, so each answer fits within the timeout.
+        for chunk in ops.chunks(PIPELINE_MAX) {
+            let part = handle.block_on(async {
+                match tokio::time::timeout(deadline, self.run(chunk)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TransientError::new("redis", format!("no answer within {deadline:?}"))),
+                }
+            })?;
+            outcomes.extend(part);
+        }
+        Ok(outcomes)
     }
 }
