@@ -115,6 +115,11 @@ enum Command {
         #[command(subcommand)]
         command: HoldCommand,
     },
+    /// Check detection rule files, or try them on events without Kafka or Redis.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -237,6 +242,30 @@ enum DlqCommand {
 enum KeysCommand {
     /// Generate AUDITFLOW_MASTER_KEY, AUDITFLOW_PSEUDONYM_KEY and AUDITFLOW_SIGNING_KEY.
     Generate,
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Compile every rule file of DIR as audit-rules would; report each problem with file and line.
+    Validate {
+        /// Directory of rule files (*.yaml, *.yml).
+        dir: PathBuf,
+    },
+    /// Run the rules of DIR over a JSON-lines file of raw or enriched events, with an in-memory
+    /// window store; print which rules fire per event and the window state.
+    Test {
+        /// Directory of rule files (*.yaml, *.yml).
+        dir: PathBuf,
+        /// JSON-lines file of events (`-` reads stdin).
+        #[arg(long)]
+        events: PathBuf,
+        /// Print the matches as JSON lines (RuleMatch records) instead of the report.
+        #[arg(long)]
+        json: bool,
+        /// Check absence rules at this time (RFC 3339) after the last event.
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -443,6 +472,18 @@ async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hold { command } => run_hold(command, config).await,
+        Command::Rules { command: RulesCommand::Validate { dir } } => {
+            let mut stdout = std::io::stdout().lock();
+            auditflow::cli::rules::validate(&dir, &mut stdout)
+                .map_err(|e| InputError(format!("{} problem(s) in the rules of {}:\n{e}", e.0.len(), dir.display())))?;
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Test { dir, events, json, until } } => {
+            let opts = auditflow::cli::rules::TestOptions { rules_dir: dir, events, json, until };
+            let mut stdout = std::io::stdout().lock();
+            auditflow::cli::rules::run_test(&opts, &config.enrich.to_enrich_config(), &mut stdout)?;
+            Ok(())
+        }
         Command::Migrate => {
             let pool = auditflow::db::connect(&config.database, 20).await.context("connecting to PostgreSQL")?;
             auditflow::db::MIGRATOR.run(&pool).await.context("applying migrations")?;

@@ -34,6 +34,7 @@ pub struct Config {
     pub compliance: crate::compliance::ComplianceSettings,
     /// `[retention]`: how long audit data is kept, per classification and framework.
     pub retention: crate::retention::RetentionConfig,
+    pub rules: crate::rules::RulesSettings,
     pub log: LogConfig,
 }
 
@@ -536,6 +537,7 @@ impl Config {
         self.alert.apply_env(env)?;
         self.compliance.apply_env(env);
         self.retention.apply_env(env)?;
+        self.rules.apply_env(env)?;
         Ok(())
     }
 
@@ -626,6 +628,7 @@ impl Config {
         self.alert.validate()?;
         self.compliance.validate()?;
         self.retention.validate()?;
+        self.rules.validate()?;
         Ok(())
     }
 

@@ -26,6 +26,7 @@ pub mod ledger;
 pub mod privacy;
 pub mod retention;
 pub mod rule_match;
+pub mod rules;
 pub mod runtime;
 pub mod stages;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The `auditflow` operator command: emit events, create topics, migrate the database,
-//! compliance reports, retention and legal holds.
+//! detection rules, compliance reports, retention and legal holds, the ledger, data-subject
+//! requests and fleet operations.
 
 pub mod emit;
 pub mod ledger;
@@ -7,4 +8,5 @@ pub mod ops;
 pub mod privacy;
 pub mod report;
 pub mod retention;
+pub mod rules;
 pub mod topics;

@@ -6,8 +6,11 @@
 //!   dispatcher in the same process sends them).
 //! - [`compliance`]: `audit-enriched` → framework/control records in PostgreSQL
 //!   `compliance_events` and on `compliance-events`, exactly once.
+//! - [`rules`]: `audit-enriched` → detection rules (window state in Redis) → `audit-rule-matches`
+//!   and `security-actions`, exactly once.
 
 pub mod alert;
 pub mod compliance;
 pub mod enrich;
 pub mod persist;
+pub mod rules;

@@ -147,6 +147,7 @@ impl TestEnv {
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
             "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
             "audit-compliance" => env!("CARGO_BIN_EXE_audit-compliance"),
+            "audit-rules" => env!("CARGO_BIN_EXE_audit-rules"),
             other => panic!("unknown stage binary {other}"),
         };
         let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));
@@ -324,6 +325,11 @@ impl StageProcess {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The process id while it runs (to send it a signal).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn is_running(&mut self) -> bool {

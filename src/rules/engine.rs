@@ -1,0 +1,459 @@
+//! The rules engine: a compiled [`RuleSet`] evaluated over a batch of events against a
+//! [`WindowStore`]. Pure apart from the store: no clock (times are event times, or `now` passed
+//! in), no I/O of its own, so it is unit-tested with [`super::MemoryStore`].
+//!
+//! A batch costs one pattern scan per event and field, and one [`WindowStore::apply`] call with
+//! every stateful operation of the batch, in event order.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::compile::{load_dir, BlockSubject, CompiledRule, RuleErrors, RuleSet, Stateful};
+use super::store::{Firing, WindowKey, WindowOp, WindowOutcome, WindowStore};
+use crate::error::TransientError;
+use crate::event::EnrichedEvent;
+use crate::rule_match::{RuleAction, RuleKind, RuleMatch, WindowFigures};
+
+/// Namespace of match ids: UUIDv5(namespace, "<rule id>\n<triggering event id>").
+pub const MATCH_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x3a0c_7f1e_52b4_4d3e_9a61_c0de_a0d1_7001);
+
+/// The deterministic id of a match: a replayed trigger yields the same id.
+pub fn match_id(rule_id: &str, trigger: &str) -> String {
+    let mut name = String::with_capacity(rule_id.len() + trigger.len() + 1);
+    name.push_str(rule_id);
+    name.push('\n');
+    name.push_str(trigger);
+    uuid::Uuid::new_v5(&MATCH_ID_NAMESPACE, name.as_bytes()).to_string()
+}
+
+/// A decision for upstream services to refuse an address or a user for a while
+/// (`security-actions`, and `<prefix>block:<type>:<subject>` in Redis).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockDecision {
+    /// UUIDv5 of the match id: a replay yields the same decision.
+    pub decision_id: String,
+    /// `ip` or `user`.
+    pub subject_type: String,
+    pub subject: String,
+    pub ttl_seconds: u64,
+    pub rule_id: String,
+    pub match_id: String,
+    pub reason: String,
+    /// Event time of the match that decided it; the block lasts until `decidedAt + ttlSeconds`.
+    pub decided_at: DateTime<Utc>,
+}
+
+impl BlockDecision {
+    /// The store operation that publishes this block, if it is still in force at `now_ms`
+    /// (a replay of old events must not block anyone today).
+    pub fn store_op(&self, now_ms: i64) -> Option<WindowOp> {
+        let until = self.decided_at.timestamp_millis() + self.ttl_seconds as i64 * 1000;
+        let left = until - now_ms;
+        if left <= 0 {
+            return None;
+        }
+        Some(WindowOp::Block {
+            subject_type: if self.subject_type == "ip" { "ip" } else { "user" },
+            subject: self.subject.clone(),
+            decision_json: serde_json::to_string(self).unwrap_or_default(),
+            ttl_ms: left,
+        })
+    }
+}
+
+/// What one stateful rule did with one event (filled when tracing, for `rules test`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleTrace {
+    pub rule_id: Arc<str>,
+    pub kind: RuleKind,
+    /// Encoded group key (`user_id=alice`).
+    pub group: String,
+    pub outcome: TraceOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TraceOutcome {
+    /// The event matched but lacks a `group_by` (or `distinct.field`) value.
+    NoGroup,
+    Window { outcome: WindowOutcome, window_ms: i64, limit: u64 },
+    /// Absence rules only record the event's time.
+    Seen,
+}
+
+/// The engine's verdict on one event.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventResult {
+    pub matches: Vec<RuleMatch>,
+    pub blocks: Vec<BlockDecision>,
+    pub trace: Vec<RuleTrace>,
+}
+
+/// Compiled rules, ready to evaluate. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct RulesEngine {
+    set: Arc<RuleSet>,
+}
+
+/// One match waiting for the store's answer.
+struct Pending {
+    event: usize,
+    rule: usize,
+    group: Option<(String, BTreeMap<String, String>)>,
+    /// Index of the stateful operation (none for pattern rules).
+    op: Option<usize>,
+}
+
+impl RulesEngine {
+    pub fn new(set: RuleSet) -> RulesEngine {
+        RulesEngine { set: Arc::new(set) }
+    }
+
+    /// Read and compile every rule file of `dir`.
+    pub fn load_dir(dir: &Path) -> Result<RulesEngine, RuleErrors> {
+        load_dir(dir).map(RulesEngine::new)
+    }
+
+    pub fn rule_set(&self) -> &RuleSet {
+        &self.set
+    }
+
+    /// Evaluate a batch in order. `trace` also reports the window state of stateful rules.
+    pub fn evaluate<S: WindowStore + ?Sized>(
+        &self,
+        events: &[EnrichedEvent],
+        store: &mut S,
+        trace: bool,
+    ) -> Result<Vec<EventResult>, TransientError> {
+        let rules = &self.set.rules;
+        let mut ops: Vec<WindowOp> = Vec::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut traces: Vec<(usize, usize, String, Option<usize>)> = Vec::new();
+        let mut hits: Vec<bool> = Vec::with_capacity(self.set.patterns.len());
+        for (ei, ev) in events.iter().enumerate() {
+            self.set.patterns.scan(ev, &mut hits);
+            let ip: Option<IpAddr> = ev.ip_address.as_deref().and_then(|s| s.parse().ok());
+            let t = ev.timestamp.timestamp_millis();
+            for (ri, rule) in rules.iter().enumerate() {
+                if !rule.cond.eval(ev, ip, &hits) {
+                    continue;
+                }
+                let group_by = match &rule.state {
+                    Stateful::Pattern => {
+                        pending.push(Pending { event: ei, rule: ri, group: None, op: None });
+                        continue;
+                    }
+                    Stateful::Threshold { group_by, .. }
+                    | Stateful::Distinct { group_by, .. }
+                    | Stateful::Sequence { group_by, .. }
+                    | Stateful::Absence { group_by, .. } => group_by,
+                };
+                let steps_mask = match &rule.state {
+                    Stateful::Sequence { steps, .. } => steps
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| c.eval(ev, ip, &hits))
+                        .fold(0u32, |m, (k, _)| m | (1 << k)),
+                    _ => 0,
+                };
+                if matches!(rule.state, Stateful::Sequence { .. }) && steps_mask == 0 {
+                    continue;
+                }
+                let distinct_value = match &rule.state {
+                    Stateful::Distinct { field, .. } => field.1.get(ev),
+                    _ => None,
+                };
+                let needs_value = matches!(rule.state, Stateful::Distinct { .. });
+                let group = group_key(group_by, ev).filter(|_| !needs_value || distinct_value.is_some());
+                let Some((g, map)) = group else {
+                    if trace {
+                        traces.push((ei, ri, String::new(), None));
+                    }
+                    continue;
+                };
+                let key = WindowKey { rule: rule.meta.id.clone(), group: g.clone() };
+                let event_id = ev.id.clone();
+                let op = match &rule.state {
+                    Stateful::Pattern => continue,
+                    Stateful::Threshold { count, window_ms, lateness_ms, .. } => WindowOp::Threshold {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        window_ms: *window_ms,
+                        lateness_ms: *lateness_ms,
+                        limit: *count,
+                    },
+                    Stateful::Distinct { more_than, window_ms, lateness_ms, .. } => WindowOp::Distinct {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        value: distinct_value.map(|v| v.into_owned()).unwrap_or_default(),
+                        window_ms: *window_ms,
+                        lateness_ms: *lateness_ms,
+                        more_than: *more_than,
+                    },
+                    Stateful::Sequence { steps, within_ms, lateness_ms, .. } => WindowOp::Sequence {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        steps_mask,
+                        steps: steps.len() as u32,
+                        within_ms: *within_ms,
+                        lateness_ms: *lateness_ms,
+                    },
+                    Stateful::Absence { window_ms, .. } => {
+                        // Absence rules only record when the group was last seen.
+                        ops.push(WindowOp::Seen { rule: key.rule, group: g.clone(), time_ms: t, window_ms: *window_ms });
+                        if trace {
+                            traces.push((ei, ri, g, None));
+                        }
+                        continue;
+                    }
+                };
+                ops.push(op);
+                let op_index = ops.len() - 1;
+                if trace {
+                    traces.push((ei, ri, g.clone(), Some(op_index)));
+                }
+                pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(op_index) });
+            }
+        }
+
+        let outcomes = if ops.is_empty() { Vec::new() } else { store.apply(&ops)? };
+        if outcomes.len() != ops.len() {
+            return Err(TransientError::new("window_store", format!("{} answers to {} operations", outcomes.len(), ops.len())));
+        }
+
+        let mut results: Vec<EventResult> = vec![EventResult::default(); events.len()];
+        for p in pending {
+            let ev = &events[p.event];
+            let rule = &rules[p.rule];
+            let m = match p.op {
+                None => Some(pattern_match(rule, ev)),
+                Some(op) => match &outcomes[op] {
+                    WindowOutcome::Fired { firing, .. } => {
+                        let (_, map) = p.group.unwrap_or_default();
+                        Some(stateful_match(rule, ev, map, firing))
+                    }
+                    _ => None,
+                },
+            };
+            if let Some(m) = m {
+                if let Some(b) = block_decision(rule, &m) {
+                    results[p.event].blocks.push(b);
+                }
+                results[p.event].matches.push(m);
+            }
+        }
+        if trace {
+            for (ei, ri, group, op) in traces {
+                let rule = &rules[ri];
+                let outcome = match (op, &rule.state) {
+                    (None, Stateful::Absence { .. }) if !group.is_empty() => TraceOutcome::Seen,
+                    (None, _) => TraceOutcome::NoGroup,
+                    (Some(op), state) => {
+                        let (window_ms, limit) = match state {
+                            Stateful::Threshold { window_ms, count, .. } => (*window_ms, *count),
+                            Stateful::Distinct { window_ms, more_than, .. } => (*window_ms, more_than + 1),
+                            Stateful::Sequence { within_ms, steps, .. } => (*within_ms, steps.len() as u64),
+                            _ => (0, 0),
+                        };
+                        TraceOutcome::Window { outcome: outcomes[op].clone(), window_ms, limit }
+                    }
+                };
+                results[ei].trace.push(RuleTrace { rule_id: rule.meta.id.clone(), kind: rule.state.kind(), group, outcome });
+            }
+        }
+        Ok(results)
+    }
+
+    /// Absence rules: report groups silent for their window as of `now` (wall-clock time in the
+    /// stage, a simulated clock in `rules test`). Each silence is reported once, by one instance.
+    pub fn check_absence<S: WindowStore + ?Sized>(
+        &self,
+        now: DateTime<Utc>,
+        store: &mut S,
+    ) -> Result<Vec<RuleMatch>, TransientError> {
+        let now_ms = now.timestamp_millis();
+        let mut ops = Vec::new();
+        let mut scans: Vec<(usize, usize)> = Vec::new();
+        for (ri, rule) in self.set.rules.iter().enumerate() {
+            let Stateful::Absence { window_ms, group_by, expected } = &rule.state else { continue };
+            for value in expected {
+                let name = group_by.first().map(|(n, _)| n.as_str()).unwrap_or_default();
+                ops.push(WindowOp::Expect {
+                    rule: rule.meta.id.clone(),
+                    group: encode_group(&[(name, value)]),
+                    now_ms,
+                    window_ms: *window_ms,
+                });
+            }
+            ops.push(WindowOp::ScanSilent { rule: rule.meta.id.clone(), now_ms, window_ms: *window_ms, limit: 1000 });
+            scans.push((ri, ops.len() - 1));
+        }
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = store.apply(&ops)?;
+        let mut out = Vec::new();
+        for (ri, op) in scans {
+            let rule = &self.set.rules[ri];
+            let Stateful::Absence { window_ms, .. } = &rule.state else { continue };
+            let Some(WindowOutcome::Silent(groups)) = outcomes.get(op) else { continue };
+            for (group, last_ms) in groups {
+                out.push(absence_match(rule, group, *last_ms, *window_ms));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `field=value` pairs joined by `&`, values escaped, in `group_by` order: the group's name in
+/// window keys and absence state.
+pub fn encode_group(pairs: &[(&str, &str)]) -> String {
+    let mut s = String::new();
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            s.push('&');
+        }
+        s.push_str(name);
+        s.push('=');
+        for c in value.chars() {
+            match c {
+                '%' => s.push_str("%25"),
+                '&' => s.push_str("%26"),
+                '=' => s.push_str("%3D"),
+                c => s.push(c),
+            }
+        }
+    }
+    s
+}
+
+/// Inverse of [`encode_group`].
+pub fn decode_group(s: &str) -> BTreeMap<String, String> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .filter_map(|p| p.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.replace("%3D", "=").replace("%26", "&").replace("%25", "%")))
+        .collect()
+}
+
+/// The group key of `ev`, or `None` when a `group_by` field has no value.
+fn group_key(group_by: &[(String, super::fields::FieldRef)], ev: &EnrichedEvent) -> Option<(String, BTreeMap<String, String>)> {
+    let mut pairs: Vec<(&str, std::borrow::Cow<'_, str>)> = Vec::with_capacity(group_by.len());
+    for (name, field) in group_by {
+        pairs.push((name.as_str(), field.get(ev)?));
+    }
+    let refs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_ref())).collect();
+    let encoded = encode_group(&refs);
+    Some((encoded, pairs.into_iter().map(|(n, v)| (n.to_string(), v.into_owned())).collect()))
+}
+
+fn base_match(rule: &CompiledRule, trigger: &str, matched_at: DateTime<Utc>) -> RuleMatch {
+    RuleMatch {
+        match_id: match_id(&rule.meta.id, trigger),
+        rule_id: rule.meta.id.to_string(),
+        rule_name: rule.meta.name.clone(),
+        kind: rule.state.kind(),
+        severity: rule.meta.severity,
+        action: rule.meta.action,
+        compliance: rule.meta.compliance.clone(),
+        group_key: BTreeMap::new(),
+        window: None,
+        evidence_event_ids: Vec::new(),
+        event: None,
+        matched_at,
+    }
+}
+
+fn pattern_match(rule: &CompiledRule, ev: &EnrichedEvent) -> RuleMatch {
+    let mut m = base_match(rule, &ev.id, ev.timestamp);
+    m.evidence_event_ids = vec![ev.id.clone()];
+    m.event = Some(ev.clone());
+    m
+}
+
+fn millis(ms: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
+}
+
+fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, map: BTreeMap<String, String>, f: &Firing) -> RuleMatch {
+    let window_ms = match &rule.state {
+        Stateful::Threshold { window_ms, .. } | Stateful::Distinct { window_ms, .. } => *window_ms,
+        Stateful::Sequence { within_ms, .. } => *within_ms,
+        _ => f.end_ms - f.start_ms,
+    };
+    let mut m = base_match(rule, &ev.id, ev.timestamp);
+    m.group_key = map;
+    m.window = Some(WindowFigures {
+        start: millis(f.start_ms),
+        end: millis(f.end_ms),
+        seconds: (window_ms / 1000).max(0) as u64,
+        observed: f.observed,
+        limit: f.limit,
+    });
+    m.evidence_event_ids = f.evidence.clone();
+    m.event = Some(ev.clone());
+    m
+}
+
+fn absence_match(rule: &CompiledRule, group: &str, last_ms: i64, window_ms: i64) -> RuleMatch {
+    let silent_since = last_ms + window_ms;
+    let mut m = base_match(rule, &format!("absence:{group}@{last_ms}"), millis(silent_since));
+    m.group_key = decode_group(group);
+    m.window = Some(WindowFigures {
+        start: millis(last_ms),
+        end: millis(silent_since),
+        seconds: (window_ms / 1000) as u64,
+        observed: 0,
+        limit: 1,
+    });
+    m
+}
+
+/// Kafka key of a match: the group key values, else who did it, else the event id.
+pub fn match_key(m: &RuleMatch) -> String {
+    if !m.group_key.is_empty() {
+        return m.group_key.values().cloned().collect::<Vec<_>>().join("|");
+    }
+    m.event
+        .as_ref()
+        .and_then(|e| e.user_id.clone().or_else(|| e.ip_address.clone()).or_else(|| Some(e.id.clone())))
+        .unwrap_or_else(|| m.match_id.clone())
+}
+
+fn block_decision(rule: &CompiledRule, m: &RuleMatch) -> Option<BlockDecision> {
+    if rule.meta.action != RuleAction::Block {
+        return None;
+    }
+    let spec = rule.meta.block?;
+    let ev = m.event.as_ref()?;
+    let subject = match spec.subject {
+        BlockSubject::Ip => ev.ip_address.clone()?,
+        BlockSubject::User => ev.user_id.clone()?,
+    };
+    let summary = match &m.window {
+        Some(w) => match m.kind {
+            RuleKind::DistinctCount => format!("{} distinct values in {} s (limit {})", w.observed, w.seconds, w.limit),
+            RuleKind::Sequence => format!("sequence of {} steps within {} s", w.observed, w.seconds),
+            _ => format!("{} events in {} s (limit {})", w.observed, w.seconds, w.limit),
+        },
+        None => format!("{} on {}", ev.action, ev.resource),
+    };
+    Some(BlockDecision {
+        decision_id: uuid::Uuid::new_v5(&MATCH_ID_NAMESPACE, format!("block\n{}", m.match_id).as_bytes()).to_string(),
+        subject_type: spec.subject.as_str().to_string(),
+        subject,
+        ttl_seconds: (spec.ttl_ms / 1000).max(1) as u64,
+        rule_id: rule.meta.id.to_string(),
+        match_id: m.match_id.clone(),
+        reason: format!("{}: {summary}", rule.meta.name),
+        decided_at: m.matched_at,
+    })
+}

@@ -1,0 +1,32 @@
+-- Shared by every window script (prepended when the scripts are built).
+-- Scores are event times in epoch milliseconds; '%.0f' keeps them exact in arguments.
+local function s(x) return string.format('%.0f', x) end
+
+local function newest_of(key, t)
+  local top = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if top[2] and tonumber(top[2]) > t then return tonumber(top[2]) end
+  return t
+end
+
+-- Forget firings recorded before `floor` (trigger ids in a sorted set, figures in a hash).
+local function trim_fired(fz, fh, floor)
+  local old = redis.call('ZRANGEBYSCORE', fz, '-inf', '(' .. s(floor))
+  for i = 1, #old do
+    redis.call('ZREM', fz, old[i])
+    redis.call('HDEL', fh, old[i])
+  end
+end
+
+-- Has this group fired within one window length (exclusive) of `at`?
+local function fired_near(fz, at, w)
+  return redis.call('ZCOUNT', fz, '(' .. s(at - w), '(' .. s(at + w)) > 0
+end
+
+local function record(fz, fh, id, at, fig)
+  redis.call('ZADD', fz, at, id)
+  redis.call('HSET', fh, id, fig)
+end
+
+local function expire(ttl, ...)
+  for _, k in ipairs({...}) do redis.call('PEXPIRE', k, ttl) end
+end

@@ -1,0 +1,49 @@
+-- KEYS: events (zset id -> time), fired (zset trigger -> window end), figures (hash trigger -> json)
+-- ARGV: event id, time, window, lateness, limit, evidence cap, ttl
+-- Returns {'fired'|'replay', figures} | {'count'|'suppressed', n} | {'late', 0}
+local ev, fz, fh = KEYS[1], KEYS[2], KEYS[3]
+local id = ARGV[1]
+local t, w, late = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local limit, cap, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+
+local prior = redis.call('HGET', fh, id)
+if prior then return {'replay', prior} end
+local newest = newest_of(ev, t)
+if t < newest - w - late then return {'late', '0'} end
+redis.call('ZADD', ev, t, id)
+local floor = newest - 2 * w - late
+redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. s(floor))
+trim_fired(fz, fh, floor)
+expire(ttl, ev, fz, fh)
+
+local n = redis.call('ZCOUNT', ev, s(t - w), s(t))
+local wstart, wend = t - w, t
+if n < limit and t < newest and redis.call('ZCOUNT', ev, s(t - w), s(t + w)) >= limit then
+  -- A late event: a window ending after it may have reached the limit with it.
+  local xs = redis.call('ZRANGEBYSCORE', ev, s(t - w), s(t + w), 'WITHSCORES')
+  local lo = 1
+  for j = 1, #xs / 2 do
+    local ej = tonumber(xs[2 * j])
+    if ej >= t then
+      while tonumber(xs[2 * lo]) < ej - w do lo = lo + 1 end
+      local c = j - lo + 1
+      if c >= limit then
+        n, wstart, wend = c, ej - w, ej
+        break
+      end
+    end
+  end
+end
+if n < limit then return {'count', tostring(n)} end
+if fired_near(fz, wend, w) then return {'suppressed', tostring(n)} end
+
+local recent = redis.call('ZREVRANGEBYSCORE', ev, s(wend), s(wstart), 'LIMIT', 0, cap)
+local evidence = {}
+for i = #recent, 1, -1 do
+  if recent[i] ~= id then evidence[#evidence + 1] = recent[i] end
+end
+if #evidence >= cap then table.remove(evidence, 1) end
+evidence[#evidence + 1] = id
+local fig = cjson.encode({s = wstart, e = wend, o = n, l = limit, ev = evidence})
+record(fz, fh, id, wend, fig)
+return {'fired', fig}

@@ -1,0 +1,343 @@
+//! The window store shared by every `audit-rules` instance: Redis, one Lua script per stateful
+//! evaluation (atomic, so two instances cannot both decide the same crossing), all of a batch's
+//! scripts sent in one pipeline (one round trip per batch of up to 2,000 evaluations, not one per
+//! rule or event).
+//!
+//! Keys, under the configured prefix `P` (default `auditflow:`); the `{…}` hash tag keeps a
+//! window's keys in one cluster slot:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P w:{rule\|group}:ev` | zset | threshold: event id → event time |
+//! | `P w:{rule\|group}:dv`, `:di` | zset, hash | distinct count: value → newest time, value → its event id |
+//! | `P w:{rule\|group}:s1` … `:sN`, `:used` | zsets | sequence: step events, events used by a fired chain |
+//! | `P w:{rule\|group}:fz`, `:fh` | zset, hash | firings: trigger id → window end, trigger id → figures |
+//! | `P a:{rule}:seen`, `:reported` | zset, hash | absence: group → newest event time, group → silence reported |
+//! | `P block:<ip\|user>:<subject>` | string | block decision (JSON), expiring with the block |
+//!
+//! Every key expires `2 × window + lateness + 10 min` after its last write.
+//!
+//! Redis unreachable, slow (past `redis_timeout_ms`) or failing → [`TransientError`]; the runtime
+//! retries the whole batch, and the scripts being idempotent, a partly applied pipeline is simply
+//! applied again.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, Value};
+
+use super::store::{state_ttl_ms, Firing, WindowKey, WindowOp, WindowOutcome, WindowStore, EVIDENCE_CAP};
+use crate::error::TransientError;
+
+const COMMON: &str = include_str!("lua/common.lua");
+
+/// Most scripts sent in one pipeline.
+const PIPELINE_MAX: usize = 2000;
+
+/// A Lua script: its source (for SCRIPT LOAD) and SHA1 (for EVALSHA).
+struct Script {
+    code: String,
+    sha: String,
+}
+
+impl Script {
+    fn new(code: String) -> Script {
+        let sha = redis::Script::new(&code).get_hash().to_string();
+        Script { code, sha }
+    }
+    fn get_hash(&self) -> &str {
+        &self.sha
+    }
+}
+
+struct Scripts {
+    threshold: Script,
+    distinct: Script,
+    sequence: Script,
+    absence: Script,
+    block: Script,
+}
+
+impl Scripts {
+    fn new() -> Scripts {
+        let with_common = |body: &str| Script::new(format!("{COMMON}\n{body}"));
+        Scripts {
+            threshold: with_common(include_str!("lua/threshold.lua")),
+            distinct: with_common(include_str!("lua/distinct.lua")),
+            sequence: with_common(include_str!("lua/sequence.lua")),
+            absence: with_common(include_str!("lua/absence.lua")),
+            block: Script::new(include_str!("lua/block.lua").to_string()),
+        }
+    }
+
+    fn all(&self) -> [&Script; 5] {
+        [&self.threshold, &self.distinct, &self.sequence, &self.absence, &self.block]
+    }
+}
+
+/// Key names, public so tests and operators can find the state of a window.
+pub struct RedisKeys<'a> {
+    pub prefix: &'a str,
+}
+
+impl RedisKeys<'_> {
+    /// `P w:{rule|group}:<suffix>`
+    pub fn window(&self, rule: &str, group: &str, suffix: &str) -> String {
+        format!("{}w:{{{rule}|{group}}}:{suffix}", self.prefix)
+    }
+    pub fn absence(&self, rule: &str, suffix: &str) -> String {
+        format!("{}a:{{{rule}}}:{suffix}", self.prefix)
+    }
+    pub fn block(&self, subject_type: &str, subject: &str) -> String {
+        format!("{}block:{subject_type}:{subject}", self.prefix)
+    }
+}
+
+pub struct RedisWindowStore {
+    conn: ConnectionManager,
+    handle: tokio::runtime::Handle,
+    scripts: Scripts,
+    prefix: String,
+    timeout: Duration,
+}
+
+fn transient(e: redis::RedisError) -> TransientError {
+    TransientError::new("redis", e.to_string())
+}
+
+impl RedisWindowStore {
+    /// Connect (retrying in the background if Redis is not there yet is the connection
+    /// manager's job; this fails only if the URL is unusable or the first connection fails).
+    pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<RedisWindowStore, TransientError> {
+        let client = redis::Client::open(url).map_err(transient)?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = client.get_connection_manager_with_config(config).await.map_err(transient)?;
+        Ok(RedisWindowStore {
+            conn,
+            handle: tokio::runtime::Handle::current(),
+            scripts: Scripts::new(),
+            prefix: prefix.to_string(),
+            timeout,
+        })
+    }
+
+    fn keys(&self) -> RedisKeys<'_> {
+        RedisKeys { prefix: &self.prefix }
+    }
+
+    fn build(&self, ops: &[WindowOp]) -> redis::Pipeline {
+        let mut pipe = redis::pipe();
+        let k = self.keys();
+        for op in ops {
+            match op {
+                WindowOp::Threshold { key, event_id, time_ms, window_ms, lateness_ms, limit } => {
+                    let WindowKey { rule, group } = key;
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.threshold.get_hash())
+                        .arg(3)
+                        .arg(k.window(rule, group, "ev"))
+                        .arg(k.window(rule, group, "fz"))
+                        .arg(k.window(rule, group, "fh"))
+                        .arg(event_id)
+                        .arg(time_ms)
+                        .arg(window_ms)
+                        .arg(lateness_ms)
+                        .arg(limit)
+                        .arg(EVIDENCE_CAP)
+                        .arg(state_ttl_ms(*window_ms, *lateness_ms));
+                }
+                WindowOp::Distinct { key, event_id, time_ms, value, window_ms, lateness_ms, more_than } => {
+                    let WindowKey { rule, group } = key;
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.distinct.get_hash())
+                        .arg(4)
+                        .arg(k.window(rule, group, "dv"))
+                        .arg(k.window(rule, group, "di"))
+                        .arg(k.window(rule, group, "fz"))
+                        .arg(k.window(rule, group, "fh"))
+                        .arg(event_id)
+                        .arg(time_ms)
+                        .arg(value)
+                        .arg(window_ms)
+                        .arg(lateness_ms)
+                        .arg(more_than)
+                        .arg(EVIDENCE_CAP)
+                        .arg(state_ttl_ms(*window_ms, *lateness_ms));
+                }
+                WindowOp::Sequence { key, event_id, time_ms, steps_mask, steps, within_ms, lateness_ms } => {
+                    let WindowKey { rule, group } = key;
+                    let c = pipe.cmd("EVALSHA").arg(self.scripts.sequence.get_hash()).arg(steps + 3);
+                    for s in 1..=*steps {
+                        c.arg(k.window(rule, group, &format!("s{s}")));
+                    }
+                    c.arg(k.window(rule, group, "used"))
+                        .arg(k.window(rule, group, "fz"))
+                        .arg(k.window(rule, group, "fh"))
+                        .arg(event_id)
+                        .arg(time_ms)
+                        .arg(steps_mask)
+                        .arg(steps)
+                        .arg(within_ms)
+                        .arg(lateness_ms)
+                        .arg(state_ttl_ms(*within_ms, *lateness_ms));
+                }
+                WindowOp::Seen { rule, group, time_ms, window_ms } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.absence.get_hash())
+                        .arg(2)
+                        .arg(k.absence(rule, "seen"))
+                        .arg(k.absence(rule, "reported"))
+                        .arg("seen")
+                        .arg(group)
+                        .arg(time_ms)
+                        .arg(state_ttl_ms(*window_ms, *window_ms));
+                }
+                WindowOp::Expect { rule, group, now_ms, window_ms } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.absence.get_hash())
+                        .arg(2)
+                        .arg(k.absence(rule, "seen"))
+                        .arg(k.absence(rule, "reported"))
+                        .arg("expect")
+                        .arg(group)
+                        .arg(now_ms)
+                        .arg(state_ttl_ms(*window_ms, *window_ms));
+                }
+                WindowOp::ScanSilent { rule, now_ms, window_ms, limit } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.absence.get_hash())
+                        .arg(2)
+                        .arg(k.absence(rule, "seen"))
+                        .arg(k.absence(rule, "reported"))
+                        .arg("scan")
+                        .arg(now_ms - window_ms)
+                        .arg(limit);
+                }
+                WindowOp::Block { subject_type, subject, decision_json, ttl_ms } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.block.get_hash())
+                        .arg(1)
+                        .arg(k.block(subject_type, subject))
+                        .arg(decision_json)
+                        .arg(ttl_ms);
+                }
+            }
+        }
+        pipe
+    }
+
+    async fn load_scripts(&mut self) -> Result<(), TransientError> {
+        let mut pipe = redis::pipe();
+        for s in self.scripts.all() {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(&s.code);
+        }
+        pipe.query_async::<Vec<String>>(&mut self.conn).await.map_err(transient)?;
+        Ok(())
+    }
+
+    async fn run(&mut self, ops: &[WindowOp]) -> Result<Vec<WindowOutcome>, TransientError> {
+        let pipe = self.build(ops);
+        let mut loaded = false;
+        loop {
+            let values: Vec<Value> = match pipe.query_async(&mut self.conn).await {
+                Ok(v) => v,
+                // A restarted (or flushed) Redis has forgotten the scripts: load them, go again.
+                // The scripts are idempotent, so what did run is harmless to run twice.
+                Err(e) if !loaded && is_noscript(&e) => {
+                    self.load_scripts().await?;
+                    loaded = true;
+                    continue;
+                }
+                Err(e) => return Err(transient(e)),
+            };
+            if values.len() != ops.len() {
+                return Err(TransientError::new("redis", format!("{} replies to {} scripts", values.len(), ops.len())));
+            }
+            return ops.iter().zip(values).map(|(op, v)| parse_outcome(op, v)).collect();
+        }
+    }
+}
+
+fn is_noscript(e: &redis::RedisError) -> bool {
+    if e.kind() == ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+        return true;
+    }
+    // Pipelines report the failing commands' errors together.
+    e.to_string().contains("NOSCRIPT")
+}
+
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn bad_reply(v: &Value) -> TransientError {
+    TransientError::new("redis", format!("unexpected script reply {v:?}"))
+}
+
+fn parse_outcome(op: &WindowOp, v: Value) -> Result<WindowOutcome, TransientError> {
+    match op {
+        WindowOp::Seen { .. } | WindowOp::Expect { .. } | WindowOp::Block { .. } => Ok(WindowOutcome::Done),
+        WindowOp::ScanSilent { .. } => {
+            let Value::Array(items) = &v else { return Err(bad_reply(&v)) };
+            let mut out = Vec::with_capacity(items.len() / 2);
+            for pair in items.chunks(2) {
+                let (Some(g), Some(t)) = (pair.first().and_then(text), pair.get(1).and_then(text)) else {
+                    return Err(bad_reply(&v));
+                };
+                let t: f64 = t.parse().map_err(|_| bad_reply(&v))?;
+                out.push((g, t as i64));
+            }
+            Ok(WindowOutcome::Silent(out))
+        }
+        _ => {
+            let Value::Array(items) = &v else { return Err(bad_reply(&v)) };
+            let (Some(tag), Some(body)) = (items.first().and_then(text), items.get(1).and_then(text)) else {
+                return Err(bad_reply(&v));
+            };
+            let number = || body.parse::<u64>().map_err(|_| bad_reply(&v));
+            match tag.as_str() {
+                "fired" | "replay" => {
+                    let firing: Firing = serde_json::from_str(&body)
+                        .map_err(|e| TransientError::new("redis", format!("bad firing record {body:?}: {e}")))?;
+                    Ok(WindowOutcome::Fired { firing, replayed: tag == "replay" })
+                }
+                "count" => Ok(WindowOutcome::Counted { observed: number()? }),
+                "suppressed" => Ok(WindowOutcome::Suppressed { observed: number()? }),
+                "late" => Ok(WindowOutcome::TooLate),
+                _ => Err(bad_reply(&v)),
+            }
+        }
+    }
+}
+
+impl WindowStore for RedisWindowStore {
+    fn apply(&mut self, ops: &[WindowOp]) -> Result<Vec<WindowOutcome>, TransientError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let handle = self.handle.clone();
+        // Bounded even if the connection manager keeps reconnecting: a batch never hangs.
+        let deadline = self.timeout * 3;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        // A big batch goes as a few pipelines, so each answer fits within the timeout.
+        for chunk in ops.chunks(PIPELINE_MAX) {
+            let part = handle.block_on(async {
+                match tokio::time::timeout(deadline, self.run(chunk)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(TransientError::new("redis", format!("no answer within {deadline:?}"))),
+                }
+            })?;
+            outcomes.extend(part);
+        }
+        Ok(outcomes)
+    }
+}

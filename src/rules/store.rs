@@ -1,0 +1,464 @@
+//! Window state: the [`WindowStore`] trait the engine talks to, and [`MemoryStore`], its
+//! in-process implementation (unit tests, `auditflow rules test`). [`super::redis_store`] is the
+//! shared one the stage uses; both implement the same algorithms, described here once.
+//!
+//! Every operation is idempotent, keyed by event id, so a batch that is retried, re-delivered or
+//! replayed after an offset reset changes nothing the second time:
+//!
+//! - **threshold**: a sorted set per (rule, group) of event ids scored by event time. An event
+//!   counts the events in `[t - window, t]`. A late event (older than the group's newest) also
+//!   checks the windows that end after it, up to `t + window`. Reaching the limit fires unless
+//!   the same group already fired within one window length of it (a second crossing is needed);
+//!   the firing is recorded under the triggering event id, so re-processing that event returns
+//!   the same figures (the same match) and no other instance can fire that window again.
+//! - **distinct count**: a sorted set per (rule, group) of values scored by the newest time each
+//!   was seen. Exact for events in order and for the newest window; a late event is counted in
+//!   its own window with the values whose newest sighting falls in it.
+//! - **sequence**: one sorted set per step; a chain is the earliest unused event of each step in
+//!   order, last minus first within `within`. Events of a chain that fired are used up, so
+//!   `grant, export, export` fires once. Arrival order does not matter: a late first step
+//!   completes the chain when it arrives.
+//! - **absence**: the newest event time per group; a periodic scan reports each group silent for
+//!   `window` once per silence (a later event re-arms it, a replayed older one does not).
+//!
+//! Events older than the group's newest by more than `window + lateness` are ignored (`TooLate`).
+//! State older than `2 × window + lateness` behind the newest event is trimmed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::TransientError;
+
+/// Most evidence event ids kept per firing.
+pub const EVIDENCE_CAP: usize = 20;
+
+/// Which (rule, group) a stateful operation is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WindowKey {
+    pub rule: Arc<str>,
+    /// The encoded group key (see [`super::engine::encode_group`]).
+    pub group: String,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowOp {
+    Threshold { key: WindowKey, event_id: String, time_ms: i64, window_ms: i64, lateness_ms: i64, limit: u64 },
+    Distinct {
+        key: WindowKey,
+        event_id: String,
+        time_ms: i64,
+        value: String,
+        window_ms: i64,
+        lateness_ms: i64,
+        more_than: u64,
+    },
+    /// `steps_mask`: bit k set when the event satisfies step k+1.
+    Sequence {
+        key: WindowKey,
+        event_id: String,
+        time_ms: i64,
+        steps_mask: u32,
+        steps: u32,
+        within_ms: i64,
+        lateness_ms: i64,
+    },
+    /// An absence rule saw an event of `group`.
+    Seen { rule: Arc<str>, group: String, time_ms: i64, window_ms: i64 },
+    /// Watch `group` from `now_ms` even if it never sends anything.
+    Expect { rule: Arc<str>, group: String, now_ms: i64, window_ms: i64 },
+    /// Groups of `rule` silent since before `now_ms - window_ms` (at most `limit`), each
+    /// reported once per silence.
+    ScanSilent { rule: Arc<str>, now_ms: i64, window_ms: i64, limit: usize },
+    /// Publish a block for upstream services, unless a longer one is already in force.
+    Block { subject_type: &'static str, subject: String, decision_json: String, ttl_ms: i64 },
+}
+
+/// What a window operation found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WindowOutcome {
+    /// Counted; `observed` is the event's window figure (events, distinct values, steps so far).
+    Counted { observed: u64 },
+    /// Past the limit, but this group already fired within one window length.
+    Suppressed { observed: u64 },
+    /// The window crossed its limit with this event (`replayed`: this event had already
+    /// triggered it, and the recorded figures are returned unchanged).
+    Fired { firing: Firing, replayed: bool },
+    /// Too far behind the group's newest event; ignored.
+    TooLate,
+    /// Silent groups found by a scan: (group, last event time).
+    Silent(Vec<(String, i64)>),
+    Done,
+}
+
+/// Figures of a window that fired, as recorded (so a re-processed trigger yields them again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firing {
+    #[serde(rename = "s")]
+    pub start_ms: i64,
+    #[serde(rename = "e")]
+    pub end_ms: i64,
+    #[serde(rename = "o")]
+    pub observed: u64,
+    #[serde(rename = "l")]
+    pub limit: u64,
+    /// Event ids, the triggering event last.
+    #[serde(rename = "ev")]
+    pub evidence: Vec<String>,
+}
+
+/// Where window state lives. Operations run in order; each one is atomic.
+pub trait WindowStore {
+    fn apply(&mut self, ops: &[WindowOp]) -> Result<Vec<WindowOutcome>, TransientError>;
+}
+
+/// Milliseconds a window key is kept after its last write.
+pub(crate) fn state_ttl_ms(window_ms: i64, lateness_ms: i64) -> i64 {
+    2 * window_ms + lateness_ms + 10 * 60 * 1000
+}
+
+/// A Redis-like sorted set: members ordered by (score, member), as Redis orders them.
+#[derive(Debug, Default, Clone)]
+struct ZSet {
+    scores: HashMap<String, i64>,
+    order: BTreeSet<(i64, String)>,
+}
+
+impl ZSet {
+    fn add(&mut self, member: &str, score: i64) {
+        if let Some(old) = self.scores.insert(member.to_string(), score) {
+            self.order.remove(&(old, member.to_string()));
+        }
+        self.order.insert((score, member.to_string()));
+    }
+    fn score(&self, member: &str) -> Option<i64> {
+        self.scores.get(member).copied()
+    }
+    fn remove(&mut self, member: &str) {
+        if let Some(old) = self.scores.remove(member) {
+            self.order.remove(&(old, member.to_string()));
+        }
+    }
+    fn max_score(&self) -> Option<i64> {
+        self.order.iter().next_back().map(|(s, _)| *s)
+    }
+    /// Members scored in `[min, max]`, in order.
+    fn range(&self, min: i64, max: i64) -> impl DoubleEndedIterator<Item = &(i64, String)> {
+        use std::ops::Bound;
+        let lower = Bound::Included((min, String::new()));
+        let upper = match max.checked_add(1) {
+            _ if max < min => Bound::Excluded((min, String::new())),
+            Some(next) => Bound::Excluded((next, String::new())),
+            None => Bound::Unbounded,
+        };
+        self.order.range((lower, upper))
+    }
+    fn count(&self, min: i64, max: i64) -> u64 {
+        if min > max {
+            return 0;
+        }
+        self.range(min, max).count() as u64
+    }
+    /// Remove members scored below `floor`; returns them.
+    fn trim_below(&mut self, floor: i64) -> Vec<String> {
+        let old: Vec<(i64, String)> = self.order.iter().take_while(|(s, _)| *s < floor).cloned().collect();
+        for (s, m) in &old {
+            self.order.remove(&(*s, m.clone()));
+            self.scores.remove(m);
+        }
+        old.into_iter().map(|(_, m)| m).collect()
+    }
+}
+
+/// Firings of one (rule, group): by time for the one-per-window rule, by trigger for replays.
+#[derive(Debug, Default, Clone)]
+struct Fired {
+    by_time: ZSet,
+    figures: HashMap<String, Firing>,
+}
+
+impl Fired {
+    fn trim_below(&mut self, floor: i64) {
+        for id in self.by_time.trim_below(floor) {
+            self.figures.remove(&id);
+        }
+    }
+    fn record(&mut self, trigger: &str, at: i64, f: &Firing) {
+        self.by_time.add(trigger, at);
+        self.figures.insert(trigger.to_string(), f.clone());
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+struct GroupState {
+    events: ZSet,
+    /// distinct: value → event id of its newest sighting
+    value_ids: HashMap<String, String>,
+    steps: Vec<ZSet>,
+    used: ZSet,
+    fired: Fired,
+}
+
+/// In-process window store with the same semantics as the Redis one.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    groups: HashMap<WindowKey, GroupState>,
+    /// absence rule → (group → last event time)
+    seen: HashMap<Arc<str>, ZSet>,
+    /// absence rule → (group → last event time already reported silent)
+    silent_fired: HashMap<Arc<str>, HashMap<String, i64>>,
+    /// (subject type, subject) → (decision, ttl)
+    pub blocks: HashMap<(String, String), (String, i64)>,
+}
+
+impl MemoryStore {
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+
+    /// Events currently held in the threshold window of (rule, group); for tests and `rules test`.
+    pub fn threshold_members(&self, rule: &str, group: &str) -> usize {
+        self.groups.get(&WindowKey { rule: Arc::from(rule), group: group.to_string() }).map_or(0, |g| g.events.scores.len())
+    }
+
+    fn apply_one(&mut self, op: &WindowOp) -> WindowOutcome {
+        match op {
+            WindowOp::Threshold { key, event_id, time_ms, window_ms, lateness_ms, limit } => {
+                let g = self.groups.entry(key.clone()).or_default();
+                threshold(g, event_id, *time_ms, *window_ms, *lateness_ms, *limit)
+            }
+            WindowOp::Distinct { key, event_id, time_ms, value, window_ms, lateness_ms, more_than } => {
+                let g = self.groups.entry(key.clone()).or_default();
+                distinct(g, event_id, *time_ms, value, *window_ms, *lateness_ms, *more_than)
+            }
+            WindowOp::Sequence { key, event_id, time_ms, steps_mask, steps, within_ms, lateness_ms } => {
+                let g = self.groups.entry(key.clone()).or_default();
+                sequence(g, event_id, *time_ms, *steps_mask, *steps as usize, *within_ms, *lateness_ms)
+            }
+            WindowOp::Seen { rule, group, time_ms, .. } => {
+                if self.silent_fired.get(rule).and_then(|f| f.get(group)).is_some_and(|f| *f >= *time_ms) {
+                    return WindowOutcome::Done;
+                }
+                let seen = self.seen.entry(rule.clone()).or_default();
+                if seen.score(group).is_none_or(|s| s < *time_ms) {
+                    seen.add(group, *time_ms);
+                }
+                WindowOutcome::Done
+            }
+            WindowOp::Expect { rule, group, now_ms, .. } => {
+                if self.silent_fired.get(rule).is_some_and(|f| f.contains_key(group)) {
+                    return WindowOutcome::Done;
+                }
+                let seen = self.seen.entry(rule.clone()).or_default();
+                if seen.score(group).is_none() {
+                    seen.add(group, *now_ms);
+                }
+                WindowOutcome::Done
+            }
+            WindowOp::ScanSilent { rule, now_ms, window_ms, limit } => {
+                let Some(seen) = self.seen.get_mut(rule) else { return WindowOutcome::Silent(Vec::new()) };
+                let cutoff = now_ms - window_ms;
+                let found: Vec<(String, i64)> =
+                    seen.range(i64::MIN, cutoff).take(*limit).map(|(s, m)| (m.clone(), *s)).collect();
+                let fired = self.silent_fired.entry(rule.clone()).or_default();
+                for (g, last) in &found {
+                    seen.remove(g);
+                    fired.insert(g.clone(), *last);
+                }
+                WindowOutcome::Silent(found)
+            }
+            WindowOp::Block { subject_type, subject, decision_json, ttl_ms } => {
+                let k = (subject_type.to_string(), subject.clone());
+                let longer = self.blocks.get(&k).is_some_and(|(_, ttl)| ttl >= ttl_ms);
+                if !longer {
+                    self.blocks.insert(k, (decision_json.clone(), *ttl_ms));
+                }
+                WindowOutcome::Done
+            }
+        }
+    }
+}
+
+impl WindowStore for MemoryStore {
+    fn apply(&mut self, ops: &[WindowOp]) -> Result<Vec<WindowOutcome>, TransientError> {
+        Ok(ops.iter().map(|op| self.apply_one(op)).collect())
+    }
+}
+
+/// Newest event time of the group and whether `t` is too late for it.
+fn too_late(newest: Option<i64>, t: i64, window: i64, lateness: i64) -> (i64, bool) {
+    let newest = newest.map_or(t, |n| n.max(t));
+    (newest, t < newest - window - lateness)
+}
+
+fn threshold(g: &mut GroupState, id: &str, t: i64, w: i64, late: i64, limit: u64) -> WindowOutcome {
+    if let Some(f) = g.fired.figures.get(id) {
+        return WindowOutcome::Fired { firing: f.clone(), replayed: true };
+    }
+    let (newest, is_late) = too_late(g.events.max_score(), t, w, late);
+    if is_late {
+        return WindowOutcome::TooLate;
+    }
+    g.events.add(id, t);
+    let floor = newest - 2 * w - late;
+    g.events.trim_below(floor);
+    g.fired.trim_below(floor);
+
+    let mut n = g.events.count(t - w, t);
+    let (mut start, mut end) = (t - w, t);
+    if n < limit && t < newest && g.events.count(t - w, t + w) >= limit {
+        // A late event: a window ending after it may have reached the limit with it.
+        let xs: Vec<i64> = g.events.range(t - w, t + w).map(|(s, _)| *s).collect();
+        let mut lo = 0;
+        for (j, &ej) in xs.iter().enumerate() {
+            if ej < t {
+                continue;
+            }
+            while xs[lo] < ej - w {
+                lo += 1;
+            }
+            let c = (j - lo + 1) as u64;
+            if c >= limit {
+                n = c;
+                start = ej - w;
+                end = ej;
+                break;
+            }
+        }
+    }
+    if n < limit {
+        return WindowOutcome::Counted { observed: n };
+    }
+    if g.fired.by_time.range(end - w + 1, end + w - 1).next().is_some() {
+        return WindowOutcome::Suppressed { observed: n };
+    }
+    let recent: Vec<&String> = g.events.range(start, end).rev().take(EVIDENCE_CAP).map(|(_, m)| m).collect();
+    let mut evidence: Vec<String> = recent.into_iter().rev().filter(|m| *m != id).cloned().collect();
+    if evidence.len() >= EVIDENCE_CAP {
+        evidence.remove(0);
+    }
+    evidence.push(id.to_string());
+    let firing = Firing { start_ms: start, end_ms: end, observed: n, limit, evidence };
+    g.fired.record(id, end, &firing);
+    WindowOutcome::Fired { firing, replayed: false }
+}
+
+fn distinct(g: &mut GroupState, id: &str, t: i64, value: &str, w: i64, late: i64, more_than: u64) -> WindowOutcome {
+    if let Some(f) = g.fired.figures.get(id) {
+        return WindowOutcome::Fired { firing: f.clone(), replayed: true };
+    }
+    let (newest, is_late) = too_late(g.events.max_score(), t, w, late);
+    if is_late {
+        return WindowOutcome::TooLate;
+    }
+    // `events` holds values here, scored by their newest sighting.
+    if g.events.score(value).is_none_or(|cur| cur < t) {
+        g.events.add(value, t);
+        g.value_ids.insert(value.to_string(), id.to_string());
+    }
+    let floor = newest - 2 * w - late;
+    for v in g.events.trim_below(floor) {
+        g.value_ids.remove(&v);
+    }
+    g.fired.trim_below(floor);
+
+    let mut n = g.events.count(t - w, t);
+    if g.events.score(value).is_some_and(|s| s > t) {
+        n += 1; // seen again later, but it occurred at t too
+    }
+    let (mut start, mut end) = (t - w, t);
+    if n <= more_than && newest > t && t >= newest - w {
+        let n2 = g.events.count(newest - w, newest);
+        if n2 > n {
+            n = n2;
+            start = newest - w;
+            end = newest;
+        }
+    }
+    if n <= more_than {
+        return WindowOutcome::Counted { observed: n };
+    }
+    if g.fired.by_time.range(end - w + 1, end + w - 1).next().is_some() {
+        return WindowOutcome::Suppressed { observed: n };
+    }
+    let recent: Vec<&String> = g.events.range(start, end).rev().take(EVIDENCE_CAP).map(|(_, m)| m).collect();
+    let mut evidence: Vec<String> = recent
+        .into_iter()
+        .rev()
+        .filter(|v| v.as_str() != value)
+        .filter_map(|v| g.value_ids.get(v).cloned())
+        .collect();
+    if evidence.len() >= EVIDENCE_CAP {
+        evidence.remove(0);
+    }
+    evidence.push(id.to_string());
+    let firing = Firing { start_ms: start, end_ms: end, observed: n, limit: more_than + 1, evidence };
+    g.fired.record(id, end, &firing);
+    WindowOutcome::Fired { firing, replayed: false }
+}
+
+fn sequence(g: &mut GroupState, id: &str, t: i64, mask: u32, n: usize, within: i64, late: i64) -> WindowOutcome {
+    if let Some(f) = g.fired.figures.get(id) {
+        return WindowOutcome::Fired { firing: f.clone(), replayed: true };
+    }
+    if g.steps.len() < n {
+        g.steps.resize_with(n, ZSet::default);
+    }
+    let newest_before = g.steps.iter().filter_map(ZSet::max_score).max();
+    let (newest, is_late) = too_late(newest_before, t, within, late);
+    if is_late {
+        return WindowOutcome::TooLate;
+    }
+    for (k, step) in g.steps.iter_mut().enumerate().take(n) {
+        if mask & (1 << k) != 0 {
+            step.add(id, t);
+        }
+    }
+    let floor = newest - 2 * within - late;
+    for step in g.steps.iter_mut() {
+        step.trim_below(floor);
+    }
+    g.used.trim_below(floor);
+    g.fired.trim_below(floor);
+
+    // Furthest any unused chain got, for the window state shown by `rules test`.
+    let mut best = 0u64;
+    let firsts: Vec<(i64, String)> = g.steps[0].order.iter().cloned().collect();
+    for (t1, a1) in firsts {
+        if g.used.score(&a1).is_some() {
+            continue;
+        }
+        let mut chain: Vec<(String, i64)> = vec![(a1.clone(), t1)];
+        let mut cur = t1;
+        let mut complete = true;
+        for step in g.steps.iter().take(n).skip(1) {
+            let next = step
+                .range(cur, t1 + within)
+                .find(|(_, c)| g.used.score(c).is_none() && !chain.iter().any(|(x, _)| x == c))
+                .map(|(s, c)| (c.clone(), *s));
+            match next {
+                Some((c, s)) => {
+                    cur = s;
+                    chain.push((c, s));
+                }
+                None => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        best = best.max(chain.len() as u64);
+        if complete {
+            for (c, s) in &chain {
+                g.used.add(c, *s);
+            }
+            let mut evidence: Vec<String> = chain.iter().map(|(c, _)| c.clone()).filter(|c| c != id).collect();
+            evidence.push(id.to_string());
+            let firing = Firing { start_ms: t1, end_ms: cur, observed: n as u64, limit: n as u64, evidence };
+            g.fired.record(id, t, &firing);
+            return WindowOutcome::Fired { firing, replayed: false };
+        }
+    }
+    WindowOutcome::Counted { observed: best }
+}
