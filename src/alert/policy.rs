@@ -137,11 +137,18 @@ pub struct PolicyHit {
     pub group_wait_seconds: u64,
 }
 
-/// Every policy hit of `m`, in policy order.
+/// The policy hits of `m`: the first matching policy, and later ones only while the matching
+/// policies say `continue`.
 pub fn evaluate(policies: &[PolicyConfig], default_group_wait: u64, m: &RuleMatch) -> Vec<PolicyHit> {
+    let mut stop = false;
     policies
         .iter()
         .filter(|p| policy_matches(p, m))
+        .take_while(|p| {
+            let take = !stop;
+            stop = !p.continue_matching;
+            take
+        })
         .map(|p| {
             let key = group_key(p, m);
             let hash = group_hash(&p.id, &m.rule_id, &key);
@@ -219,7 +226,14 @@ pub(crate) mod tests {
         let ps = policies();
         let failed = rule_match("failed-login-attempts", Severity::High, RuleAction::Alert, event("u1", "login", false));
         let hits: Vec<String> = evaluate(&ps, 10, &failed).into_iter().map(|h| h.policy_id).collect();
-        assert_eq!(hits, ["critical-security-events", "failed-authentication"]);
+        assert_eq!(hits, ["failed-authentication"], "the most specific policy takes it, once");
+        let mut both = ps.clone();
+        both[0].continue_matching = true;
+        let hits: Vec<String> = evaluate(&both, 10, &failed).into_iter().map(|h| h.policy_id).collect();
+        assert_eq!(hits, ["failed-authentication", "critical-security-events"], "continue lets later policies see it");
+        let critical = rule_match("data-export", Severity::High, RuleAction::Alert, event("u1", "data_export", true));
+        let hits: Vec<String> = evaluate(&ps, 10, &critical).into_iter().map(|h| h.policy_id).collect();
+        assert_eq!(hits, ["critical-security-events"]);
 
         let ok_login = rule_match("failed-login-attempts", Severity::Medium, RuleAction::Alert, event("u1", "login", true));
         assert!(evaluate(&ps, 10, &ok_login).is_empty(), "a successful medium login is not for any policy");

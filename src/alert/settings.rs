@@ -106,6 +106,10 @@ pub struct PolicyConfig {
     pub group_wait_seconds: Option<u64>,
     /// Names of the routes this policy may use; empty: every route.
     pub routes: Vec<String>,
+    /// Policies are tried in order and the first that matches takes the match, so one incident
+    /// raises one alert. `continue = true` lets later policies see the match as well.
+    #[serde(rename = "continue")]
+    pub continue_matching: bool,
 }
 
 impl Default for PolicyConfig {
@@ -124,6 +128,7 @@ impl Default for PolicyConfig {
             suppression_window_seconds: 300,
             group_wait_seconds: None,
             routes: Vec::new(),
+            continue_matching: false,
         }
     }
 }
@@ -146,18 +151,10 @@ impl Default for Frequency {
 pub const GROUP_BY_FIELDS: &[&str] =
     &["user_id", "session_id", "ip_address", "resource", "resource_id", "action", "endpoint", "method"];
 
+/// The seed's two policies plus immediate alerts for privilege escalation, most specific first:
+/// a brute force is one failed-authentication alert, not also a critical-events alert.
 fn default_policies() -> Vec<PolicyConfig> {
     vec![
-        PolicyConfig {
-            id: "critical-security-events".into(),
-            name: "Critical Security Events".into(),
-            severities: vec![Severity::Critical, Severity::High],
-            group_by: vec!["user_id".into()],
-            frequency: Frequency { count: 5, window_seconds: 300 },
-            suppression_window_seconds: 300,
-            routes: vec!["security-team".into(), "admins".into(), "chatops".into()],
-            ..PolicyConfig::default()
-        },
         PolicyConfig {
             id: "failed-authentication".into(),
             name: "Failed Authentication Attempts".into(),
@@ -176,6 +173,16 @@ fn default_policies() -> Vec<PolicyConfig> {
             group_by: vec!["user_id".into()],
             frequency: Frequency { count: 1, window_seconds: 60 },
             suppression_window_seconds: 300,
+            ..PolicyConfig::default()
+        },
+        PolicyConfig {
+            id: "critical-security-events".into(),
+            name: "Critical Security Events".into(),
+            severities: vec![Severity::Critical, Severity::High],
+            group_by: vec!["user_id".into()],
+            frequency: Frequency { count: 5, window_seconds: 300 },
+            suppression_window_seconds: 300,
+            routes: vec!["security-team".into(), "admins".into(), "chatops".into()],
             ..PolicyConfig::default()
         },
     ]
@@ -613,7 +620,7 @@ mod tests {
     fn defaults_hold_the_seed_policies_and_are_valid() {
         let c = Config::from_sources(None, &HashMap::new()).unwrap();
         let ids: Vec<&str> = c.alert.policies.iter().map(|p| p.id.as_str()).collect();
-        assert_eq!(ids, ["critical-security-events", "failed-authentication", "immediate"]);
+        assert_eq!(ids, ["failed-authentication", "immediate", "critical-security-events"]);
         let fa = c.alert.policy("failed-authentication").unwrap();
         assert_eq!(fa.frequency, Frequency { count: 10, window_seconds: 600 });
         assert_eq!(fa.success, Some(false));

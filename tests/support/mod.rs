@@ -5,6 +5,8 @@
 //! may SIGKILL, and the stack's services can be stopped and restarted through `scripts/stack`.
 #![allow(dead_code)]
 
+pub mod smtp;
+
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
