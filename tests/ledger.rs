@@ -174,8 +174,27 @@ async fn erasure_makes_a_subject_unreadable_and_the_ledger_still_verifies() {
         .await
         .expect("release");
 
+    // An alert about the subject keeps a copy of the event: erasure must reach it too.
+    sqlx::query(
+        r#"INSERT INTO audit_alerts (id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key,
+                                     group_hash, window_start, window_end, first_seen, last_seen, match_count,
+                                     suppressed_count, trigger_match, dispatch_after)
+           VALUES (gen_random_uuid(), 'fp', 'p', 'P', 'r', 'R', 'HIGH', jsonb_build_object('user_id', $1::text), 'h',
+                   now(), now(), now(), now(), 1, 0,
+                   jsonb_build_object('event', jsonb_build_object('userId', $1::text, 'ipAddress', '10.0.0.1', 'action', 'login')),
+                   now())"#,
+    )
+    .bind(&subject)
+    .execute(&env.pool)
+    .await
+    .expect("alert row");
+
     let out = auditflow(&env, &["erase", "--subject", &subject, "--reason", "GDPR Art. 17 request"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (group_key, trigger): (serde_json::Value, serde_json::Value) =
+        sqlx::query_as("SELECT group_key, trigger_match FROM audit_alerts").fetch_one(&env.pool).await.expect("alert");
+    assert!(!group_key.to_string().contains(&subject) && !trigger.to_string().contains(&subject), "{group_key} {trigger}");
+    assert!(trigger["event"]["ipAddress"].is_null() && trigger["event"]["action"] == "login", "{trigger}");
     let receipts: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure_receipts WHERE subject_pseudonym = $1")
         .bind(&pseudonym)
         .fetch_one(&env.pool)

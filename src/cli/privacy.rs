@@ -68,6 +68,31 @@ pub async fn erase(
         .bind(&pseudonym)
         .fetch_one(&mut *tx)
         .await?;
+    // Alerts keep a copy of their triggering event and group key in clear: redact the subject there.
+    let alerts_redacted = if table_exists(pool, "audit_alerts").await? {
+        sqlx::query(
+            r#"UPDATE audit_alerts
+                  SET trigger_match = CASE WHEN trigger_match ? 'event' AND jsonb_typeof(trigger_match->'event') = 'object'
+                        THEN jsonb_set(trigger_match, '{event}',
+                               ((trigger_match->'event') - 'userId' - 'sessionId' - 'ipAddress' - 'userAgent'
+                                 - 'location' - 'metadata') || '{"personalDataErased": true}'::jsonb)
+                        ELSE trigger_match END,
+                      group_key = COALESCE((SELECT jsonb_object_agg(k, CASE WHEN v = to_jsonb($1::text)
+                                                 THEN to_jsonb('[erased]'::text) ELSE v END)
+                                              FROM jsonb_each(group_key) AS g(k, v)), '{}'::jsonb),
+                      updated_at = now()
+                WHERE trigger_match->'event'->>'userId' = $1
+                   OR trigger_match->'event'->>'ipAddress' = $1
+                   OR trigger_match->'event'->>'sessionId' = $1
+                   OR EXISTS (SELECT 1 FROM jsonb_each_text(group_key) g WHERE g.value = $1)"#,
+        )
+        .bind(subject)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected() as i64
+    } else {
+        0
+    };
     let erased_at = Utc::now();
     let id = uuid::Uuid::new_v4();
     let statement = json!({
@@ -78,6 +103,7 @@ pub async fn erase(
         "erasedAt": erased_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         "keysDestroyed": destroyed,
         "eventsAffected": events,
+        "alertsRedacted": alerts_redacted,
     })
     .to_string();
     let signature = signer.sign(statement.as_bytes());
