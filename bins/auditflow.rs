@@ -647,14 +647,14 @@ async fn run_verify(
     to: Option<chrono::DateTime<chrono::Utc>>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let key = match &config.ledger.verify_key {
-        Some(text) => auditflow::ledger::verifying_key_from_text(text)
-            .ok_or_else(|| auditflow::error::ConfigError::new("AUDITFLOW_VERIFY_KEY", "not a valid Ed25519 public key"))?,
-        None => signer(config)?.verifying_key(),
+    let keys = match &config.ledger.verify_key {
+        Some(text) => auditflow::ledger::verifying_keys_from_text(text)
+            .ok_or_else(|| auditflow::error::ConfigError::new("AUDITFLOW_VERIFY_KEY", "not a list of Ed25519 public keys"))?,
+        None => vec![signer(config)?.verifying_key()],
     };
     let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
     let bar = (!json && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::new_spinner);
-    let report = auditflow::cli::ledger::verify(&pool, &key, from, to, |chain| {
+    let report = auditflow::cli::ledger::verify(&pool, &keys, from, to, |chain| {
         if let Some(b) = &bar {
             b.set_message(format!("verifying {chain}"));
             b.tick();

@@ -176,9 +176,16 @@ pub fn key_id(key: &VerifyingKey) -> String {
     hex::encode(&Sha256::digest(key.as_bytes())[..8])
 }
 
-pub fn verifying_key_from_text(text: &str) -> Option<VerifyingKey> {
-    let k = SecretKey::parse("AUDITFLOW_VERIFY_KEY", text).ok()?;
-    VerifyingKey::from_bytes(&k.0).ok()
+/// Public keys from `AUDITFLOW_VERIFY_KEY`: one or more (comma-separated, base64 or hex), so
+/// checkpoints signed before a key rotation still verify.
+pub fn verifying_keys_from_text(text: &str) -> Option<Vec<VerifyingKey>> {
+    text.split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| {
+            let k = SecretKey::parse("AUDITFLOW_VERIFY_KEY", t).ok()?;
+            VerifyingKey::from_bytes(&k.0).ok()
+        })
+        .collect()
 }
 
 /// What a checkpoint signs: the chain, its length and head at a moment.
@@ -287,7 +294,7 @@ pub fn verify_chain(
     rows: &[LedgerRow],
     checkpoints: &[Checkpoint],
     expected_len: Option<i64>,
-    key: &VerifyingKey,
+    keys: &[VerifyingKey],
 ) -> Result<u64, Break> {
     let brk = |seq: i64, kind: BreakKind, event_id: Option<&str>, detail: String| Break {
         chain_id: chain_id.to_string(),
@@ -298,7 +305,9 @@ pub fn verify_chain(
     };
     // Checkpoints first: a forged one must not be trusted to judge the rows.
     for cp in checkpoints {
-        if !cp.signature_valid(key) {
+        // Each checkpoint names the key that signed it, so rotated keys keep verifying.
+        let key = keys.iter().find(|k| key_id(k) == cp.key_id);
+        if !key.is_some_and(|k| cp.signature_valid(k)) {
             return Err(brk(cp.seq, BreakKind::ForgedCheckpoint, None, format!("signature of checkpoint at seq {} does not verify", cp.seq)));
         }
     }
@@ -397,7 +406,7 @@ mod tests {
     }
 
     fn verify(rows: &[LedgerRow], cps: &[Checkpoint]) -> Result<u64, Break> {
-        verify_chain("t/0/2026-11", rows, cps, None, &signer().verifying_key())
+        verify_chain("t/0/2026-11", rows, cps, None, &[signer().verifying_key()])
     }
 
     fn checkpoint_at(rows: &[LedgerRow], seq: usize) -> Checkpoint {
@@ -481,7 +490,7 @@ mod tests {
         assert_eq!((b.kind, b.seq), (BreakKind::ModifiedRow, 2));
 
         // A row appended past the chain head.
-        let b = verify_chain("t/0/2026-11", &rows, &[], Some(5), &signer().verifying_key()).unwrap_err();
+        let b = verify_chain("t/0/2026-11", &rows, &[], Some(5), &[signer().verifying_key()]).unwrap_err();
         assert_eq!((b.kind, b.seq), (BreakKind::InsertedRow, 6));
     }
 
@@ -495,6 +504,22 @@ mod tests {
         let json = cp.to_json(&signer().verifying_key());
         assert_eq!(json["seq"], 3);
         assert_eq!(json["keyId"], signer().key_id);
+    }
+
+    #[test]
+    fn checkpoints_of_a_rotated_key_verify_with_both_public_keys() {
+        let rows = chain(4);
+        let old = checkpoint_at(&rows, 2);
+        let new_signer = LedgerSigner::new(&SecretKey([8u8; 32]));
+        let mut h = [0u8; 32];
+        h.copy_from_slice(rows[3].row_hash.as_ref().unwrap());
+        let new = Checkpoint::sign(&new_signer, "t/0/2026-11", 4, h, Utc::now());
+        let both = [signer().verifying_key(), new_signer.verifying_key()];
+        assert_eq!(verify_chain("t/0/2026-11", &rows, &[old.clone(), new.clone()], None, &both), Ok(4));
+        let b = verify_chain("t/0/2026-11", &rows, &[old, new], None, &both[1..]).unwrap_err();
+        assert_eq!(b.kind, BreakKind::ForgedCheckpoint, "a key not trusted is a forgery");
+        let text = format!("{},{}", SecretKey(both[0].to_bytes()).to_base64(), SecretKey(both[1].to_bytes()).to_base64());
+        assert_eq!(verifying_keys_from_text(&text).map(|k| k.len()), Some(2));
     }
 
     #[test]

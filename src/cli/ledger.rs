@@ -81,7 +81,7 @@ fn ledger_row(r: &sqlx::postgres::PgRow) -> Result<LedgerRow, sqlx::Error> {
 /// Verify every chain whose month overlaps `[from, to)`.
 pub async fn verify(
     pool: &PgPool,
-    key: &VerifyingKey,
+    keys: &[VerifyingKey],
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
     mut progress: impl FnMut(&str),
@@ -148,7 +148,7 @@ pub async fn verify(
         let rows: Vec<LedgerRow> = rows.iter().map(ledger_row).collect::<Result<_, _>>()?;
         let checkpoints = load_checkpoints(pool, &chain_id).await?;
         report.checkpoints_checked += checkpoints.len() as u64;
-        match verify_chain(&chain_id, &rows, &checkpoints, head_len, key) {
+        match verify_chain(&chain_id, &rows, &checkpoints, head_len, keys) {
             Ok(n) => {
                 report.chains_verified += 1;
                 report.rows_verified += n;
