@@ -8,9 +8,11 @@
 //! - [`stages`]: each stage's logic plugged into the runtime.
 //! - [`config`], [`telemetry`], [`db`], [`cli`]: configuration, logs/metrics/health, database,
 //!   and the `auditflow` operator command.
+//! - [`bench`]: the benchmark of every stage and the whole fleet (`auditflow-bench`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod config;
