@@ -41,6 +41,7 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(limits.kafka_produce_raw_events.as_ref().expect("producer limit, raw events").records, events);
     assert!(limits.kafka_consume.as_ref().expect("consumer limit").records >= events);
     assert_eq!(limits.postgres_copy.as_ref().expect("COPY").rows, events);
+    assert_eq!(limits.postgres_copy_batched.as_ref().expect("COPY in batches").rows, events);
 
     // Every stage alone saw every event; enrich passed every one on to audit-enriched.
     let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();

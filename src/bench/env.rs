@@ -214,8 +214,18 @@ impl BenchEnv {
             match PgPool::connect(&self.admin_database_url).await {
                 Ok(admin) => {
                     for db in self.databases.drain(..) {
-                        if let Err(e) = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&admin).await {
-                            problems.push(format!("drop database {db}: {e}"));
+                        // FORCE cannot end an autovacuum worker busy in the database: try again.
+                        let mut attempt = 0;
+                        loop {
+                            attempt += 1;
+                            match sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&admin).await {
+                                Ok(_) => break,
+                                Err(_) if attempt < 10 => tokio::time::sleep(Duration::from_secs(2)).await,
+                                Err(e) => {
+                                    problems.push(format!("drop database {db}: {e}"));
+                                    break;
+                                }
+                            }
                         }
                     }
                     admin.close().await;
@@ -237,6 +247,19 @@ pub fn replace_db_name(url: &str, db: &str) -> String {
         }
         None => format!("{url}/{db}"),
     }
+}
+
+/// CPU seconds (user + system) used so far by the PostgreSQL backends connected to `database`:
+/// the database's share of a sink's work. Background writers and the WAL writer are not
+/// included.
+pub async fn backend_cpu_seconds(admin_database_url: &str, database: &str) -> anyhow::Result<f64> {
+    let admin = PgPool::connect(admin_database_url).await?;
+    let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()")
+        .bind(database)
+        .fetch_all(&admin)
+        .await?;
+    admin.close().await;
+    Ok(pids.iter().filter_map(|p| super::proc::cpu_seconds(*p as u32)).sum())
 }
 
 #[cfg(test)]

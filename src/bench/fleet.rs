@@ -14,7 +14,7 @@ use super::data::{rate, Prepared};
 use super::env::{BenchEnv, TopicRole};
 use super::produce::{produce, Offered, Probe};
 use super::proc::{check_abort, load_average, StageProc};
-use super::stages::{progress, stage_env, ProcessUsage, RunArgs, StageSpec};
+use super::stages::{progress, ProcessUsage, RunArgs, StageSpec};
 use crate::telemetry::now_ms;
 
 #[derive(Debug, Clone, Serialize)]
@@ -53,6 +53,8 @@ pub struct FleetRun {
     /// bound (by up to one poll) on produce → row visible.
     pub visible_latency: Option<Latency>,
     pub usage: Vec<ProcessUsage>,
+    /// CPU of the PostgreSQL backends serving the fleet's database, per million events.
+    pub database_cpu_seconds_per_million: Option<f64>,
     pub load_average_at_start: [f64; 3],
 }
 
@@ -108,11 +110,7 @@ pub async fn run_fleet(
 
     let mut procs: Vec<StageProc> = Vec::new();
     for s in fleet {
-        let env_vars = stage_env(&phase, &brokers, s, s.name, args.extra_env);
-        let log = args.log_dir.join(format!("{}-{}.log", phase.name, s.binary));
-        let mut p = StageProc::spawn(&args.bin_dir.join(s.binary), s.name, &env_vars, &log)?;
-        p.wait_metrics_addr(Duration::from_secs(60))?;
-        procs.push(p);
+        procs.push(args.spawn(&phase, &brokers, s)?);
     }
     // Start producing only once every stage owns its partitions.
     let deadline = Instant::now() + Duration::from_secs(90);
@@ -135,6 +133,7 @@ pub async fn run_fleet(
     }
     let sink_index = fleet.iter().position(|s| s.name == sink.name).unwrap_or(0);
     let cpu_start: Vec<f64> = procs.iter().map(|p| p.cpu_seconds().unwrap_or(f64::NAN)).collect();
+    let db_cpu_start = args.database_cpu(&phase, sink);
 
     let config = phase.config(&brokers)?;
     let topic = phase.topic(TopicRole::Raw);
@@ -210,6 +209,7 @@ pub async fn run_fleet(
     }
     probe_pool.close().await;
 
+    let db_cpu_end = args.database_cpu(&phase, sink);
     let mut usage = Vec::new();
     let mut dead = 0u64;
     let cpu_window = (finished_at - out.started).as_secs_f64();
@@ -276,6 +276,10 @@ pub async fn run_fleet(
             Some(percentiles("first seen by a 10 ms poll for sampled ids - send time", &mut visible))
         },
         usage,
+        database_cpu_seconds_per_million: match (db_cpu_start, db_cpu_end) {
+            (Some(a), Some(b)) => Some((b - a) / out.events.max(1) as f64 * 1e6),
+            _ => None,
+        },
         load_average_at_start: load,
     })
 }

@@ -47,6 +47,8 @@ pub struct CopyPerf {
     pub seconds: f64,
     pub rows_per_sec: f64,
     pub mb_per_sec: f64,
+    /// CPU of the PostgreSQL backend that ran the COPY, per million rows.
+    pub backend_cpu_seconds_per_million: Option<f64>,
 }
 
 /// What ProducerPerformance sends.
@@ -157,24 +159,35 @@ pub fn parse_consumer_perf(stdout: &str) -> Option<ConsumePerf> {
     })
 }
 
-/// One `COPY audit_events FROM STDIN` of every row, into a freshly migrated database (same
-/// table, partitions, keys and indexes as the persist stage writes to).
-pub async fn copy_perf(database_url: &str, rows: &CopyRows) -> anyhow::Result<CopyPerf> {
+/// `COPY audit_events FROM STDIN` of every row into a freshly migrated database (same table,
+/// partitions, keys and indexes as the persist stage writes to): in one statement and one
+/// transaction, or, with `batch`, one transaction per `batch` rows as a sink commits them.
+pub async fn copy_perf(database_url: &str, rows: &CopyRows, batch: Option<usize>) -> anyhow::Result<CopyPerf> {
     let pool = PgPoolOptions::new().max_connections(1).connect(database_url).await?;
     for at in &rows.months {
         sqlx::query("SELECT audit_events_ensure_month($1)").bind(at).execute(&pool).await?;
     }
+    let statement = format!("COPY audit_events ({COPY_COLUMNS}) FROM STDIN");
+    let chunks: Vec<&[u8]> = match batch {
+        None => vec![rows.text.as_slice()],
+        Some(n) => split_rows(&rows.text, n.max(1)),
+    };
     let mut conn = pool.acquire().await?;
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await?;
+    let cpu_before = super::proc::cpu_seconds(backend as u32);
     let started = Instant::now();
-    let mut copy = conn
-        .copy_in_raw(&format!("COPY audit_events ({COPY_COLUMNS}) FROM STDIN"))
-        .await
-        .context("COPY")?;
-    for chunk in rows.text.chunks(1 << 20) {
-        copy.send(chunk).await?;
+    let mut copied = 0u64;
+    for chunk in &chunks {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut copy = tx.copy_in_raw(&statement).await.context("COPY")?;
+        for part in chunk.chunks(1 << 20) {
+            copy.send(part).await?;
+        }
+        copied += copy.finish().await?;
+        tx.commit().await?;
     }
-    let copied = copy.finish().await?;
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = super::proc::cpu_seconds(backend as u32).zip(cpu_before).map(|(b, a)| b - a);
     drop(conn);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await?;
     pool.close().await;
@@ -182,13 +195,38 @@ pub async fn copy_perf(database_url: &str, rows: &CopyRows) -> anyhow::Result<Co
         bail!("COPY wrote {copied} rows, the table holds {count}, expected {}", rows.rows);
     }
     Ok(CopyPerf {
-        description: "one COPY … FROM STDIN (text) of every row, one transaction, fresh audit_events".into(),
+        description: match batch {
+            None => "one COPY … FROM STDIN (text) of every row, one transaction, fresh audit_events".into(),
+            Some(n) => format!("COPY … FROM STDIN (text), one transaction per {n} rows, fresh audit_events"),
+        },
         rows: copied,
         bytes: rows.text.len() as u64,
         seconds,
         rows_per_sec: rate(copied, seconds),
         mb_per_sec: rows.text.len() as f64 / 1e6 / seconds.max(1e-9),
+        backend_cpu_seconds_per_million: cpu.map(|c| c / copied.max(1) as f64 * 1e6),
     })
+}
+
+/// COPY text cut into pieces of `rows` lines each.
+pub fn split_rows(text: &[u8], rows: usize) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut lines = 0;
+    for (i, b) in text.iter().enumerate() {
+        if *b == b'\n' {
+            lines += 1;
+            if lines == rows {
+                out.push(&text[start..=i]);
+                start = i + 1;
+                lines = 0;
+            }
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -203,6 +241,13 @@ mod tests {
         assert_eq!(p.records, 300000);
         assert!((p.records_per_sec - 152905.198777).abs() < 1e-6);
         assert_eq!(p.p99_ms, 350.0);
+    }
+
+    #[test]
+    fn splits_copy_text_by_rows() {
+        let parts = split_rows(b"a\nb\nc\nd\ne\n", 2);
+        assert_eq!(parts, [&b"a\nb\n"[..], &b"c\nd\n"[..], &b"e\n"[..]]);
+        assert_eq!(split_rows(b"", 2).len(), 0);
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub struct BenchOptions {
     /// Extra environment for every stage process, e.g. AUDITFLOW_BATCH_MAX_MESSAGES=10000.
     #[arg(long = "stage-env", value_parser = parse_key_value)]
     pub stage_env: Vec<(String, String)>,
+    /// Run a stage's binary under a command, for profiling, e.g.
+    /// `--wrap-stage "enrich=valgrind --tool=callgrind --callgrind-out-file=/tmp/enrich.cg"`.
+    /// Its figures are then the profiler's, not the stage's.
+    #[arg(long = "wrap-stage", value_parser = parse_key_value)]
+    pub wrap_stage: Vec<(String, String)>,
     /// Directory of the stage binaries (default: next to this program).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
@@ -98,6 +103,7 @@ impl Default for BenchOptions {
             saturation_events: 300_000,
             skip: Vec::new(),
             stage_env: Vec::new(),
+            wrap_stage: Vec::new(),
             bin_dir: None,
             stack_script: None,
             log_dir: None,
@@ -141,7 +147,6 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     std::fs::create_dir_all(&log_dir)?;
     let timeout = Duration::from_secs(opts.phase_timeout_secs);
     let skip = |phase: &str| opts.skip.iter().any(|s| s == phase);
-    let run_args = RunArgs { bin_dir: &bin_dir, log_dir: &log_dir, extra_env: &opts.stage_env, timeout };
 
     let mut stage_config_env: HashMap<String, String> =
         std::env::vars().filter(|(k, _)| k.starts_with("AUDITFLOW_")).collect();
@@ -149,6 +154,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let stage_config = Config::from_sources(None, &stage_config_env).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let brokers = stage_config.kafka.brokers.clone();
     let mut env = BenchEnv::new(&run_id, &brokers, &stage_config.database.url, opts.partitions);
+    let run_args = RunArgs {
+        bin_dir: &bin_dir,
+        log_dir: &log_dir,
+        extra_env: &opts.stage_env,
+        wrappers: &opts.wrap_stage,
+        timeout,
+        admin_database_url: &stage_config.database.url,
+    };
     let enricher = crate::enrich::Enricher::new(&stage_config.enrich.to_enrich_config())?;
 
     let needed = [opts.events, opts.saturation_events]
@@ -238,13 +251,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
                 Err(e) => errors.push(format!("limit kafka produce (raw events): {e:#}")),
             }
 
-            let copy_phase = env.database_phase("copy", true).await?;
-            match copy_phase.database_url.as_deref() {
-                Some(url) => match limits::copy_perf(url, &copy_rows).await {
-                    Ok(c) => limits.postgres_copy = Some(c),
-                    Err(e) => errors.push(format!("limit postgres COPY: {e:#}")),
-                },
-                None => errors.push("COPY phase has no database".into()),
+            for (name, batch) in [("copy", None), ("copy-batched", Some(stage_config.stage.batch_max_messages))] {
+                let copy_phase = env.database_phase(name, true).await?;
+                let Some(url) = copy_phase.database_url.as_deref() else { continue };
+                match limits::copy_perf(url, &copy_rows, batch).await {
+                    Ok(c) if batch.is_none() => limits.postgres_copy = Some(c),
+                    Ok(c) => limits.postgres_copy_batched = Some(c),
+                    Err(e) => errors.push(format!("limit postgres {name}: {e:#}")),
+                }
             }
         }
         drop(copy_rows);
@@ -342,6 +356,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
             geoip: enricher.has_geoip(),
             producer: PRODUCER_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             stage_env: opts.stage_env.clone(),
+            wrapped_stages: opts.wrap_stage.clone(),
         },
         generation,
         fill,

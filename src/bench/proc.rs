@@ -35,13 +35,23 @@ pub struct StageProc {
 impl StageProc {
     /// Start `binary` with `env` on top of the benchmark's own environment; logs (JSON) go to
     /// `log_path`.
-    pub fn spawn(binary: &Path, stage: &str, env: &[(String, String)], log_path: &Path) -> anyhow::Result<StageProc> {
+    /// `wrapper` (e.g. `valgrind --tool=callgrind`) runs the binary when given; a wrapper
+    /// that forks makes the CPU and memory figures the wrapper's.
+    pub fn spawn(binary: &Path, stage: &str, env: &[(String, String)], log_path: &Path, wrapper: &[String]) -> anyhow::Result<StageProc> {
         let log = File::options()
             .create(true)
             .append(true)
             .open(log_path)
             .with_context(|| format!("log file {}", log_path.display()))?;
-        let child = Command::new(binary)
+        let mut cmd = match wrapper.split_first() {
+            None => Command::new(binary),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(binary);
+                c
+            }
+        };
+        let child = cmd
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("AUDITFLOW_LOG_FORMAT", "json")
             .env("AUDITFLOW_HTTP_LISTEN", "127.0.0.1:0")

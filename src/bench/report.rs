@@ -39,6 +39,8 @@ pub struct Settings {
     pub geoip: bool,
     pub producer: Vec<(String, String)>,
     pub stage_env: Vec<(String, String)>,
+    /// Stages run under a profiler: their figures are not the stage's own.
+    pub wrapped_stages: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +59,8 @@ pub struct Limits {
     pub kafka_produce_raw_events: Option<ProducePerf>,
     pub kafka_consume: Option<ConsumePerf>,
     pub postgres_copy: Option<CopyPerf>,
+    /// COPY in transactions of a sink batch each: the limit with a sink's commit pattern.
+    pub postgres_copy_batched: Option<CopyPerf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -271,14 +275,32 @@ pub fn render_table(r: &Report) -> String {
         let _ = writeln!(t, "  kafka consume (fetch), raw topic                           {:>10}", n(c.fetch_records_per_sec));
     }
     if let Some(c) = &r.limits.postgres_copy {
-        let _ = writeln!(t, "  postgres COPY into audit_events                            {:>10}", n(c.rows_per_sec));
+        let _ = writeln!(
+            t,
+            "  postgres COPY into audit_events                            {:>10}   (backend {:.1} CPU s/M rows)",
+            n(c.rows_per_sec),
+            c.backend_cpu_seconds_per_million.unwrap_or(f64::NAN)
+        );
+    }
+    if let Some(c) = &r.limits.postgres_copy_batched {
+        let _ = writeln!(
+            t,
+            "  postgres COPY, one transaction per {:>5} rows              {:>10}   (backend {:.1} CPU s/M rows)",
+            r.settings.batch_max_messages,
+            n(c.rows_per_sec),
+            c.backend_cpu_seconds_per_million.unwrap_or(f64::NAN)
+        );
     }
     let _ = writeln!(t, "\nSTAGES ALONE on a pre-filled topic");
-    let _ = writeln!(t, "  {:<9} {:>9} {:>10} {:<14} {:>6} {:>11} {:>6} {:>9}", "stage", "events", "events/s", "bound", "ratio", "CPU s/M ev", "cores", "peak RSS");
+    let _ = writeln!(
+        t,
+        "  {:<9} {:>9} {:>10} {:<14} {:>6} {:>11} {:>6} {:>9} {:>14}",
+        "stage", "events", "events/s", "bound", "ratio", "CPU s/M ev", "cores", "peak RSS", "DB CPU s/M ev"
+    );
     for s in &r.stages {
         let _ = writeln!(
             t,
-            "  {:<9} {:>9} {:>10} {:<14} {:>6} {:>11.1} {:>6.2} {:>6.0} MB",
+            "  {:<9} {:>9} {:>10} {:<14} {:>6} {:>11.1} {:>6.2} {:>6.0} MB {:>14}",
             s.stage,
             n(s.events as f64),
             n(s.events_per_sec),
@@ -286,10 +308,15 @@ pub fn render_table(r: &Report) -> String {
             s.ratio_to_bound.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into()),
             s.usage.cpu_seconds_per_million,
             s.usage.cpu_cores,
-            s.usage.peak_rss_mb
+            s.usage.peak_rss_mb,
+            s.database_cpu_seconds_per_million.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
         );
     }
-    let _ = writeln!(t, "\nFLEET ({}) — latency ms: p50 p99 max", r.fleet.runs.first().map(|f| f.stages.join(" + ")).unwrap_or_default());
+    let _ = writeln!(
+        t,
+        "\nFLEET ({}) — latency ms: p50 p99 max",
+        r.fleet.runs.first().map(|f| f.stages.join(" + ")).unwrap_or_else(|| "not run".into())
+    );
     let _ = writeln!(
         t,
         "  {:<26} {:>9} {:>9} {:>5} {:>9} {:>9} {:>22} {:>22}",
@@ -308,6 +335,9 @@ pub fn render_table(r: &Report) -> String {
             lat(&f.row_latency),
             f.visible_latency.as_ref().map(lat).unwrap_or_else(|| "-".into())
         );
+        if let Some(db) = f.database_cpu_seconds_per_million {
+            let _ = writeln!(t, "      {:<9} {:>6.1} CPU s/M ev (backends of the fleet's database)", "postgres", db);
+        }
         for u in &f.usage {
             let _ = writeln!(
                 t,

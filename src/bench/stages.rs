@@ -85,6 +85,8 @@ pub struct StageAlone {
     pub seconds: f64,
     pub events_per_sec: f64,
     pub usage: ProcessUsage,
+    /// CPU of the PostgreSQL backends serving the stage, per million events (sink stages).
+    pub database_cpu_seconds_per_million: Option<f64>,
     /// Records written per output topic role, from the stage's own metrics.
     pub produced: Vec<(String, u64)>,
     pub dead_lettered: u64,
@@ -127,28 +129,57 @@ pub struct RunArgs<'a> {
     pub bin_dir: &'a Path,
     pub log_dir: &'a Path,
     pub extra_env: &'a [(String, String)],
+    /// Per stage name, a command line the binary runs under (profilers).
+    pub wrappers: &'a [(String, String)],
     pub timeout: Duration,
+    pub admin_database_url: &'a str,
+}
+
+impl RunArgs<'_> {
+    pub fn spawn(&self, phase: &Phase, brokers: &str, spec: &StageSpec) -> anyhow::Result<StageProc> {
+        let env = stage_env(phase, brokers, spec, spec.name, self.extra_env);
+        let wrapper: Vec<String> = self
+            .wrappers
+            .iter()
+            .filter(|(s, _)| s == spec.name)
+            .flat_map(|(_, w)| w.split_whitespace().map(str::to_string))
+            .collect();
+        let log = self.log_dir.join(format!("{}-{}.log", phase.name, spec.binary));
+        let mut p = StageProc::spawn(&self.bin_dir.join(spec.binary), spec.name, &env, &log, &wrapper)?;
+        let startup = if wrapper.is_empty() { Duration::from_secs(60) } else { Duration::from_secs(600) };
+        p.wait_metrics_addr(startup)?;
+        Ok(p)
+    }
+
+    /// CPU seconds of the PostgreSQL backends serving `phase`'s database, if it has one.
+    pub fn database_cpu(&self, phase: &Phase, spec: &StageSpec) -> Option<f64> {
+        if !spec.needs_database {
+            return None;
+        }
+        let db = phase.database.as_deref()?;
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        tokio::task::block_in_place(|| handle.block_on(super::env::backend_cpu_seconds(self.admin_database_url, db))).ok()
+    }
 }
 
 /// Run `spec` alone until it has committed `events` input records.
 pub fn run_alone(args: &RunArgs<'_>, phase: &Phase, brokers: &str, spec: &StageSpec, events: u64) -> anyhow::Result<StageAlone> {
     let load = super::proc::load_average();
     let timeout = args.timeout;
-    let binary = args.bin_dir.join(spec.binary);
-    let env = stage_env(phase, brokers, spec, spec.name, args.extra_env);
-    let mut proc = StageProc::spawn(&binary, spec.name, &env, &args.log_dir.join(format!("{}-{}.log", phase.name, spec.binary)))?;
-    proc.wait_metrics_addr(Duration::from_secs(60))?;
+    let mut proc = args.spawn(phase, brokers, spec)?;
     let deadline = Instant::now() + timeout;
     let mut start: Option<(Instant, f64)> = None;
-    let (end, cpu_end) = loop {
+    let mut db_start = None;
+    let (end, cpu_end, db_end) = loop {
         check_abort()?;
         let now = Instant::now();
         let p = progress(&proc)?;
         if p.assigned && start.is_none() {
             start = Some((now, proc.cpu_seconds().unwrap_or(f64::NAN)));
+            db_start = args.database_cpu(phase, spec);
         }
         if start.is_some() && p.consumed >= events {
-            break (now, proc.cpu_seconds().unwrap_or(f64::NAN));
+            break (now, proc.cpu_seconds().unwrap_or(f64::NAN), args.database_cpu(phase, spec));
         }
         if !proc.is_running() {
             bail!("{} exited before it finished:\n{}", spec.binary, proc.log_tail(20));
@@ -182,6 +213,10 @@ pub fn run_alone(args: &RunArgs<'_>, phase: &Phase, brokers: &str, spec: &StageS
             cpu_seconds_per_million: cpu / events.max(1) as f64 * 1e6,
             cpu_cores: cpu / seconds.max(1e-9),
             peak_rss_mb: peak as f64 / 1_048_576.0,
+        },
+        database_cpu_seconds_per_million: match (db_start, db_end) {
+            (Some(a), Some(b)) => Some((b - a) / events.max(1) as f64 * 1e6),
+            _ => None,
         },
         produced,
         dead_lettered,
