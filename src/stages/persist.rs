@@ -114,62 +114,90 @@ SELECT id, ts, user_id, session_id, action, resource, resource_id, method, endpo
 ON CONFLICT DO NOTHING
 "#;
 
-/// A batch transposed into one array per column, as UNNEST wants it.
+/// A batch transposed into one array per column, as UNNEST wants it. Text columns borrow from
+/// the batch (binding `&str` arrays costs no copy); only JSON columns are rendered.
 #[derive(Default)]
-struct Columns {
-    id: Vec<String>,
+struct Columns<'a> {
+    id: Vec<&'a str>,
     timestamp: Vec<DateTime<Utc>>,
-    user_id: Vec<Option<String>>,
-    session_id: Vec<Option<String>>,
-    action: Vec<String>,
-    resource: Vec<String>,
-    resource_id: Vec<Option<String>>,
-    method: Vec<Option<String>>,
-    endpoint: Vec<Option<String>>,
+    user_id: Vec<Option<&'a str>>,
+    session_id: Vec<Option<&'a str>>,
+    action: Vec<&'a str>,
+    resource: Vec<&'a str>,
+    resource_id: Vec<Option<&'a str>>,
+    method: Vec<Option<&'a str>>,
+    endpoint: Vec<Option<&'a str>>,
     status_code: Vec<Option<i32>>,
-    user_agent: Vec<Option<String>>,
-    ip_address: Vec<Option<String>>,
+    user_agent: Vec<Option<&'a str>>,
+    ip_address: Vec<Option<&'a str>>,
     location: Vec<Option<String>>,
     ip_facts: Vec<Option<String>>,
     classification: Vec<&'static str>,
     severity: Vec<&'static str>,
     metadata: Vec<Option<String>>,
     success: Vec<bool>,
-    error_message: Vec<Option<String>>,
+    error_message: Vec<Option<&'a str>>,
     duration: Vec<Option<i64>>,
     compliance: Vec<String>,
-    source_topic: Vec<String>,
+    source_topic: Vec<&'a str>,
     source_partition: Vec<i32>,
     source_offset: Vec<i64>,
     enriched_at: Vec<DateTime<Utc>>,
 }
 
-impl Columns {
-    fn from_events(items: &[EnrichedEvent]) -> Columns {
-        let mut c = Columns::default();
+impl<'a> Columns<'a> {
+    fn from_events(items: &'a [EnrichedEvent]) -> Columns<'a> {
+        let n = items.len();
+        let mut c = Columns {
+            id: Vec::with_capacity(n),
+            timestamp: Vec::with_capacity(n),
+            user_id: Vec::with_capacity(n),
+            session_id: Vec::with_capacity(n),
+            action: Vec::with_capacity(n),
+            resource: Vec::with_capacity(n),
+            resource_id: Vec::with_capacity(n),
+            method: Vec::with_capacity(n),
+            endpoint: Vec::with_capacity(n),
+            status_code: Vec::with_capacity(n),
+            user_agent: Vec::with_capacity(n),
+            ip_address: Vec::with_capacity(n),
+            location: Vec::with_capacity(n),
+            ip_facts: Vec::with_capacity(n),
+            classification: Vec::with_capacity(n),
+            severity: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            success: Vec::with_capacity(n),
+            error_message: Vec::with_capacity(n),
+            duration: Vec::with_capacity(n),
+            compliance: Vec::with_capacity(n),
+            source_topic: Vec::with_capacity(n),
+            source_partition: Vec::with_capacity(n),
+            source_offset: Vec::with_capacity(n),
+            enriched_at: Vec::with_capacity(n),
+        };
         for ev in items {
-            c.id.push(ev.id.clone());
+            c.id.push(&ev.id);
             c.timestamp.push(ev.timestamp);
-            c.user_id.push(ev.user_id.clone());
-            c.session_id.push(ev.session_id.clone());
-            c.action.push(ev.action.clone());
-            c.resource.push(ev.resource.clone());
-            c.resource_id.push(ev.resource_id.clone());
-            c.method.push(ev.method.clone());
-            c.endpoint.push(ev.endpoint.clone());
+            c.user_id.push(ev.user_id.as_deref());
+            c.session_id.push(ev.session_id.as_deref());
+            c.action.push(&ev.action);
+            c.resource.push(&ev.resource);
+            c.resource_id.push(ev.resource_id.as_deref());
+            c.method.push(ev.method.as_deref());
+            c.endpoint.push(ev.endpoint.as_deref());
             c.status_code.push(ev.status_code);
-            c.user_agent.push(ev.user_agent.clone());
-            c.ip_address.push(ev.ip_address.clone());
+            c.user_agent.push(ev.user_agent.as_deref());
+            c.ip_address.push(ev.ip_address.as_deref());
             c.location.push(ev.location.as_ref().and_then(|l| serde_json::to_string(l).ok()));
             c.ip_facts.push(ev.ip.as_ref().and_then(|f| serde_json::to_string(f).ok()));
             c.classification.push(ev.classification.as_str());
             c.severity.push(ev.severity.as_str());
             c.metadata.push(ev.metadata.as_ref().map(|m| m.to_string()));
             c.success.push(ev.success);
-            c.error_message.push(ev.error_message.clone());
+            c.error_message.push(ev.error_message.as_deref());
             c.duration.push(ev.duration_ms);
             c.compliance.push(serde_json::to_string(&ev.compliance).unwrap_or_else(|_| "{}".into()));
-            c.source_topic.push(ev.source.topic.clone());
+            c.source_topic.push(&ev.source.topic);
             c.source_partition.push(ev.source.partition);
             c.source_offset.push(ev.source.offset);
             c.enriched_at.push(ev.enriched_at);
