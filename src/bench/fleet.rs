@@ -49,6 +49,9 @@ pub struct FleetRun {
     /// `audit_events.created_at − timestamp` over every row. `created_at` is `now()`, the
     /// start of persist's transaction: a lower bound that misses the INSERT and COMMIT.
     pub row_latency: Latency,
+    /// The row latency split at `enriched_at` (the enrich stage's clock when it processed the
+    /// event): produce → enrich, then enrich → persist's transaction.
+    pub hops: Vec<Latency>,
     /// Sampled events polled for by id every 10 ms until visible to another session: an upper
     /// bound (by up to one poll) on produce → row visible.
     pub visible_latency: Option<Latency>,
@@ -85,6 +88,12 @@ pub fn alert_latency(fleet: &[StageSpec]) -> AlertLatency {
         },
     }
 }
+
+/// Where the row latency goes, split at the enrich stage's processing time.
+const HOPS: [(&str, &str); 2] = [
+    ("enriched_at - timestamp: send -> processed by enrich (producer linger, fetch, enrich batch wait)", "enriched_at - \"timestamp\""),
+    ("created_at - enriched_at: enrich -> persist's transaction (enrich commit, fetch, persist batch wait)", "created_at - enriched_at"),
+];
 
 /// No new row for this long after the last send ends a run (and counts the missing rows lost).
 const STALL: Duration = Duration::from_secs(30);
@@ -240,6 +249,25 @@ pub async fn run_fleet(
     )
     .fetch_one(&pool)
     .await?;
+    let mut hops = Vec::new();
+    for (basis, expr) in HOPS {
+        let (n, p50, p99, max): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(&format!(
+            r#"SELECT count(*),
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY ms),
+                      max(ms)
+                 FROM (SELECT (extract(epoch FROM {expr}) * 1000)::float8 AS ms FROM audit_events) t"#
+        ))
+        .fetch_one(&pool)
+        .await?;
+        hops.push(Latency {
+            basis,
+            samples: n.max(0) as u64,
+            p50_ms: p50.unwrap_or(f64::NAN),
+            p99_ms: p99.unwrap_or(f64::NAN),
+            max_ms: max.unwrap_or(f64::NAN),
+        });
+    }
     pool.close().await;
 
     let steady = steady_rate(&samples, rows.max(0) as u64);
@@ -270,6 +298,7 @@ pub async fn run_fleet(
             p99_ms: p99.unwrap_or(f64::NAN),
             max_ms: max.unwrap_or(f64::NAN),
         },
+        hops,
         visible_latency: if visible.is_empty() {
             None
         } else {

@@ -311,6 +311,11 @@ pub fn render_table(r: &Report) -> String {
             s.usage.peak_rss_mb,
             s.database_cpu_seconds_per_million.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into())
         );
+        let _ = writeln!(
+            t,
+            "      {} batches of {:.0} messages, {:.0} ms each from first message to commit",
+            s.batch.batches, s.batch.mean_messages, s.batch.mean_ms
+        );
     }
     let _ = writeln!(
         t,
@@ -335,6 +340,10 @@ pub fn render_table(r: &Report) -> String {
             lat(&f.row_latency),
             f.visible_latency.as_ref().map(lat).unwrap_or_else(|| "-".into())
         );
+        for h in &f.hops {
+            let what = h.basis.split(':').next().unwrap_or(h.basis);
+            let _ = writeln!(t, "      {:<46} {}", what, lat(h));
+        }
         if let Some(db) = f.database_cpu_seconds_per_million {
             let _ = writeln!(t, "      {:<9} {:>6.1} CPU s/M ev (backends of the fleet's database)", "postgres", db);
         }

@@ -90,10 +90,20 @@ pub struct StageAlone {
     /// Records written per output topic role, from the stage's own metrics.
     pub produced: Vec<(String, u64)>,
     pub dead_lettered: u64,
+    pub batch: BatchStats,
     pub bound: Bound,
     pub bound_per_sec: Option<f64>,
     pub ratio_to_bound: Option<f64>,
     pub load_average_at_start: [f64; 3],
+}
+
+/// The stage's committed batches, from its own histograms.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchStats {
+    pub batches: u64,
+    pub mean_messages: f64,
+    /// From a batch's first message to its commit.
+    pub mean_ms: f64,
 }
 
 /// Environment of a stage process in `phase`.
@@ -197,6 +207,12 @@ pub fn run_alone(args: &RunArgs<'_>, phase: &Phase, brokers: &str, spec: &StageS
         .map(|(t, v)| (t, v as u64))
         .collect();
     let dead_lettered = scrape.sum("auditflow_dlq_total", &[]) as u64;
+    let batches = scrape.sum("auditflow_batch_size_count", &[]);
+    let batch = BatchStats {
+        batches: batches as u64,
+        mean_messages: scrape.sum("auditflow_batch_size_sum", &[]) / batches.max(1.0),
+        mean_ms: scrape.sum("auditflow_batch_processing_seconds_sum", &[]) * 1000.0 / batches.max(1.0),
+    };
     let peak = proc.peak_rss_bytes().unwrap_or(0);
     proc.terminate(Duration::from_secs(30));
     let seconds = (end - started).as_secs_f64();
@@ -220,6 +236,7 @@ pub fn run_alone(args: &RunArgs<'_>, phase: &Phase, brokers: &str, spec: &StageS
         },
         produced,
         dead_lettered,
+        batch,
         bound: spec.bound,
         bound_per_sec: None,
         ratio_to_bound: None,
