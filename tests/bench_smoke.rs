@@ -19,7 +19,7 @@ async fn a_small_benchmark_run_reconciles() {
         partitions: 3,
         bin_dir: Some(bin_dir),
         stack_script: Some(root.join("scripts/stack")),
-        log_dir: Some(root.join("target/test-logs/bench-smoke")),
+        log_dir: Some(root.join("target/test-logs").join(format!("bench-smoke-{}", std::process::id()))),
         phase_timeout_secs: 240,
         ..BenchOptions::default()
     };

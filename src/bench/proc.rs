@@ -38,10 +38,8 @@ impl StageProc {
     /// `wrapper` (e.g. `valgrind --tool=callgrind`) runs the binary when given; a wrapper
     /// that forks makes the CPU and memory figures the wrapper's.
     pub fn spawn(binary: &Path, stage: &str, env: &[(String, String)], log_path: &Path, wrapper: &[String]) -> anyhow::Result<StageProc> {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(log_path)
+        // Truncated: an old log in a reused directory would announce a stale /metrics address.
+        let log = File::create(log_path)
             .with_context(|| format!("log file {}", log_path.display()))?;
         let mut cmd = match wrapper.split_first() {
             None => Command::new(binary),
