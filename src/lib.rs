@@ -9,10 +9,12 @@
 //! - [`alert`]: alert policies, deduplication state, notification channels and their dispatcher.
 //! - [`config`], [`telemetry`], [`db`], [`cli`]: configuration, logs/metrics/health, database,
 //!   and the `auditflow` operator command.
+//! - [`bench`]: the benchmark of every stage and the whole fleet (`auditflow-bench`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod alert;
+pub mod bench;
 pub mod cli;
 pub mod codec;
 pub mod compliance;

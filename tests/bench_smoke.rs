@@ -1,0 +1,76 @@
+//! Keeps the benchmark from rotting: a tiny run of `auditflow-bench`'s logic against the real
+//! local stack, judged on correctness only (counts reconcile, the report is well-formed JSON),
+//! never on timing. The real benchmark is `scripts/bench`.
+
+use std::path::PathBuf;
+
+use auditflow::bench::{report::render_table, run, BenchOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_benchmark_run_reconciles() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let bin_dir = PathBuf::from(env!("CARGO_BIN_EXE_audit-enrich")).parent().expect("bin dir").to_path_buf();
+    let events = 3000u64;
+    let opts = BenchOptions {
+        events,
+        paced_rates: vec![500],
+        paced_secs: 3,
+        saturation_events: 2000,
+        partitions: 3,
+        bin_dir: Some(bin_dir),
+        stack_script: Some(root.join("scripts/stack")),
+        log_dir: Some(root.join("target/test-logs").join(format!("bench-smoke-{}", std::process::id()))),
+        phase_timeout_secs: 240,
+        ..BenchOptions::default()
+    };
+    let report = run(&opts).await.expect("benchmark runs");
+    assert!(report.errors.is_empty(), "phases failed: {:#?}", report.errors);
+    assert!(report.cleanup_problems.is_empty(), "cleanup: {:#?}", report.cleanup_problems);
+
+    // One well-formed JSON document with every section.
+    let text = serde_json::to_string_pretty(&report).expect("serialises");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("well-formed JSON");
+    for key in ["machine", "load_average", "settings", "generation", "fill", "limits", "stages", "fleet", "targets"] {
+        assert!(!json[key].is_null(), "missing {key}");
+    }
+    assert!(render_table(&report).contains("TARGETS"));
+
+    // Limits were measured on the same data.
+    let limits = &report.limits;
+    assert_eq!(limits.kafka_produce.as_ref().expect("producer limit").records, events);
+    assert_eq!(limits.kafka_produce_raw_events.as_ref().expect("producer limit, raw events").records, events);
+    assert!(limits.kafka_consume.as_ref().expect("consumer limit").records >= events);
+    assert_eq!(limits.postgres_copy.as_ref().expect("COPY").rows, events);
+    assert_eq!(limits.postgres_copy_batched.as_ref().expect("COPY in batches").rows, events);
+
+    // Every stage alone saw every event; enrich passed every one on to audit-enriched.
+    let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
+    assert_eq!(names, ["enrich", "persist"]);
+    for s in &report.stages {
+        assert_eq!(s.events, events, "{}", s.stage);
+        assert_eq!(s.dead_lettered, 0, "{}", s.stage);
+        assert!(s.usage.peak_rss_mb > 0.0, "{}", s.stage);
+        assert!(s.ratio_to_bound.is_some(), "{}", s.stage);
+    }
+    let enriched: u64 = report.stages[0]
+        .produced
+        .iter()
+        .filter(|(t, _)| t.ends_with(".audit-enriched"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(enriched, events);
+
+    // The fleet lost nothing and every row has a latency.
+    assert_eq!(report.fleet.runs.len(), 2);
+    for r in &report.fleet.runs {
+        assert_eq!(r.produce_failures, 0, "{}", r.load);
+        assert_eq!(r.lost, 0, "{}", r.load);
+        assert_eq!(r.rows, r.produced, "{}", r.load);
+        assert_eq!(r.row_latency.samples, r.rows, "{}", r.load);
+        assert_eq!(r.usage.len(), 2, "{}", r.load);
+    }
+    assert_eq!(report.fleet.runs[0].produced, 1500);
+    assert_eq!(report.fleet.runs[1].produced, 2000);
+    assert!(!report.fleet.alert_latency.measured);
+    assert_eq!(report.targets.len(), 6);
+}
