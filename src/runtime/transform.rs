@@ -111,7 +111,13 @@ impl BatchOffsets {
     }
 }
 
-/// Poll until the batch is full or `max_wait` has passed since its first message. Returns
+/// A batch closes when no message arrived for this long…
+const QUIET_GAP: Duration = Duration::from_millis(5);
+/// …but not before it has been open this long, so a trickle still forms batches.
+const MIN_BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+/// Poll until the batch is full, `max_wait` has passed since its first message, or the input
+/// went quiet. Returns
 /// no start time when nothing arrived within 100 ms (the caller then checks for shutdown).
 pub(crate) fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
     consumer: &'c BaseConsumer<C>,
@@ -123,15 +129,18 @@ pub(crate) fn poll_batch<'c, C: rdkafka::consumer::ConsumerContext>(
     let mut started: Option<Instant> = None;
     while messages.len() < max_messages {
         let timeout = match started {
+            // Once a batch has begun, a short quiet gap closes it: under light load a batch
+            // does not sit out the whole window (latency), under heavy load the queue is never
+            // empty and batches fill up (throughput).
             Some(t) => match max_wait.checked_sub(t.elapsed()) {
-                Some(left) => left,
+                Some(left) => left.min(QUIET_GAP),
                 None => break,
             },
             None => Duration::from_millis(100),
         };
         match consumer.poll(timeout) {
             None => {
-                if started.is_none() {
+                if started.is_some_and(|t| t.elapsed() >= MIN_BATCH_WINDOW) || started.is_none() {
                     break;
                 }
             }
