@@ -53,10 +53,14 @@ RUN groupadd --system --gid 10001 auditflow \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin auditflow
 COPY --from=builder /out/ /usr/local/bin/
+# The shipped detection rules and compliance mapping; a mounted ConfigMap can replace them.
+COPY rules/ /usr/share/auditflow/rules/
+COPY config/ /usr/share/auditflow/config/
 USER 10001:10001
 # Stages serve /metrics, /healthz and /readyz here (AUDITFLOW_HTTP_LISTEN); logs are JSON lines.
 ENV AUDITFLOW_HTTP_LISTEN=0.0.0.0:9100 \
-    AUDITFLOW_LOG_FORMAT=json
+    AUDITFLOW_LOG_FORMAT=json \
+    AUDITFLOW_RULES_DIR=/usr/share/auditflow/rules
 EXPOSE 9100
 # Stages stop on SIGTERM: finish the batch, commit, leave the group.
 STOPSIGNAL SIGTERM

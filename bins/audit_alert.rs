@@ -28,6 +28,10 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query("SELECT 1 FROM audit_alerts LIMIT 0").execute(&pool).await.map_err(|e| {
         anyhow::anyhow!("alert tables missing or unreadable ({e}); run `auditflow migrate` first")
     })?;
+    if let Some(path) = &p.config.alert.policies_file {
+        // A policies file that does not load is a configuration error at start.
+        p.config.alert.policies_from_file(path)?;
+    }
     let alert_metrics = AlertMetrics::register(&p.metrics);
     let alerting = Alerting::new(&p.config, pool.clone(), p.metrics.clone(), alert_metrics.clone())
         .map_err(|e| anyhow::anyhow!("alert channels: {e}"))?;

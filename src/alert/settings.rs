@@ -36,6 +36,9 @@ impl fmt::Debug for Secret {
 pub struct AlertSettings {
     /// Replaces the built-in policies when given (`[[alert.policies]]`).
     pub policies: Vec<PolicyConfig>,
+    /// A TOML file of `[[policies]]` that replaces the policies above and is re-read when it
+    /// changes, without a restart (`AUDITFLOW_ALERT_POLICIES`; e.g. a mounted ConfigMap).
+    pub policies_file: Option<std::path::PathBuf>,
     /// Replaces the built-in routes when given (`[[alert.routes]]`).
     pub routes: Vec<RouteConfig>,
     /// Default `group_wait_seconds` of policies that do not set one.
@@ -62,6 +65,7 @@ impl Default for AlertSettings {
     fn default() -> Self {
         AlertSettings {
             policies: default_policies(),
+            policies_file: None,
             routes: default_routes(),
             group_wait_seconds: 10,
             poll_interval_ms: 500,
@@ -448,6 +452,9 @@ impl AlertSettings {
         fn text(env: &HashMap<String, String>, name: &str) -> Option<Option<String>> {
             env.get(name).map(|v| if v.trim().is_empty() { None } else { Some(v.trim().to_string()) })
         }
+        if let Some(v) = text(env, "AUDITFLOW_ALERT_POLICIES") {
+            self.policies_file = v.map(std::path::PathBuf::from);
+        }
         if let Some(v) = text(env, "AUDITFLOW_SMTP_HOST") {
             self.email.host = v;
         }
@@ -585,6 +592,26 @@ impl AlertSettings {
         Ok(())
     }
 
+    /// The policies of `policies_file`, validated against these settings' routes. A file that
+    /// defines no `[[policies]]` keeps the current ones.
+    pub fn policies_from_file(&self, path: &std::path::Path) -> Result<Vec<PolicyConfig>, ConfigError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct PoliciesFile {
+            #[serde(default)]
+            policies: Vec<PolicyConfig>,
+        }
+        let setting = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&setting, format!("cannot read: {e}")))?;
+        let file: PoliciesFile = toml::from_str(&text).map_err(|e| ConfigError::new(&setting, e.to_string()))?;
+        if file.policies.is_empty() {
+            return Ok(self.policies.clone());
+        }
+        let candidate = AlertSettings { policies: file.policies, ..self.clone() };
+        candidate.validate().map_err(|e| ConfigError::new(format!("{setting}: {}", e.setting), e.reason))?;
+        Ok(candidate.policies)
+    }
+
     pub fn policy(&self, id: &str) -> Option<&PolicyConfig> {
         self.policies.iter().find(|p| p.id == id)
     }
@@ -614,6 +641,27 @@ mod tests {
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn a_policies_file_replaces_the_policies_and_a_bad_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alert-policies.toml");
+        let base = AlertSettings::default();
+        std::fs::write(&path, "# nothing yet\n").unwrap();
+        assert_eq!(base.policies_from_file(&path).unwrap().len(), base.policies.len(), "empty file keeps the policies");
+        std::fs::write(
+            &path,
+            "[[policies]]\nid = \"exports\"\nname = \"Exports\"\nactions = [\"export\"]\n[policies.frequency]\ncount = 2\nwindow_seconds = 60\n",
+        )
+        .unwrap();
+        let ps = base.policies_from_file(&path).unwrap();
+        assert_eq!(ps.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["exports"]);
+        std::fs::write(&path, "[[policies]]\nid = \"x\"\nroutes = [\"nowhere\"]\n").unwrap();
+        let e = base.policies_from_file(&path).unwrap_err();
+        assert!(e.setting.contains("alert-policies.toml") && e.reason.contains("nowhere"), "{e}");
+        std::fs::write(&path, "[[policies]]\nidd = \"x\"\n").unwrap();
+        assert!(base.policies_from_file(&path).is_err(), "unknown keys are refused");
     }
 
     #[test]

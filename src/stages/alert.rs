@@ -30,6 +30,8 @@ pub struct AlertStage {
     handle: tokio::runtime::Handle,
     settings: AlertSettings,
     metrics: AlertMetrics,
+    /// Modification time of the policies file as last read.
+    policies_seen: Option<std::time::SystemTime>,
 }
 
 impl AlertStage {
@@ -41,7 +43,35 @@ impl AlertStage {
         metrics: AlertMetrics,
         handle: tokio::runtime::Handle,
     ) -> AlertStage {
-        AlertStage { pool, input_topic, group_id, handle, settings, metrics }
+        let mut stage = AlertStage { pool, input_topic, group_id, handle, settings, metrics, policies_seen: None };
+        stage.reload_policies();
+        stage
+    }
+
+    /// Re-read the policies file if it changed since it was last read. A file that does not
+    /// parse or validate is logged and the policies in force are kept.
+    pub fn reload_policies(&mut self) -> bool {
+        let Some(path) = self.settings.policies_file.clone() else { return false };
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if modified.is_none() || modified == self.policies_seen {
+            return false;
+        }
+        self.policies_seen = modified;
+        match self.settings.policies_from_file(&path) {
+            Ok(policies) => {
+                tracing::info!(file = %path.display(), policies = policies.len(), "alert policies loaded");
+                self.settings.policies = policies;
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "alert policies file refused; the policies in force are kept");
+                false
+            }
+        }
+    }
+
+    pub fn policy_ids(&self) -> Vec<String> {
+        self.settings.policies.iter().map(|p| p.id.clone()).collect()
     }
 
     async fn write_batch(
@@ -93,6 +123,11 @@ pub fn decode_match(payload: &[u8]) -> Result<RuleMatch, Rejection> {
 
 impl SinkStage for AlertStage {
     type Item = Candidate;
+
+    async fn on_tick(&mut self) -> Result<(), SinkError> {
+        self.reload_policies();
+        Ok(())
+    }
 
     fn name(&self) -> &'static str {
         "alert"
@@ -147,6 +182,30 @@ mod tests {
     use crate::alert::policy::tests::{event, rule_match};
     use crate::event::Severity;
     use crate::rule_match::RuleAction;
+
+    #[tokio::test]
+    async fn policies_are_reloaded_when_their_file_changes_and_a_bad_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("alert-policies.toml");
+        let write = |text: &str, secs: u64| {
+            std::fs::write(&path, text).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).unwrap();
+        };
+        write("[[policies]]\nid = \"first\"\n", 1_000);
+        let settings = AlertSettings { policies_file: Some(path.clone()), ..AlertSettings::default() };
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://unused@127.0.0.1/unused").unwrap();
+        let metrics = AlertMetrics::register(&crate::telemetry::Metrics::new());
+        let mut stage = AlertStage::new(pool, "t".into(), "g".into(), settings, metrics, tokio::runtime::Handle::current());
+        assert_eq!(stage.policy_ids(), ["first"], "read at start");
+        assert!(!stage.reload_policies(), "unchanged file: nothing to do");
+        write("[[policies]]\nid = \"second\"\n[[policies]]\nid = \"third\"\n", 2_000);
+        assert!(stage.reload_policies());
+        assert_eq!(stage.policy_ids(), ["second", "third"], "picked up without a restart");
+        write("[[policies]]\nid = \"broken\"\n[policies.frequency]\ncount = 0\n", 3_000);
+        assert!(!stage.reload_policies());
+        assert_eq!(stage.policy_ids(), ["second", "third"], "a bad file leaves the policies in force");
+    }
 
     #[test]
     fn decode_accepts_rule_matches_and_rejects_the_rest() {
