@@ -49,6 +49,9 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     /// Wall time from the first message of a batch to its commit.
     pub batch_seconds: HistogramVec,
+    /// From each message's Kafka timestamp (the event's time for events) to the commit of the
+    /// batch that processed it: how far behind real time a stage's output is.
+    pub end_to_end_seconds: HistogramVec,
     /// Batches committed / aborted / retried.
     pub commits: IntCounterVec,
     /// Partitions assigned and revoked.
@@ -96,6 +99,16 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(batch_seconds.clone())).expect("metric registered once");
+        let end_to_end_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "auditflow_end_to_end_seconds",
+                "Time from a message's timestamp to the commit of the batch that processed it",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
+            &["stage"],
+        )
+        .expect("static metric definition");
+        registry.register(Box::new(end_to_end_seconds.clone())).expect("metric registered once");
         let consumer_lag = IntGaugeVec::new(
             Opts::new("auditflow_consumer_lag", "Messages behind the end of the partition"),
             &["stage", "topic", "partition"],
@@ -114,6 +127,7 @@ impl Metrics {
             dlq,
             batch_size,
             batch_seconds,
+            end_to_end_seconds,
             commits,
             rebalances,
             consumer_lag,
@@ -153,6 +167,17 @@ impl Health {
     }
     pub fn is_live(&self, timeout: Duration) -> bool {
         now_ms() - self.last_turn_ms.load(Ordering::Relaxed) <= timeout.as_millis() as i64
+    }
+}
+
+impl Metrics {
+    /// Observe the end-to-end latency of every message of a committed batch.
+    pub fn observe_end_to_end(&self, stage: &str, timestamps_ms: impl Iterator<Item = Option<i64>>) {
+        let h = self.end_to_end_seconds.with_label_values(&[stage]);
+        let now = now_ms();
+        for ts in timestamps_ms.flatten() {
+            h.observe(((now - ts).max(0) as f64) / 1000.0);
+        }
     }
 }
 

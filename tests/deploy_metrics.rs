@@ -155,6 +155,7 @@ impl Stage {
         let exe = match binary {
             "audit-enrich" => env!("CARGO_BIN_EXE_audit-enrich"),
             "audit-persist" => env!("CARGO_BIN_EXE_audit-persist"),
+            "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
             other => panic!("unknown stage {other}"),
         };
         let log_path = log_dir.join(format!("{binary}.log"));
@@ -312,6 +313,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         ("AUDITFLOW_TOPIC_RAW", format!("{id}.audit-raw")),
         ("AUDITFLOW_TOPIC_ENRICHED", format!("{id}.audit-enriched")),
         ("AUDITFLOW_TOPIC_DLQ", format!("{id}.audit-dlq")),
+        ("AUDITFLOW_TOPIC_RULE_MATCHES", format!("{id}.audit-rule-matches")),
         ("AUDITFLOW_TOPIC_PARTITIONS", "2".into()),
         ("AUDITFLOW_HTTP_LISTEN", "127.0.0.1:0".into()),
         ("AUDITFLOW_LOG_FORMAT", "json".into()),
@@ -330,8 +332,11 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     env.insert("AUDITFLOW_GROUP_ID".into(), format!("{id}-persist"));
     env.insert("AUDITFLOW_INSTANCE_ID".into(), format!("{id}-p1"));
     let mut persist = Stage::start("audit-persist", &env, &log_dir);
-    let (enrich_addr, persist_addr) = (enrich.addr(), persist.addr());
-    for addr in [&enrich_addr, &persist_addr] {
+    env.insert("AUDITFLOW_GROUP_ID".into(), format!("{id}-alert"));
+    env.insert("AUDITFLOW_INSTANCE_ID".into(), format!("{id}-a1"));
+    let mut alert = Stage::start("audit-alert", &env, &log_dir);
+    let (enrich_addr, persist_addr, alert_addr) = (enrich.addr(), persist.addr(), alert.addr());
+    for addr in [&enrich_addr, &persist_addr, &alert_addr] {
         wait_ready(addr);
     }
 
@@ -362,7 +367,10 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         assert_eq!(http_get(addr, path).0, 200, "{path} on {addr}");
     }
 
-    let scrapes = vec![enrich_metrics, persist_metrics];
+    let alert_metrics = scrape_until(&alert_addr, Duration::from_secs(30), "the alert delivery counters", |m| {
+        has_help(m, "auditflow_alert_deliveries_total")
+    });
+    let scrapes = vec![enrich_metrics, persist_metrics, alert_metrics];
     let synthetic: BTreeSet<&str> = ["up"].into(); // made by Prometheus, not by the stages
     let missing: Vec<&String> =
         wanted.iter().filter(|n| !synthetic.contains(n.as_str()) && !exported(&scrapes, n)).collect();
@@ -376,13 +384,14 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     eprintln!("dashboard and alerts use {} metric names, all exported: {wanted:?}", wanted.len());
 
     // The database password never leaves the process: not on /metrics, not in the logs.
-    for (addr, scrape) in [(&enrich_addr, &scrapes[0]), (&persist_addr, &scrapes[1])] {
+    for (addr, scrape) in [(&enrich_addr, &scrapes[0]), (&persist_addr, &scrapes[1]), (&alert_addr, &scrapes[2])] {
         assert!(!scrape.contains(&password), "/metrics on {addr} shows the database password");
     }
 
     // SIGTERM: finish the batch, commit, leave the group, well inside the grace period.
     let drained_enrich = enrich.terminate();
     let drained_persist = persist.terminate();
+    let _ = alert.terminate();
     eprintln!("SIGTERM to exit: audit-enrich {drained_enrich:?}, audit-persist {drained_persist:?}");
     for (stage, took) in [("audit-enrich", drained_enrich), ("audit-persist", drained_persist)] {
         assert!(took < Duration::from_secs(30), "{stage} took {took:?} to drain: more than the chart's 30 s minimum");

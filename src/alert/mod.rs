@@ -49,7 +49,7 @@ impl AlertMetrics {
             let _ = metrics.registry.register(Box::new(c.clone()));
             c
         };
-        AlertMetrics {
+        let m = AlertMetrics {
             hits: counter(
                 "auditflow_alert_policy_hits_total",
                 "Rule matches selected by an alert policy, by outcome (opened, folded, pooled, replayed)",
@@ -71,6 +71,14 @@ impl AlertMetrics {
                 "Operational alerts by condition and outcome (sent, rate_limited, failed, no_channel)",
                 &["stage", "condition", "outcome"],
             ),
+        };
+        // Every channel's series exists from the start (at 0), so dashboards and alert rules
+        // see "nothing sent" rather than "no data".
+        for channel in ["email", "slack", "webhook"] {
+            for outcome in ["delivered", "retrying", "failed"] {
+                let _ = m.deliveries.with_label_values(&["alert", channel, outcome]);
+            }
         }
+        m
     }
 }

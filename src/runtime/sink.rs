@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
@@ -126,6 +127,7 @@ pub fn run_sink<S: SinkStage>(
         let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
         let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
         let consumed = messages.len();
+        let timestamps: Vec<Option<i64>> = messages.iter().map(|m| m.timestamp().to_millis()).collect();
         for input in as_inputs(&messages, &mut offsets, &mut consumed_per_topic) {
             match sink.decode(&input) {
                 Ok(item) => items.push(item),
@@ -204,6 +206,7 @@ pub fn run_sink<S: SinkStage>(
                 metrics.produced.with_label_values(&[name, &dlq_topic]).inc_by(dead.len() as u64);
                 metrics.batch_size.with_label_values(&[name]).observe(consumed as f64);
                 metrics.batch_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+                metrics.observe_end_to_end(name, timestamps.iter().copied());
             }
             Some(WriteOutcome::Fenced) => {
                 metrics.commits.with_label_values(&[name, "fenced"]).inc();

@@ -335,6 +335,7 @@ pub fn run_transform<S: TransformStage>(
                 }
                 metrics.batch_size.with_label_values(&[name]).observe(consumed as f64);
                 metrics.batch_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+                metrics.observe_end_to_end(name, inputs.iter().map(|i| i.timestamp_ms));
             }
             Err(e) if is_fatal(&e) => {
                 metrics.commits.with_label_values(&[name, "fatal"]).inc();
