@@ -34,7 +34,16 @@ async fn the_fleet_runs_over_sasl_ssl_and_never_reveals_the_password() {
     env.produce_events(&events); // the harness's own producer uses the plaintext listener
     env.wait_for_rows(500, Duration::from_secs(120)).await;
     for stage in [&enrich, &persist] {
-        let (_, metrics) = http_get(&http_addr(stage), "/metrics");
+        // Counters move just after the commit that made the rows visible: poll briefly.
+        let addr = http_addr(stage);
+        let start = Instant::now();
+        let metrics = loop {
+            let (_, m) = http_get(&addr, "/metrics");
+            if m.contains("auditflow_consumed_total") || start.elapsed() > Duration::from_secs(15) {
+                break m;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
         assert!(metrics.contains("auditflow_consumed_total"), "{metrics}");
         assert!(!metrics.contains(&password), "the SASL password is not in /metrics");
         assert!(!stage.log().contains(&password), "the SASL password is not in the logs");
