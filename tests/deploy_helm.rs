@@ -6,6 +6,8 @@
 //! Needs a `helm` binary: $AUDITFLOW_HELM, else $AUDITFLOW_STACK_DIR/tools/bin/helm, else
 //! .stack/tools/bin/helm. `scripts/helm install` builds it (.ci/run does this).
 
+mod support;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -314,29 +316,13 @@ fn chart_lints_cleanly() {
     run_helm(&["lint", "--strict", CHART, "-f", FULL]).unwrap_or_else(|e| panic!("helm lint (full):\n{e}"));
 }
 
-/// Every Rust source under `dir`, concatenated (to look for the settings the code reads).
-fn all_sources(dir: &str) -> String {
-    fn walk(path: &std::path::Path, out: &mut String) {
-        for entry in std::fs::read_dir(path).expect("read dir").flatten() {
-            let p = entry.path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|e| e == "rs") {
-                out.push_str(&std::fs::read_to_string(&p).expect("read source"));
-            }
-        }
-    }
-    let mut out = String::new();
-    walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir), &mut out);
-    out
-}
 
 /// The rendered auditflow.toml and AUDITFLOW_* variables are what the binaries accept: the
 /// config loader denies unknown keys, so a typo in the chart fails here, not in production.
 #[test]
 fn chart_configuration_is_accepted_by_the_binaries() {
     // Settings are read in src/config.rs and in each stage's own settings module.
-    let config_rs = all_sources("src");
+    let config_rs = support::all_sources("src");
     for extra in [&[][..], &["-f", FULL][..]] {
         let docs = render(extra);
         let cm = of_kind(&docs, "ConfigMap")

@@ -393,3 +393,21 @@ pub fn http_addr(stage: &StageProcess) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Every Rust source under `dir` (relative to the repository), concatenated: the deploy tests
+/// look there for the settings the code really reads.
+pub fn all_sources(dir: &str) -> String {
+    fn walk(path: &std::path::Path, out: &mut String) {
+        for entry in std::fs::read_dir(path).expect("read dir").flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "rs") {
+                out.push_str(&std::fs::read_to_string(&p).expect("read source"));
+            }
+        }
+    }
+    let mut out = String::new();
+    walk(&repo_root().join(dir), &mut out);
+    out
+}
