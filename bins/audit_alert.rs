@@ -2,28 +2,17 @@
 //! same transaction), plus the dispatcher that sends due alerts (e-mail, Slack, webhook,
 //! security-alerts) and the operational-alert monitor.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 
 use auditflow::alert::dispatch::Alerting;
 use auditflow::alert::AlertMetrics;
 use auditflow::runtime::{process, run_sink};
 use auditflow::stages::alert::AlertStage;
 
-#[derive(Parser)]
-#[command(version, about = "auditflow alert stage: audit-rule-matches → alerts → e-mail, Slack, webhooks, security-alerts")]
-struct Args {
-    /// TOML configuration file (else AUDITFLOW_CONFIG; AUDITFLOW_* variables override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let p = process::start("alert", args.config).await?;
+    let p = process::start_from_args("audit-alert", "auditflow alert stage: audit-rule-matches → alerts → e-mail, Slack, webhooks, security-alerts").await?;
     let pool = auditflow::db::connect(&p.config.database, 30).await?;
     sqlx::query("SELECT 1 FROM audit_alerts LIMIT 0").execute(&pool).await.map_err(|e| {
         anyhow::anyhow!("alert tables missing or unreadable ({e}); run `auditflow migrate` first")

@@ -1,26 +1,15 @@
 //! `audit-compliance`: audit-enriched → compliance_events (PostgreSQL) and compliance-events
 //! (Kafka), exactly once; also enforces data retention on a schedule.
 
-use std::path::PathBuf;
 
-use clap::Parser;
 
 use auditflow::compliance::{Mapping, Pseudonyms};
 use auditflow::runtime::{process, run_transform};
 use auditflow::stages::compliance::ComplianceStage;
 
-#[derive(Parser)]
-#[command(version, about = "auditflow compliance stage: audit-enriched → compliance_events, compliance-events")]
-struct Args {
-    /// TOML configuration file (else AUDITFLOW_CONFIG; AUDITFLOW_* variables override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let p = process::start("compliance", args.config).await?;
+    let p = process::start_from_args("audit-compliance", "auditflow compliance stage: audit-enriched → compliance_events, compliance-events").await?;
     let mapping = Mapping::from_config(&p.config)?;
     let pseudonyms = Pseudonyms::from_env()?;
     let pool = auditflow::db::connect(&p.config.database, 30).await?;

@@ -1,10 +1,8 @@
 //! `audit-persist`: audit-enriched → PostgreSQL audit_events as a tamper-evident ledger, with
 //! personal fields sealed per subject and offsets in the same transaction.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
 
 use auditflow::ledger::LedgerSigner;
 use auditflow::privacy::SecretKey;
@@ -12,18 +10,9 @@ use auditflow::runtime::kafka::{base_client_config, DeliveryTracker};
 use auditflow::runtime::{process, run_sink};
 use auditflow::stages::persist::{PersistSettings, PersistStage};
 
-#[derive(Parser)]
-#[command(version, about = "auditflow persist stage: audit-enriched → PostgreSQL")]
-struct Args {
-    /// TOML configuration file (else AUDITFLOW_CONFIG; AUDITFLOW_* variables override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let p = process::start("persist", args.config).await?;
+    let p = process::start_from_args("audit-persist", "auditflow persist stage: audit-enriched → PostgreSQL").await?;
     let keys = p.config.privacy.keys()?;
     let seed = p.config.ledger.signing_key.as_deref().ok_or_else(|| {
         auditflow::error::ConfigError::new("AUDITFLOW_SIGNING_KEY", "required (generate with `auditflow keys generate`)")

@@ -1,29 +1,18 @@
 //! `audit-rules`: audit-enriched → detection rules (window state in Redis) → audit-rule-matches
 //! and security-actions, exactly once.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use clap::Parser;
 
 use auditflow::rules::reload::RuleWatcher;
 use auditflow::rules::RedisWindowStore;
 use auditflow::runtime::{process, run_transform, Backoff};
 use auditflow::stages::rules::RulesStage;
 
-#[derive(Parser)]
-#[command(version, about = "auditflow rules stage: audit-enriched → audit-rule-matches, security-actions")]
-struct Args {
-    /// TOML configuration file (else AUDITFLOW_CONFIG; AUDITFLOW_* variables override it).
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let p = process::start("rules", args.config).await?;
+    let p = process::start_from_args("audit-rules", "auditflow rules stage: audit-enriched → audit-rule-matches, security-actions").await?;
     let settings = p.config.rules.clone();
     let (watcher, engine) = RuleWatcher::start(&settings.dir, settings.reload_interval_secs)
         .map_err(|e| anyhow::anyhow!("invalid rules in {}:\n{e}", settings.dir.display()))?;

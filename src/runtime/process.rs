@@ -18,6 +18,24 @@ pub struct StageProcess {
     pub shutdown: Shutdown,
 }
 
+/// Parse a stage binary's command line (`--config FILE`, `--help`, `--version`) and [`start`].
+/// Every stage takes the same arguments; only the one-line description differs.
+pub async fn start_from_args(binary: &'static str, about: &'static str) -> anyhow::Result<StageProcess> {
+    let matches = clap::Command::new(binary)
+        .version(env!("CARGO_PKG_VERSION"))
+        .about(about)
+        .arg(
+            clap::Arg::new("config")
+                .long("config")
+                .value_name("FILE")
+                .value_parser(clap::value_parser!(PathBuf))
+                .help("TOML configuration file (else AUDITFLOW_CONFIG; AUDITFLOW_* variables override it)"),
+        )
+        .get_matches();
+    let stage = binary.trim_start_matches("audit-");
+    start(stage, matches.get_one::<PathBuf>("config").cloned()).await
+}
+
 /// Load config (fail fast), start logs, `/metrics` `/healthz` `/readyz`, and signal handling.
 pub async fn start(stage: &str, config_file: Option<PathBuf>) -> anyhow::Result<StageProcess> {
     let config = Config::load(config_file)?;
