@@ -13,8 +13,8 @@ async fn a_small_benchmark_run_reconciles() {
     let events = 3000u64;
     let opts = BenchOptions {
         events,
-        paced_rates: vec![500],
-        paced_secs: 3,
+        paced_rates: vec![1000],
+        paced_secs: 2,
         saturation_events: 2000,
         partitions: 3,
         bin_dir: Some(bin_dir),
@@ -43,34 +43,39 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(limits.postgres_copy.as_ref().expect("COPY").rows, events);
     assert_eq!(limits.postgres_copy_batched.as_ref().expect("COPY in batches").rows, events);
 
-    // Every stage alone saw every event; enrich passed every one on to audit-enriched.
+    // Every stage alone saw every record of its input; nothing was dead-lettered.
     let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
-    assert_eq!(names, ["enrich", "persist"]);
+    assert_eq!(names, ["enrich", "persist", "compliance", "rules", "alert"]);
+    let produced_to = |stage: &str, topic: &str| -> u64 {
+        report.stages.iter().filter(|s| s.stage == stage).flat_map(|s| &s.produced).filter(|(t, _)| t.ends_with(topic)).map(|(_, n)| n).sum()
+    };
     for s in &report.stages {
-        assert_eq!(s.events, events, "{}", s.stage);
+        let expected = if s.stage == "alert" { produced_to("rules", ".audit-rule-matches") } else { events };
+        assert_eq!(s.events, expected, "{}", s.stage);
+        assert!(s.events > 0, "{}", s.stage);
         assert_eq!(s.dead_lettered, 0, "{}", s.stage);
         assert!(s.usage.peak_rss_mb > 0.0, "{}", s.stage);
         assert!(s.ratio_to_bound.is_some(), "{}", s.stage);
     }
-    let enriched: u64 = report.stages[0]
-        .produced
-        .iter()
-        .filter(|(t, _)| t.ends_with(".audit-enriched"))
-        .map(|(_, n)| n)
-        .sum();
-    assert_eq!(enriched, events);
+    assert_eq!(produced_to("enrich", ".audit-enriched"), events);
 
-    // The fleet lost nothing and every row has a latency.
+    // The fleet lost nothing, every stage drained its input, every row has a latency, and
+    // every alert record was measured.
     assert_eq!(report.fleet.runs.len(), 2);
     for r in &report.fleet.runs {
         assert_eq!(r.produce_failures, 0, "{}", r.load);
         assert_eq!(r.lost, 0, "{}", r.load);
         assert_eq!(r.rows, r.produced, "{}", r.load);
         assert_eq!(r.row_latency.samples, r.rows, "{}", r.load);
-        assert_eq!(r.usage.len(), 2, "{}", r.load);
+        assert_eq!(r.usage.len(), 5, "{}", r.load);
+        for d in &r.drained {
+            assert!(d.input_records > 0 && d.consumed >= d.input_records, "{}: {d:?}", r.load);
+        }
+        assert!(r.alerts > 0, "{}", r.load);
+        assert_eq!(r.alert_latency.iter().map(|p| p.latency.samples).sum::<u64>(), r.alerts, "{}", r.load);
     }
-    assert_eq!(report.fleet.runs[0].produced, 1500);
+    assert_eq!(report.fleet.runs[0].produced, 2000);
     assert_eq!(report.fleet.runs[1].produced, 2000);
-    assert!(!report.fleet.alert_latency.measured);
-    assert_eq!(report.targets.len(), 6);
+    assert!(report.fleet.alert_latency.measured, "{}", report.fleet.alert_latency.note);
+    assert_eq!(report.targets.len(), 8);
 }

@@ -22,10 +22,12 @@ pub enum TopicRole {
     SecurityActions,
     SecurityAlerts,
     AlertDlq,
+    ComplianceEvents,
+    Checkpoints,
 }
 
 impl TopicRole {
-    pub const ALL: [TopicRole; 7] = [
+    pub const ALL: [TopicRole; 9] = [
         TopicRole::Raw,
         TopicRole::Enriched,
         TopicRole::Dlq,
@@ -33,6 +35,8 @@ impl TopicRole {
         TopicRole::SecurityActions,
         TopicRole::SecurityAlerts,
         TopicRole::AlertDlq,
+        TopicRole::ComplianceEvents,
+        TopicRole::Checkpoints,
     ];
 
     pub fn env_var(self) -> &'static str {
@@ -44,6 +48,8 @@ impl TopicRole {
             TopicRole::SecurityActions => "AUDITFLOW_TOPIC_SECURITY_ACTIONS",
             TopicRole::SecurityAlerts => "AUDITFLOW_TOPIC_SECURITY_ALERTS",
             TopicRole::AlertDlq => "AUDITFLOW_TOPIC_ALERT_DLQ",
+            TopicRole::ComplianceEvents => "AUDITFLOW_TOPIC_COMPLIANCE_EVENTS",
+            TopicRole::Checkpoints => "AUDITFLOW_TOPIC_CHECKPOINTS",
         }
     }
 
@@ -56,6 +62,8 @@ impl TopicRole {
             TopicRole::SecurityActions => "security-actions",
             TopicRole::SecurityAlerts => "security-alerts",
             TopicRole::AlertDlq => "audit-alert-dlq",
+            TopicRole::ComplianceEvents => "compliance-events",
+            TopicRole::Checkpoints => "audit-checkpoints",
         }
     }
 }
@@ -79,11 +87,17 @@ impl Phase {
         format!("{}-{stage}", self.prefix)
     }
 
+    /// Prefix of every Redis key the phase's stages write (window state of `audit-rules`).
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.prefix)
+    }
+
     /// Environment of every process of this phase (stage binaries, in-process clients).
     pub fn env(&self, brokers: &str) -> Vec<(String, String)> {
         let mut v = vec![
             ("AUDITFLOW_KAFKA_BROKERS".to_string(), brokers.to_string()),
             ("AUDITFLOW_TOPIC_PARTITIONS".to_string(), self.partitions.to_string()),
+            ("AUDITFLOW_REDIS_PREFIX".to_string(), self.redis_prefix()),
         ];
         for role in TopicRole::ALL {
             v.push((role.env_var().to_string(), self.topic(role)));
@@ -107,22 +121,26 @@ pub struct BenchEnv {
     pub id: String,
     pub brokers: String,
     pub admin_database_url: String,
+    pub redis_url: String,
     pub partitions: i32,
     topics: Vec<String>,
     groups: Vec<String>,
     databases: Vec<String>,
+    redis_prefixes: Vec<String>,
 }
 
 impl BenchEnv {
-    pub fn new(id: &str, brokers: &str, admin_database_url: &str, partitions: i32) -> BenchEnv {
+    pub fn new(id: &str, brokers: &str, admin_database_url: &str, redis_url: &str, partitions: i32) -> BenchEnv {
         BenchEnv {
             id: id.to_string(),
             brokers: brokers.to_string(),
             admin_database_url: admin_database_url.to_string(),
+            redis_url: redis_url.to_string(),
             partitions,
             topics: Vec::new(),
             groups: Vec::new(),
             databases: Vec::new(),
+            redis_prefixes: Vec::new(),
         }
     }
 
@@ -133,6 +151,7 @@ impl BenchEnv {
         let config = phase.config(&self.brokers)?;
         crate::cli::topics::create_topics(&config, &config.topics.all()).await.context("create topics: is Kafka up?")?;
         self.topics.extend(TopicRole::ALL.iter().map(|r| phase.topic(*r)));
+        self.redis_prefixes.push(phase.redis_prefix());
         Ok(phase)
     }
 
@@ -210,6 +229,12 @@ impl BenchEnv {
         }
         self.topics.clear();
         self.groups.clear();
+        if !self.redis_prefixes.is_empty() {
+            match delete_redis_keys(&self.redis_url, &self.redis_prefixes).await {
+                Ok(()) => self.redis_prefixes.clear(),
+                Err(e) => problems.push(format!("redis: {e}")),
+            }
+        }
         if !self.databases.is_empty() {
             match PgPool::connect(&self.admin_database_url).await {
                 Ok(admin) => {
@@ -235,6 +260,28 @@ impl BenchEnv {
         }
         problems
     }
+}
+
+/// Remove every Redis key under `prefixes` (window state the rules stage left behind).
+async fn delete_redis_keys(url: &str, prefixes: &[String]) -> anyhow::Result<()> {
+    let client = redis::Client::open(url)?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    for prefix in prefixes {
+        let pattern = format!("{prefix}*");
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) =
+                redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut con).await?;
+            if !keys.is_empty() {
+                let _: i64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut con).await?;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    Ok(())
 }
 
 pub fn replace_db_name(url: &str, db: &str) -> String {

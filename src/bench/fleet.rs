@@ -1,13 +1,18 @@
-//! The whole fleet at once: every stage of [`STAGES`] running together against the broker and
-//! PostgreSQL, fed at fixed offered loads and at saturation. Reports sustained throughput, loss
-//! (rows at the end against events produced) and produce → row latency.
+//! The whole fleet at once: every stage of [`STAGES`](super::stages::STAGES) running together
+//! against the broker, PostgreSQL and Redis, fed at fixed offered loads and at saturation.
+//! Reports sustained throughput, loss (rows at the end against events produced), whether every
+//! stage drained its input, produce → row latency and produce → `security-alerts` latency.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use sqlx::PgPool;
 
 use super::data::{rate, Prepared};
@@ -15,6 +20,7 @@ use super::env::{BenchEnv, TopicRole};
 use super::produce::{produce, Offered, Probe};
 use super::proc::{check_abort, load_average, StageProc};
 use super::stages::{progress, ProcessUsage, RunArgs, StageSpec};
+use crate::runtime::kafka::base_client_config;
 use crate::telemetry::now_ms;
 
 #[derive(Debug, Clone, Serialize)]
@@ -55,15 +61,37 @@ pub struct FleetRun {
     /// One event per 20 ms of sending, polled for by id every 10 ms until visible to another
     /// session: an upper bound (by up to one poll) on produce → row visible.
     pub visible_latency: Option<Latency>,
+    /// Per stage: records written to its input during the run, and how many it consumed.
+    pub drained: Vec<StageDrain>,
+    /// Alert records read from `security-alerts` during the run.
+    pub alerts: u64,
+    /// Per alert policy: produce → alert record on `security-alerts`.
+    pub alert_latency: Vec<PolicyLatency>,
+    /// The same over the alerts of every policy without group wait.
+    pub immediate_alert_latency: Option<Latency>,
     pub usage: Vec<ProcessUsage>,
     /// CPU of the PostgreSQL backends serving the fleet's database, per million events.
     pub database_cpu_seconds_per_million: Option<f64>,
     pub load_average_at_start: [f64; 3],
 }
 
-/// Produce → `security-alerts` latency: the design point for when an alerting stage is part of
-/// the fleet. It is measured from the alert records on `security-alerts`; with no stage in
-/// [`STAGES`](super::stages::STAGES) writing that topic, it reports why it was not measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageDrain {
+    pub stage: String,
+    pub input_records: u64,
+    pub consumed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyLatency {
+    pub policy_id: String,
+    pub latency: Latency,
+}
+
+/// Produce → `security-alerts` latency at 1,000 events/s, for the alerts meant to be sent
+/// at once: those of policies with no group wait. Policies that group a burst into one
+/// notification wait `group_wait_seconds` on purpose; their figures are in each run's
+/// `alert_latency`.
 #[derive(Debug, Clone, Serialize)]
 pub struct AlertLatency {
     pub measured: bool,
@@ -71,21 +99,40 @@ pub struct AlertLatency {
     pub latency: Option<Latency>,
 }
 
-pub fn alert_latency(fleet: &[StageSpec]) -> AlertLatency {
-    match fleet.iter().find(|s| s.outputs.contains(&TopicRole::SecurityAlerts)) {
-        None => AlertLatency {
+/// What an alert record on `security-alerts` was measured against.
+const ALERT_BASIS: &str = "alert record read from security-alerts - send time of the event that opened the alert (its trigger's matchedAt)";
+
+/// The alert-latency figure the target is judged on: policies in `immediate` (no group wait),
+/// in the run offered `per_sec`.
+pub fn alert_latency(runs: &[FleetRun], immediate: &[String], per_sec: u64) -> AlertLatency {
+    let Some(run) = runs.iter().find(|r| r.offered_per_sec == Some(per_sec)) else {
+        return AlertLatency { measured: false, note: format!("no fleet run at {per_sec}/s"), latency: None };
+    };
+    if !run.stages.iter().any(|s| s == "alert") {
+        return AlertLatency { measured: false, note: "the fleet has no alert stage".into(), latency: None };
+    }
+    let Some(latency) = run.immediate_alert_latency.clone() else {
+        return AlertLatency {
             measured: false,
-            note: format!(
-                "not measured yet: no stage of this build writes security-alerts (fleet: {})",
-                fleet.iter().map(|s| s.binary).collect::<Vec<_>>().join(", ")
-            ),
+            note: format!("no alert of the policies without group wait ({}) in the {per_sec}/s run", immediate.join(", ")),
             latency: None,
-        },
-        Some(s) => AlertLatency {
-            measured: false,
-            note: format!("not measured yet: {} writes security-alerts, but no alert reader is registered", s.binary),
-            latency: None,
-        },
+        };
+    };
+    let others: Vec<String> = run
+        .alert_latency
+        .iter()
+        .filter(|p| !immediate.contains(&p.policy_id))
+        .map(|p| format!("{} p99 {:.0} ms", p.policy_id, p.latency.p99_ms))
+        .collect();
+    AlertLatency {
+        measured: true,
+        note: format!(
+            "{} alerts of policies without group wait ({}); grouping policies wait on purpose: {}",
+            latency.samples,
+            immediate.join(", "),
+            if others.is_empty() { "none fired".to_string() } else { others.join(", ") }
+        ),
+        latency: Some(latency),
     }
 }
 
@@ -104,6 +151,10 @@ const PROBE_EVERY: Duration = Duration::from_millis(20);
 /// No new row for this long after the last send ends a run (and counts the missing rows lost).
 const STALL: Duration = Duration::from_secs(30);
 
+/// Longest wait, once every row is in, for the other stages to drain and pending alerts
+/// (whose group wait is 10 s by default) to be sent.
+const DRAIN: Duration = Duration::from_secs(60);
+
 
 /// One fleet run in a fresh phase (topics, groups, database).
 pub async fn run_fleet(
@@ -113,6 +164,7 @@ pub async fn run_fleet(
     name: &str,
     events: &Arc<Vec<Prepared>>,
     offered: Offered,
+    immediate_policies: &[String],
 ) -> anyhow::Result<FleetRun> {
     let load = load_average();
     let phase = env.phase(name, true).await?;
@@ -121,7 +173,9 @@ pub async fn run_fleet(
         env.remember_group(&phase.group(s.name));
     }
     let Some(db_url) = phase.database_url.clone() else { bail!("fleet phase without database") };
-    let sink = fleet.iter().rev().find(|s| s.needs_database).context("a fleet needs a stage that writes rows")?;
+    let sink = fleet.iter().find(|s| s.event_table.is_some()).context("a fleet needs a stage that writes one row per event")?;
+    let event_table = sink.event_table.unwrap_or("audit_events");
+    let alerting = fleet.iter().any(|s| s.outputs.contains(&TopicRole::SecurityAlerts));
 
     let mut procs: Vec<StageProc> = Vec::new();
     for s in fleet {
@@ -151,6 +205,16 @@ pub async fn run_fleet(
     let db_cpu_start = args.database_cpu(&phase, sink);
 
     let config = phase.config(&brokers)?;
+    let stop_reader = Arc::new(AtomicBool::new(false));
+    let reader = if alerting {
+        let config = config.clone();
+        let topic = phase.topic(TopicRole::SecurityAlerts);
+        let stop = stop_reader.clone();
+        let partitions = phase.partitions;
+        Some(tokio::task::spawn_blocking(move || read_alerts(&config, &topic, partitions, &stop)))
+    } else {
+        None
+    };
     let topic = phase.topic(TopicRole::Raw);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Probe>();
     let probing = matches!(offered, Offered::Paced { .. });
@@ -175,7 +239,7 @@ pub async fn run_fleet(
             pending.push(p);
         }
         if !pending.is_empty() {
-            probe(&probe_pool, &mut pending, &mut visible).await?;
+            probe(&probe_pool, &mut pending, &mut visible, event_table).await?;
         }
         if tick.is_multiple_of(5) {
             let p = progress(&procs[sink_index])?;
@@ -219,15 +283,39 @@ pub async fn run_fleet(
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     while !pending.is_empty() && Instant::now() < deadline {
-        probe(&probe_pool, &mut pending, &mut visible).await?;
+        probe(&probe_pool, &mut pending, &mut visible, event_table).await?;
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
+    // Every other stage drains its input, and alerts still in their group wait are sent.
+    let drain_deadline = Instant::now() + DRAIN;
+    let drained = loop {
+        check_abort()?;
+        let drained = drain_state(&procs, fleet, &phase, out.events)?;
+        let pending_alerts: i64 = if alerting {
+            sqlx::query_scalar("SELECT count(*) FROM audit_alerts WHERE status = 'pending'").fetch_one(&probe_pool).await?
+        } else {
+            0
+        };
+        if (drained.iter().all(|d| d.consumed >= d.input_records) && pending_alerts == 0) || Instant::now() > drain_deadline {
+            break drained;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let drained_at = Instant::now();
     probe_pool.close().await;
+    // Records the dispatcher sent just now are still on their way to the reader.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_reader.store(true, Ordering::Relaxed);
+    let alert_samples = match reader {
+        Some(h) => h.await.context("alert reader")??,
+        None => Vec::new(),
+    };
 
     let db_cpu_end = args.database_cpu(&phase, sink);
     let mut usage = Vec::new();
     let mut dead = 0u64;
-    let cpu_window = (finished_at - out.started).as_secs_f64();
+    let cpu_window = (drained_at - out.started).as_secs_f64();
     for (i, p) in procs.iter_mut().enumerate() {
         let cpu = p.cpu_seconds().unwrap_or(f64::NAN) - cpu_start[i];
         if let Ok(s) = p.scrape() {
@@ -245,7 +333,7 @@ pub async fn run_fleet(
     }
 
     let pool = PgPool::connect(&db_url).await?;
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await?;
+    let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {event_table}")).fetch_one(&pool).await?;
     let (n, p50, p99, max): (i64, Option<f64>, Option<f64>, Option<f64>) = sqlx::query_as(
         r#"SELECT count(*),
                   percentile_cont(0.5) WITHIN GROUP (ORDER BY ms),
@@ -310,6 +398,14 @@ pub async fn run_fleet(
         } else {
             Some(percentiles("first seen by a 10 ms poll for one event per 20 ms - send time", &mut visible))
         },
+        drained,
+        alerts: alert_samples.len() as u64,
+        immediate_alert_latency: {
+            let mut v: Vec<f64> =
+                alert_samples.iter().filter(|(p, _)| immediate_policies.contains(p)).map(|(_, ms)| *ms).collect();
+            (!v.is_empty()).then(|| percentiles(ALERT_BASIS, &mut v))
+        },
+        alert_latency: by_policy(alert_samples),
         usage,
         database_cpu_seconds_per_million: match (db_cpu_start, db_cpu_end) {
             (Some(a), Some(b)) => Some((b - a) / out.events.max(1) as f64 * 1e6),
@@ -321,10 +417,10 @@ pub async fn run_fleet(
 
 /// Look pending probes up by id; record the ones now visible. Rows of different partitions
 /// become visible out of send order, so every pending probe is looked at (up to a bound).
-async fn probe(pool: &PgPool, pending: &mut Vec<Probe>, visible: &mut Vec<f64>) -> anyhow::Result<()> {
+async fn probe(pool: &PgPool, pending: &mut Vec<Probe>, visible: &mut Vec<f64>, table: &str) -> anyhow::Result<()> {
     let take = pending.len().min(MAX_PROBES_PER_POLL);
     let ids: Vec<String> = pending[..take].iter().map(|(id, _)| id.clone()).collect();
-    let found: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events WHERE id = ANY($1)")
+    let found: Vec<String> = sqlx::query_scalar(&format!("SELECT id FROM {table} WHERE id = ANY($1)"))
         .bind(&ids)
         .fetch_all(pool)
         .await?;
@@ -341,6 +437,74 @@ async fn probe(pool: &PgPool, pending: &mut Vec<Probe>, visible: &mut Vec<f64>) 
         }
     });
     Ok(())
+}
+
+/// Records written to each stage's input (by the producer or the other stages, from their
+/// metrics) against what the stage consumed.
+fn drain_state(procs: &[StageProc], fleet: &[StageSpec], phase: &super::env::Phase, raw_events: u64) -> anyhow::Result<Vec<StageDrain>> {
+    let mut written: HashMap<String, u64> = HashMap::new();
+    written.insert(phase.topic(TopicRole::Raw), raw_events);
+    let mut consumed = Vec::new();
+    for p in procs {
+        let s = p.scrape()?;
+        for (topic, v) in s.by_label("auditflow_produced_total", "topic") {
+            *written.entry(topic).or_default() += v as u64;
+        }
+        consumed.push(s.sum("auditflow_consumed_total", &[]) as u64);
+    }
+    Ok(fleet
+        .iter()
+        .zip(consumed)
+        .map(|(spec, consumed)| StageDrain {
+            stage: spec.name.to_string(),
+            input_records: written.get(&phase.topic(spec.input)).copied().unwrap_or(0),
+            consumed,
+        })
+        .collect())
+}
+
+/// Read `security-alerts` from the start until `stop`: per record, its policy and the time
+/// from the send of the event that opened the alert to now.
+fn read_alerts(config: &crate::config::Config, topic: &str, partitions: i32, stop: &AtomicBool) -> anyhow::Result<Vec<(String, f64)>> {
+    let consumer: BaseConsumer = base_client_config(config)
+        .set("group.id", format!("{topic}-latency-reader"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    consumer.assign(&tpl)?;
+    let mut samples = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Some(msg) = consumer.poll(Duration::from_millis(50)) else { continue };
+        let received = now_ms();
+        // Partition errors just after the topic was created are passed on and retried by
+        // librdkafka itself; the records still arrive.
+        let Ok(msg) = msg else { continue };
+        let Some(record) = msg.payload().and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()) else { continue };
+        let policy = record["policyId"].as_str().unwrap_or("?").to_string();
+        let opened = record["trigger"]["matchedAt"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_millis());
+        if let Some(opened) = opened {
+            samples.push((policy, (received - opened) as f64));
+        }
+    }
+    Ok(samples)
+}
+
+fn by_policy(samples: Vec<(String, f64)>) -> Vec<PolicyLatency> {
+    let mut groups: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (policy, ms) in samples {
+        groups.entry(policy).or_default().push(ms);
+    }
+    groups
+        .into_iter()
+        .map(|(policy_id, mut values)| PolicyLatency { policy_id, latency: percentiles(ALERT_BASIS, &mut values) })
+        .collect()
 }
 
 pub fn percentiles(basis: &'static str, values: &mut [f64]) -> Latency {

@@ -150,19 +150,35 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
 
     let mut stage_config_env: HashMap<String, String> =
         std::env::vars().filter(|(k, _)| k.starts_with("AUDITFLOW_")).collect();
-    stage_config_env.extend(opts.stage_env.iter().cloned());
+    // The rule pack of this source tree, wherever the benchmark is started from.
+    let mut stage_env = opts.stage_env.clone();
+    if !stage_config_env.contains_key("AUDITFLOW_RULES_DIR") && !stage_env.iter().any(|(k, _)| k == "AUDITFLOW_RULES_DIR") {
+        let rules = stack.parent().and_then(|p| p.parent()).map(|root| root.join("rules")).filter(|d| d.is_dir());
+        if let Some(dir) = rules {
+            stage_env.push(("AUDITFLOW_RULES_DIR".into(), dir.display().to_string()));
+        }
+    }
+    stage_config_env.extend(stage_env.iter().cloned());
     let stage_config = Config::from_sources(None, &stage_config_env).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let brokers = stage_config.kafka.brokers.clone();
-    let mut env = BenchEnv::new(&run_id, &brokers, &stage_config.database.url, opts.partitions);
+    let mut env = BenchEnv::new(&run_id, &brokers, &stage_config.database.url, &stage_config.redis.url, opts.partitions);
     let run_args = RunArgs {
         bin_dir: &bin_dir,
         log_dir: &log_dir,
-        extra_env: &opts.stage_env,
+        extra_env: &stage_env,
         wrappers: &opts.wrap_stage,
         timeout,
         admin_database_url: &stage_config.database.url,
     };
     let enricher = crate::enrich::Enricher::new(&stage_config.enrich.to_enrich_config())?;
+    // Alerts of these policies are sent at once; the others group a burst on purpose.
+    let immediate_policies: Vec<String> = stage_config
+        .alert
+        .policies
+        .iter()
+        .filter(|p| p.enabled && p.group_wait_seconds.unwrap_or(stage_config.alert.group_wait_seconds) == 0)
+        .map(|p| p.id.clone())
+        .collect();
 
     let needed = [opts.events, opts.saturation_events]
         .into_iter()
@@ -281,16 +297,15 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
                         s.bound_per_sec = match spec.bound {
                             stages::Bound::KafkaProduce => limits.kafka_produce.as_ref().map(|p| p.records_per_sec),
                             stages::Bound::PostgresCopy => limits.postgres_copy.as_ref().map(|c| c.rows_per_sec),
+                            stages::Bound::KafkaConsume => limits.kafka_consume.as_ref().map(|c| c.fetch_records_per_sec),
                         };
                         s.ratio_to_bound = s.bound_per_sec.map(|b| s.events_per_sec / b);
-                        if spec.needs_database {
-                            if let Some(url) = &stages_phase.database_url {
-                                let pool = sqlx::PgPool::connect(url).await?;
-                                let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await?;
-                                pool.close().await;
-                                if rows as u64 != n - s.dead_lettered {
-                                    errors.push(format!("stage {}: {rows} rows for {n} events", spec.name));
-                                }
+                        if let (Some(table), Some(url)) = (spec.event_table, &stages_phase.database_url) {
+                            let pool = sqlx::PgPool::connect(url).await?;
+                            let rows: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&pool).await?;
+                            pool.close().await;
+                            if rows as u64 != n - s.dead_lettered {
+                                errors.push(format!("stage {}: {rows} rows in {table} for {n} events", spec.name));
                             }
                         }
                         stage_results.push(s);
@@ -311,7 +326,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
             }
             for (name, offered) in loads {
                 proc::check_abort()?;
-                match run_fleet(&mut env, &run_args, STAGES, &name, &events, offered).await {
+                match run_fleet(&mut env, &run_args, STAGES, &name, &events, offered, &immediate_policies).await {
                     Ok(r) => runs.push(r),
                     Err(e) => errors.push(format!("{name}: {e:#}")),
                 }
@@ -325,7 +340,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     }
 
     let cleanup_problems = if opts.keep { Vec::new() } else { env.cleanup().await };
-    let fleet = Fleet { runs, alert_latency: alert_latency(STAGES) };
+    let alert_latency = alert_latency(&runs, &immediate_policies, 1000);
+    let fleet = Fleet { runs, alert_latency };
     let targets = report::targets(&stage_results, &fleet, &limits);
     let machine = machine();
     let provisional = load_start[0] > 0.5;

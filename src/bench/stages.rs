@@ -20,6 +20,9 @@ pub enum Bound {
     KafkaProduce,
     /// PostgreSQL `COPY` of the same rows into the same table.
     PostgresCopy,
+    /// Kafka's consumer fetching the raw topic: a stage that writes little is bounded by
+    /// how fast it can read.
+    KafkaConsume,
 }
 
 impl Bound {
@@ -27,6 +30,7 @@ impl Bound {
         match self {
             Bound::KafkaProduce => "kafka produce",
             Bound::PostgresCopy => "postgres COPY",
+            Bound::KafkaConsume => "kafka consume",
         }
     }
 }
@@ -41,6 +45,9 @@ pub struct StageSpec {
     /// Topics it writes (records counted from its metrics).
     pub outputs: &'static [TopicRole],
     pub needs_database: bool,
+    /// The table that holds one row per input event (checked against the input count, and
+    /// polled for produce → row latency in the fleet).
+    pub event_table: Option<&'static str>,
     pub bound: Bound,
 }
 
@@ -52,15 +59,44 @@ pub const STAGES: &[StageSpec] = &[
         input: TopicRole::Raw,
         outputs: &[TopicRole::Enriched, TopicRole::Dlq],
         needs_database: false,
+        event_table: None,
         bound: Bound::KafkaProduce,
     },
     StageSpec {
         name: "persist",
         binary: "audit-persist",
         input: TopicRole::Enriched,
-        outputs: &[TopicRole::Dlq],
+        outputs: &[TopicRole::Dlq, TopicRole::Checkpoints],
         needs_database: true,
+        event_table: Some("audit_events"),
         bound: Bound::PostgresCopy,
+    },
+    StageSpec {
+        name: "compliance",
+        binary: "audit-compliance",
+        input: TopicRole::Enriched,
+        outputs: &[TopicRole::ComplianceEvents, TopicRole::Dlq],
+        needs_database: true,
+        event_table: None,
+        bound: Bound::KafkaProduce,
+    },
+    StageSpec {
+        name: "rules",
+        binary: "audit-rules",
+        input: TopicRole::Enriched,
+        outputs: &[TopicRole::RuleMatches, TopicRole::SecurityActions, TopicRole::Dlq],
+        needs_database: false,
+        event_table: None,
+        bound: Bound::KafkaProduce,
+    },
+    StageSpec {
+        name: "alert",
+        binary: "audit-alert",
+        input: TopicRole::RuleMatches,
+        outputs: &[TopicRole::SecurityAlerts, TopicRole::AlertDlq],
+        needs_database: true,
+        event_table: None,
+        bound: Bound::KafkaConsume,
     },
 ];
 
