@@ -68,7 +68,9 @@ impl Alerting {
         let mut pc = crate::runtime::kafka::base_client_config(config);
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            // Each alert is awaited on its own and they are few: waiting to fill a batch would
+            // only delay every alert (librdkafka still batches what queues up meanwhile).
+            .set("linger.ms", "0")
             .set("message.timeout.ms", "30000");
         let producer: FutureProducer = pc.create().map_err(|e| format!("Kafka producer: {e}"))?;
         for kind in ChannelKind::ALL {
