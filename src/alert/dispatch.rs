@@ -4,9 +4,9 @@
 //! It claims pending alerts whose group wait is over with `FOR UPDATE SKIP LOCKED` and a lease,
 //! so any number of instances share the work and an alert held by a crashed instance is taken
 //! over when its lease ends. It claims as soon as the sink of the same process commits an alert
-//! that is already due ([`DispatchWake`]), and otherwise every `poll_interval_ms`, which covers
-//! other instances' alerts, group waits running out, expired leases and released alerts. For
-//! each alert:
+//! that is already due ([`DispatchWake`]), again at once while claims come back full (a
+//! backlog), and otherwise every `poll_interval_ms`, which covers other instances' alerts, group
+//! waits running out, expired leases and released alerts. For each alert:
 //! 1. the alert record goes to `security-alerts` (key = alert id, idempotent producer);
 //! 2. each routed, configured channel is tried with exponential backoff and jitter within the
 //!    retry budget, behind the channel's rate limit; every attempt lands in `alert_deliveries`;
@@ -125,14 +125,18 @@ impl Alerting {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
         let mut last_housekeeping: Option<Instant> = None;
+        // The last claim came back full: more alerts are probably due.
+        let mut backlog = false;
         tracing::info!(stage = STAGE, topic = %self.alerts_topic, "alert dispatcher running");
         while !shutdown.is_triggered() {
             while tasks.try_join_next().is_some() {}
             let free = MAX_IN_FLIGHT.saturating_sub(tasks.len()) as i64;
             if free > 0 {
-                match store::claim_due(&self.pool, self.lease_seconds(), free.min(self.settings.dispatch_batch)).await {
+                let limit = free.min(self.settings.dispatch_batch);
+                match store::claim_due(&self.pool, self.lease_seconds(), limit).await {
                     Ok(rows) => {
                         failures = 0;
+                        backlog = rows.len() as i64 >= limit;
                         self.metrics.polls.with_label_values(&[STAGE, "ok"]).inc();
                         for row in rows {
                             let me = self.clone();
@@ -142,6 +146,7 @@ impl Alerting {
                     }
                     Err(e) => {
                         failures += 1;
+                        backlog = false; // back off instead
                         self.metrics.polls.with_label_values(&[STAGE, "error"]).inc();
                         self.runtime_metrics.retries.with_label_values(&[STAGE, "dispatch"]).inc();
                         tracing::warn!(stage = STAGE, error = %e, "cannot poll for due alerts; retrying");
@@ -159,10 +164,15 @@ impl Alerting {
                     Err(e) => tracing::debug!(stage = STAGE, error = %e, "match expiry postponed"),
                 }
             }
+            if failures == 0 && backlog && tasks.len() < MAX_IN_FLIGHT {
+                continue; // drain a backlog now, not one batch per poll interval
+            }
             let wait = if failures == 0 { poll } else { (poll * 2u32.pow(failures.min(5))).min(Duration::from_secs(10)) };
             tokio::select! {
                 _ = self.wake.woken() => {}
                 _ = sleep_or_shutdown(wait, &shutdown) => {}
+                // Every slot is taken while alerts wait: claim again as soon as one frees up.
+                Some(_) = tasks.join_next(), if backlog && !tasks.is_empty() => {}
             }
         }
         // In-flight alerts see the shutdown, give their lease back and end.
