@@ -24,6 +24,7 @@ async fn main() -> anyhow::Result<()> {
     let alert_metrics = AlertMetrics::register(&p.metrics);
     let alerting = Alerting::new(&p.config, pool.clone(), p.metrics.clone(), alert_metrics.clone())
         .map_err(|e| anyhow::anyhow!("alert channels: {e}"))?;
+    let wake = alerting.wake.clone();
     let dispatcher = tokio::spawn(alerting.clone().run_dispatcher(p.shutdown.clone()));
     let ops = tokio::spawn(auditflow::alert::ops::run(alerting, p.shutdown.clone()));
 
@@ -35,7 +36,8 @@ async fn main() -> anyhow::Result<()> {
         p.config.alert.clone(),
         alert_metrics,
         handle.clone(),
-    );
+    )
+    .with_dispatch_wake(wake);
     let shutdown = p.shutdown.clone();
     let result = process::run_blocking(move || run_sink(&p.config, stage, p.metrics, p.health, p.shutdown, handle)).await;
     // The sink has stopped (signal or error): stop the dispatcher too, letting it hand back

@@ -666,3 +666,66 @@ channels = ["webhook"]
         assert_eq!((a.match_count, a.suppressed_count), (2, 1), "{a:?}");
     }
 }
+
+fn privilege_escalation(user: &str) -> RuleMatch {
+    let mut m = rule_match("privilege-escalation", event(&format!("esc-{user}"), user, "grant_role", true, Utc::now()));
+    m.rule_name = "Privilege Escalation".into();
+    m.severity = Severity::Critical;
+    m.action = RuleAction::Block;
+    m
+}
+
+/// A privilege escalation under the shipped policies reaches `security-alerts` as soon as the
+/// sink commits it: the dispatcher's poll interval is ten minutes here, so only the sink's
+/// wake-up can deliver it within the test. Twice, so a wake-up after the first dispatch works
+/// too; then a burst far larger than one claim, which must drain without waiting for a poll.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_immediate_alert_goes_out_on_commit_not_at_the_next_poll() {
+    let mut env = TestEnv::new("alert_wake", 3).await;
+    // The shipped policies; claims of two alerts, so the burst below is many claims.
+    let config = write_config(&env, "[alert]\ndispatch_batch = 2\n");
+    env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
+    env.extra_env.push(("AUDITFLOW_ALERT_POLL_INTERVAL_MS".into(), "600000".into()));
+    let stage = env.start_stage("audit-alert", "w1");
+
+    // The dispatcher's first poll happens at start; the next would be ten minutes later.
+    let addr = http_addr(&stage);
+    wait_until("the dispatcher's first poll", Duration::from_secs(30), || {
+        let addr = addr.clone();
+        async move {
+            let (_, metrics) = http_get(&addr, "/metrics");
+            metrics.lines().any(|l| {
+                l.starts_with("auditflow_alert_dispatcher_polls_total{")
+                    && l.contains("outcome=\"ok\"")
+                    && l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v >= 1.0)
+            })
+        }
+    })
+    .await;
+
+    for (n, user) in ["mallory", "trudy"].into_iter().enumerate() {
+        produce_matches(&env, &[privilege_escalation(user)]);
+        wait_until(&format!("alert {} on security-alerts", n + 1), Duration::from_secs(30), || async {
+            security_alerts(&env).len() > n
+        })
+        .await;
+        let records = security_alerts(&env);
+        assert_eq!(records.len(), n + 1, "one record per alert (logs: {})", stage.log_path.display());
+        let record = records.iter().map(|(_, r)| r).find(|r| r["groupKey"]["user_id"] == user).expect("this user's alert");
+        assert_eq!(record["policyId"], "immediate", "{record}");
+    }
+    wait_until("both alerts marked dispatched", Duration::from_secs(10), || async {
+        let rows = alerts(&env).await;
+        rows.len() == 2 && rows.iter().all(|a| a.status == "dispatched")
+    })
+    .await;
+
+    let burst: Vec<RuleMatch> = (0..30).map(|u| privilege_escalation(&format!("burst{u}"))).collect();
+    produce_matches(&env, &burst);
+    wait_until("every alert of the burst dispatched", Duration::from_secs(30), || async {
+        let rows = alerts(&env).await;
+        rows.len() == 32 && rows.iter().all(|a| a.status == "dispatched")
+    })
+    .await;
+    assert_eq!(security_alerts(&env).len(), 32, "one record per alert (logs: {})", stage.log_path.display());
+}

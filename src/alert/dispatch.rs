@@ -1,9 +1,12 @@
 //! The dispatcher: reads due alerts from PostgreSQL (the outbox the sink writes) and delivers
 //! them.
 //!
-//! Every `poll_interval_ms` it claims pending alerts whose group wait is over with
-//! `FOR UPDATE SKIP LOCKED` and a lease, so any number of instances share the work and an
-//! alert held by a crashed instance is taken over when its lease ends. For each alert:
+//! It claims pending alerts whose group wait is over with `FOR UPDATE SKIP LOCKED` and a lease,
+//! so any number of instances share the work and an alert held by a crashed instance is taken
+//! over when its lease ends. It claims as soon as the sink of the same process commits an alert
+//! that is already due ([`DispatchWake`]), again at once while claims come back full (a
+//! backlog), and otherwise every `poll_interval_ms`, which covers other instances' alerts, group
+//! waits running out, expired leases and released alerts. For each alert:
 //! 1. the alert record goes to `security-alerts` (key = alert id, idempotent producer);
 //! 2. each routed, configured channel is tried with exponential backoff and jitter within the
 //!    retry budget, behind the channel's rate limit; every attempt lands in `alert_deliveries`;
@@ -23,6 +26,7 @@ use lettre::message::Mailbox;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::channels::{Channels, Delivery, DeliveryError};
@@ -40,6 +44,22 @@ const STAGE: &str = "alert";
 /// Most alerts in flight per instance.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// Wakes the dispatcher of this process before its next poll. The sink calls it after
+/// committing an alert that is already due, so that alert is not held back by the poll interval.
+/// A wake-up while the dispatcher is busy is kept (one permit) and acted on when it next waits.
+#[derive(Clone, Default)]
+pub struct DispatchWake(Arc<Notify>);
+
+impl DispatchWake {
+    pub fn wake(&self) {
+        self.0.notify_one();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await
+    }
+}
+
 /// Everything the dispatcher (and operational alerts) need, shared by their tasks.
 pub struct Alerting {
     pub settings: AlertSettings,
@@ -51,6 +71,8 @@ pub struct Alerting {
     retry: RetryPolicy,
     pub metrics: AlertMetrics,
     pub runtime_metrics: Arc<Metrics>,
+    /// Hand a clone to the sink (`AlertStage::with_dispatch_wake`).
+    pub wake: DispatchWake,
 }
 
 /// How one channel's delivery ended.
@@ -68,7 +90,9 @@ impl Alerting {
         let mut pc = crate::runtime::kafka::base_client_config(config);
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("linger.ms", "5")
+            // Each alert is awaited on its own and they are few: waiting to fill a batch would
+            // only delay every alert (librdkafka still batches what queues up meanwhile).
+            .set("linger.ms", "0")
             .set("message.timeout.ms", "30000");
         let producer: FutureProducer = pc.create().map_err(|e| format!("Kafka producer: {e}"))?;
         for kind in ChannelKind::ALL {
@@ -86,6 +110,7 @@ impl Alerting {
             retry: RetryPolicy::from(&config.alert.retry),
             metrics: alert_metrics,
             runtime_metrics: metrics,
+            wake: DispatchWake::default(),
         }))
     }
 
@@ -100,14 +125,18 @@ impl Alerting {
         let mut tasks: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
         let mut last_housekeeping: Option<Instant> = None;
+        // The last claim came back full: more alerts are probably due.
+        let mut backlog = false;
         tracing::info!(stage = STAGE, topic = %self.alerts_topic, "alert dispatcher running");
         while !shutdown.is_triggered() {
             while tasks.try_join_next().is_some() {}
             let free = MAX_IN_FLIGHT.saturating_sub(tasks.len()) as i64;
             if free > 0 {
-                match store::claim_due(&self.pool, self.lease_seconds(), free.min(self.settings.dispatch_batch)).await {
+                let limit = free.min(self.settings.dispatch_batch);
+                match store::claim_due(&self.pool, self.lease_seconds(), limit).await {
                     Ok(rows) => {
                         failures = 0;
+                        backlog = rows.len() as i64 >= limit;
                         self.metrics.polls.with_label_values(&[STAGE, "ok"]).inc();
                         for row in rows {
                             let me = self.clone();
@@ -117,6 +146,7 @@ impl Alerting {
                     }
                     Err(e) => {
                         failures += 1;
+                        backlog = false; // back off instead
                         self.metrics.polls.with_label_values(&[STAGE, "error"]).inc();
                         self.runtime_metrics.retries.with_label_values(&[STAGE, "dispatch"]).inc();
                         tracing::warn!(stage = STAGE, error = %e, "cannot poll for due alerts; retrying");
@@ -134,8 +164,16 @@ impl Alerting {
                     Err(e) => tracing::debug!(stage = STAGE, error = %e, "match expiry postponed"),
                 }
             }
+            if failures == 0 && backlog && tasks.len() < MAX_IN_FLIGHT {
+                continue; // drain a backlog now, not one batch per poll interval
+            }
             let wait = if failures == 0 { poll } else { (poll * 2u32.pow(failures.min(5))).min(Duration::from_secs(10)) };
-            sleep_or_shutdown(wait, &shutdown).await;
+            tokio::select! {
+                _ = self.wake.woken() => {}
+                _ = sleep_or_shutdown(wait, &shutdown) => {}
+                // Every slot is taken while alerts wait: claim again as soon as one frees up.
+                Some(_) = tasks.join_next(), if backlog && !tasks.is_empty() => {}
+            }
         }
         // In-flight alerts see the shutdown, give their lease back and end.
         let drain = tokio::time::timeout(Duration::from_secs(10), async {
@@ -395,6 +433,18 @@ pub async fn sleep_or_shutdown(d: Duration, shutdown: &Shutdown) -> bool {
 mod tests {
     use super::*;
     use crate::alert::settings::RouteConfig;
+
+    #[tokio::test]
+    async fn a_wake_up_given_while_the_dispatcher_is_busy_is_kept_once() {
+        let wake = DispatchWake::default();
+        wake.clone().wake();
+        wake.wake();
+        tokio::time::timeout(Duration::from_secs(5), wake.woken()).await.expect("kept until the dispatcher waits");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), wake.woken()).await.is_err(),
+            "wake-ups do not pile up: one extra claim covers them all"
+        );
+    }
 
     #[test]
     fn routes_union_by_severity_and_tags() {

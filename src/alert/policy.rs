@@ -246,7 +246,8 @@ pub(crate) mod tests {
         assert_eq!(hits.len(), 1);
         assert_eq!(hits[0].policy_id, "immediate");
         assert_eq!(hits[0].count, 1);
-        assert_eq!(hits[0].group_wait_seconds, 10);
+        assert_eq!(hits[0].group_wait_seconds, 0, "immediate means no group wait, whatever the default");
+        assert_eq!(evaluate(&ps, 10, &failed)[0].group_wait_seconds, 10, "grouping policies wait the default");
     }
 
     #[test]

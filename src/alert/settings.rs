@@ -156,7 +156,9 @@ pub const GROUP_BY_FIELDS: &[&str] =
     &["user_id", "session_id", "ip_address", "resource", "resource_id", "action", "endpoint", "method"];
 
 /// The seed's two policies plus immediate alerts for privilege escalation, most specific first:
-/// a brute force is one failed-authentication alert, not also a critical-events alert.
+/// a brute force is one failed-authentication alert, not also a critical-events alert. The
+/// grouping policies wait `group_wait_seconds` (so a burst is one notification); the immediate
+/// one is sent as soon as it opens.
 fn default_policies() -> Vec<PolicyConfig> {
     vec![
         PolicyConfig {
@@ -177,6 +179,8 @@ fn default_policies() -> Vec<PolicyConfig> {
             group_by: vec!["user_id".into()],
             frequency: Frequency { count: 1, window_seconds: 60 },
             suppression_window_seconds: 300,
+            // One match is the whole incident: there is no burst to wait for.
+            group_wait_seconds: Some(0),
             ..PolicyConfig::default()
         },
         PolicyConfig {
@@ -672,6 +676,9 @@ mod tests {
         let fa = c.alert.policy("failed-authentication").unwrap();
         assert_eq!(fa.frequency, Frequency { count: 10, window_seconds: 600 });
         assert_eq!(fa.success, Some(false));
+        assert_eq!(fa.group_wait_seconds, None, "grouping policies wait the default");
+        assert_eq!(c.alert.policy("immediate").unwrap().group_wait_seconds, Some(0), "immediate alerts do not wait");
+        assert_eq!(c.alert.group_wait_seconds, 10);
         assert!(!c.alert.channel_configured(ChannelKind::Email));
     }
 

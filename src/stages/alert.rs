@@ -4,12 +4,14 @@
 //! ([`crate::alert::store`]) and advances the consumed offsets. LOG matches are skipped (their
 //! offsets still advance). Nothing is sent from here: the dispatcher running in the same process
 //! reads due alerts from the table (outbox), so a notification never depends on a transaction
-//! that might still roll back.
+//! that might still roll back. After a commit that opened an alert with no group wait, the
+//! sink wakes that dispatcher, so the alert goes out now rather than at its next poll.
 
 use std::sync::Arc;
 
 use sqlx::PgPool;
 
+use crate::alert::dispatch::DispatchWake;
 use crate::alert::policy::{evaluate, truncate_ms};
 use crate::alert::settings::AlertSettings;
 use crate::alert::store::{self, Candidate, HitOutcome};
@@ -32,6 +34,8 @@ pub struct AlertStage {
     metrics: AlertMetrics,
     /// Modification time of the policies file as last read.
     policies_seen: Option<std::time::SystemTime>,
+    /// The dispatcher to wake when a commit made an alert due.
+    wake: DispatchWake,
 }
 
 impl AlertStage {
@@ -43,9 +47,24 @@ impl AlertStage {
         metrics: AlertMetrics,
         handle: tokio::runtime::Handle,
     ) -> AlertStage {
-        let mut stage = AlertStage { pool, input_topic, group_id, handle, settings, metrics, policies_seen: None };
+        let mut stage = AlertStage {
+            pool,
+            input_topic,
+            group_id,
+            handle,
+            settings,
+            metrics,
+            policies_seen: None,
+            wake: DispatchWake::default(),
+        };
         stage.reload_policies();
         stage
+    }
+
+    /// Wake this dispatcher after commits that open an alert due at once.
+    pub fn with_dispatch_wake(mut self, wake: DispatchWake) -> AlertStage {
+        self.wake = wake;
+        self
     }
 
     /// Re-read the policies file if it changed since it was last read. A file that does not
@@ -78,26 +97,29 @@ impl AlertStage {
         &mut self,
         items: &[Candidate],
         advances: &[OffsetAdvance],
-    ) -> Result<(WriteOutcome, Vec<(String, HitOutcome)>), sqlx::Error> {
+    ) -> Result<(WriteOutcome, Vec<(String, HitOutcome)>, bool), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::new();
+        // An alert opened with no group wait is due as soon as this commits.
+        let mut due_now = false;
         store::lock_groups(&mut tx, items).await?;
         let max_evidence = self.settings.max_evidence.min(i32::MAX as usize) as i32;
         for c in items {
             for hit in &c.hits {
                 let name = self.settings.policy(&hit.policy_id).map(|p| p.name.as_str()).unwrap_or(&hit.policy_id);
                 let outcome = store::apply_hit(&mut tx, c, hit, name, max_evidence).await?;
+                due_now |= matches!(outcome, HitOutcome::Opened(_)) && hit.group_wait_seconds == 0;
                 outcomes.push((hit.policy_id.clone(), outcome));
             }
         }
         match offsets::advance(&mut tx, &self.group_id, advances).await? {
             Advance::Done => {
                 tx.commit().await?;
-                Ok((WriteOutcome::Committed, outcomes))
+                Ok((WriteOutcome::Committed, outcomes, due_now))
             }
             Advance::Fenced => {
                 tx.rollback().await?;
-                Ok((WriteOutcome::Fenced, Vec::new()))
+                Ok((WriteOutcome::Fenced, Vec::new(), false))
             }
         }
     }
@@ -149,7 +171,12 @@ impl SinkStage for AlertStage {
     }
 
     async fn write(&mut self, items: &[Candidate], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {
-        let (outcome, hits) = self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))?;
+        let (outcome, hits, due_now) =
+            self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))?;
+        if due_now {
+            // Only after the commit: the dispatcher must find the alert when it looks.
+            self.wake.wake();
+        }
         for (policy, o) in hits {
             let label = match o {
                 HitOutcome::Replayed => "replayed",
