@@ -55,6 +55,27 @@ pub fn consumer_config(config: &Config, group_id: &str) -> ClientConfig {
 }
 
 /// How a partition without a stored offset starts.
+/// Wait until every record handed to `producer` is acknowledged (or failed), serving delivery
+/// reports as they come.
+///
+/// rust-rdkafka's `flush` (which `commit_transaction` calls first) sleeps in steps of up to
+/// 100 ms between checks, so every transaction paid about 100 ms however quickly the broker
+/// answered; polling in 1 ms steps makes a commit wait only for the acknowledgements.
+pub fn await_deliveries<C: rdkafka::producer::ProducerContext>(
+    producer: &rdkafka::producer::BaseProducer<C>,
+    timeout: std::time::Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka::producer::Producer;
+    let deadline = std::time::Instant::now() + timeout;
+    while producer.in_flight_count() > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(KafkaError::Flush(rdkafka::types::RDKafkaErrorCode::OperationTimedOut));
+        }
+        producer.poll(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 pub fn start_offset(config: &Config) -> Offset {
     if config.stage.start_from == "latest" {
         Offset::End

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, DefaultProducerContext};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::dlq::dead_letter;
@@ -237,7 +237,7 @@ fn deliver_dead_letters(
         }
     }
     loop {
-        match producer.flush(Duration::from_secs(5)) {
+        match super::kafka::await_deliveries(producer, Duration::from_secs(5)) {
             Ok(()) => return true,
             Err(e) => {
                 metrics.retries.with_label_values(&[stage, "dlq"]).inc();

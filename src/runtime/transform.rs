@@ -388,6 +388,7 @@ fn tick<S: TransformStage>(
         for record in &out.records {
             send_with_backpressure(producer, record)?;
         }
+        super::kafka::await_deliveries(producer, Duration::from_secs(30))?;
         producer.commit_transaction(Duration::from_secs(30))
     });
     match result {
@@ -437,6 +438,7 @@ fn commit_transaction(
     // Only absent before the consumer joined a group; treated as a retriable failure.
     let group = consumer.group_metadata().ok_or(KafkaError::Rebalance(RDKafkaErrorCode::State))?;
     producer.send_offsets_to_transaction(&tpl, &group, timeout)?;
+    super::kafka::await_deliveries(producer, timeout)?;
     producer.commit_transaction(timeout)?;
     Ok(())
 }
