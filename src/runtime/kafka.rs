@@ -47,14 +47,17 @@ pub fn consumer_config(config: &Config, group_id: &str) -> ClientConfig {
         // librdkafka prefetches up to 64 MiB per consumer by default; 16 MiB keeps a stage
         // well under 150 MB resident with no measured loss of throughput.
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.max.bytes", "8388608");
+        .set("fetch.max.bytes", "8388608")
+        // Once that prefetch is full, librdkafka waits fetch.queue.backoff.ms (1 s by
+        // default) before fetching again, so a stage that empties its queue in 0.3 s sat idle
+        // for the rest of each second: fetch again soon after room is made.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in &config.kafka.librdkafka {
         c.set(k, v);
     }
     c
 }
 
-/// How a partition without a stored offset starts.
 /// Wait until every record handed to `producer` is acknowledged (or failed), serving delivery
 /// reports as they come.
 ///
@@ -76,6 +79,7 @@ pub fn await_deliveries<C: rdkafka::producer::ProducerContext>(
     Ok(())
 }
 
+/// How a partition without a stored offset starts.
 pub fn start_offset(config: &Config) -> Offset {
     if config.stage.start_from == "latest" {
         Offset::End
