@@ -155,18 +155,7 @@ fn push_row(out: &mut Vec<u8>, ev: &EnrichedEvent) {
     out.push(b'\n');
 }
 
-/// Escaping of COPY's text format: backslash, tab, newline and carriage return.
-pub fn escape_copy_text(s: &str, out: &mut Vec<u8>) {
-    for &b in s.as_bytes() {
-        match b {
-            b'\\' => out.extend_from_slice(b"\\\\"),
-            b'\t' => out.extend_from_slice(b"\\t"),
-            b'\n' => out.extend_from_slice(b"\\n"),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
-        }
-    }
-}
+pub use crate::stages::persist::escape_copy_text;
 
 pub fn rate(n: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {

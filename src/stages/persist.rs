@@ -2,8 +2,10 @@
 //!
 //! Per batch, in one transaction: personal fields sealed under each subject's data key,
 //! every row linked into its hash chain (one chain per source partition and event month),
-//! one multi-row `INSERT … SELECT FROM UNNEST(arrays)` (no row-by-row writes), the chain heads
-//! and the consumed offsets advanced. Signed checkpoints of the chains this instance writes
+//! the rows streamed in with one `COPY … FROM STDIN` (no row-by-row writes; rows are sent in
+//! chunks as they are built, so PostgreSQL inserts while the next ones are sealed and
+//! hashed), the chain heads and the consumed offsets advanced. Duplicates of stored events
+//! are filtered out before, so the COPY never meets a conflict. Signed checkpoints of the chains this instance writes
 //! are recorded at most every `checkpoint_interval_secs` and published to `audit-checkpoints`
 //! after commit (an outbox: unpublished ones are retried).
 
@@ -212,7 +214,8 @@ impl PersistStage {
                 })
                 .collect();
 
-            let mut cols = Columns::default();
+            let mut copy = tx.copy_in_raw(COPY_SQL).await?;
+            let mut rows = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
             for ev in &fresh {
                 let (kind, subject) = privacy::subject_of(ev);
                 let pseudonym = keys.pseudonym(kind, subject);
@@ -221,10 +224,17 @@ impl PersistStage {
                 let (last_seq, last_hash) = heads.get(&chain).copied().unwrap_or((0, ledger::genesis(&chain)));
                 let row = self.stored_row(ev, &pseudonym, key, chain.clone(), last_seq + 1);
                 let hash = ledger::row_hash(&last_hash, &row);
-                cols.push(row, last_hash, hash);
+                push_copy_row(&mut rows, &row, &last_hash, &hash);
                 heads.insert(chain, (last_seq + 1, hash));
+                if rows.len() >= COPY_CHUNK_BYTES {
+                    copy.send(std::mem::take(&mut rows)).await?;
+                    rows.reserve(COPY_CHUNK_BYTES + 4096);
+                }
             }
-            insert_rows(&mut tx, &cols).await?;
+            if !rows.is_empty() {
+                copy.send(rows).await?;
+            }
+            copy.finish().await?;
 
             let (mut names, mut seqs, mut hashes, mut months) = (vec![], vec![], vec![], vec![]);
             for (chain, (seq, hash)) in heads.iter().filter(|(c, _)| chain_ids.binary_search(c).is_ok()) {
@@ -434,149 +444,108 @@ fn month_of_chain(chain_id: &str) -> DateTime<Utc> {
         .unwrap_or_default()
 }
 
-const INSERT_SQL: &str = r#"
-INSERT INTO audit_events (
+/// Every column of a stored row, in the order [`push_copy_row`] writes them.
+const COPY_SQL: &str = r#"COPY audit_events (
     id, "timestamp", user_id, session_id, action, resource, resource_id, method, endpoint,
     status_code, user_agent, ip_address, location, ip_facts, classification, severity, metadata,
     success, error_message, duration, compliance, source_topic, source_partition, source_offset,
     enriched_at, subject_pseudonym, user_pseudonym, key_generation, personal, chain_id, chain_seq,
-    prev_hash, row_hash)
-SELECT id, ts, user_id, session_id, action, resource, resource_id, method, endpoint,
-       status_code, user_agent, ip_address::inet, location::jsonb, ip_facts::jsonb, classification,
-       severity, metadata::jsonb, success, error_message, duration, compliance::jsonb, source_topic,
-       source_partition, source_offset, enriched_at, subject_pseudonym, user_pseudonym,
-       key_generation, personal, chain_id, chain_seq, prev_hash, row_hash
-  FROM UNNEST($1::text[], $2::timestamptz[], $3::text[], $4::text[], $5::text[], $6::text[],
-              $7::text[], $8::text[], $9::text[], $10::int[], $11::text[], $12::text[], $13::text[],
-              $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[], $19::text[],
-              $20::bigint[], $21::text[], $22::text[], $23::int[], $24::bigint[], $25::timestamptz[],
-              $26::text[], $27::text[], $28::int[], $29::bytea[], $30::text[], $31::bigint[],
-              $32::bytea[], $33::bytea[])
-    AS t(id, ts, user_id, session_id, action, resource, resource_id, method, endpoint,
-         status_code, user_agent, ip_address, location, ip_facts, classification, severity,
-         metadata, success, error_message, duration, compliance, source_topic, source_partition,
-         source_offset, enriched_at, subject_pseudonym, user_pseudonym, key_generation, personal,
-         chain_id, chain_seq, prev_hash, row_hash)
-"#;
+    prev_hash, row_hash) FROM STDIN"#;
 
-/// A batch transposed into one array per column, as UNNEST wants it.
-#[derive(Default)]
-struct Columns {
-    id: Vec<String>,
-    timestamp: Vec<DateTime<Utc>>,
-    user_id: Vec<Option<String>>,
-    session_id: Vec<Option<String>>,
-    action: Vec<String>,
-    resource: Vec<String>,
-    resource_id: Vec<Option<String>>,
-    method: Vec<Option<String>>,
-    endpoint: Vec<Option<String>>,
-    status_code: Vec<Option<i32>>,
-    user_agent: Vec<Option<String>>,
-    ip_address: Vec<Option<String>>,
-    location: Vec<Option<String>>,
-    ip_facts: Vec<Option<String>>,
-    classification: Vec<String>,
-    severity: Vec<String>,
-    metadata: Vec<Option<String>>,
-    success: Vec<bool>,
-    error_message: Vec<Option<String>>,
-    duration: Vec<Option<i64>>,
-    compliance: Vec<String>,
-    source_topic: Vec<String>,
-    source_partition: Vec<i32>,
-    source_offset: Vec<i64>,
-    enriched_at: Vec<DateTime<Utc>>,
-    subject_pseudonym: Vec<Option<String>>,
-    user_pseudonym: Vec<Option<String>>,
-    key_generation: Vec<Option<i32>>,
-    personal: Vec<Option<Vec<u8>>>,
-    chain_id: Vec<String>,
-    chain_seq: Vec<i64>,
-    prev_hash: Vec<Vec<u8>>,
-    row_hash: Vec<Vec<u8>>,
-}
+/// Rows are sent to the server in chunks of about this size while later rows are built.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
 
-fn from_micros(us: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_micros(us).unwrap_or_default()
-}
-
-impl Columns {
-    fn push(&mut self, r: StoredRow, prev: Hash, hash: Hash) {
-        self.id.push(r.id);
-        self.timestamp.push(from_micros(r.timestamp_us));
-        self.user_id.push(r.user_id);
-        self.session_id.push(r.session_id);
-        self.action.push(r.action);
-        self.resource.push(r.resource);
-        self.resource_id.push(r.resource_id);
-        self.method.push(r.method);
-        self.endpoint.push(r.endpoint);
-        self.status_code.push(r.status_code);
-        self.user_agent.push(r.user_agent);
-        self.ip_address.push(r.ip_address);
-        self.location.push(r.location);
-        self.ip_facts.push(r.ip_facts);
-        self.classification.push(r.classification);
-        self.severity.push(r.severity);
-        self.metadata.push(r.metadata);
-        self.success.push(r.success);
-        self.error_message.push(r.error_message);
-        self.duration.push(r.duration);
-        self.compliance.push(r.compliance);
-        self.source_topic.push(r.source_topic);
-        self.source_partition.push(r.source_partition);
-        self.source_offset.push(r.source_offset);
-        self.enriched_at.push(from_micros(r.enriched_at_us));
-        self.subject_pseudonym.push(r.subject_pseudonym);
-        self.user_pseudonym.push(r.user_pseudonym);
-        self.key_generation.push(r.key_generation);
-        self.personal.push(r.personal);
-        self.chain_id.push(r.chain_id);
-        self.chain_seq.push(r.chain_seq);
-        self.prev_hash.push(prev.to_vec());
-        self.row_hash.push(hash.to_vec());
+/// One row in COPY's text format: tab-separated, `\N` for NULL, text escaped, `bytea` as hex.
+/// PostgreSQL parses each value as it would the same text cast to the column's type, so the
+/// stored values (and the hashes verified later) are those of the row as built.
+fn push_copy_row(out: &mut Vec<u8>, r: &StoredRow, prev: &Hash, hash: &Hash) {
+    use std::io::Write as _;
+    fn text(out: &mut Vec<u8>, v: Option<&str>) {
+        match v {
+            Some(s) => escape_copy_text(s, out),
+            None => out.extend_from_slice(b"\\N"),
+        }
+        out.push(b'\t');
+    }
+    fn number(out: &mut Vec<u8>, v: Option<i64>) {
+        match v {
+            Some(n) => {
+                let _ = write!(out, "{n}");
+            }
+            None => out.extend_from_slice(b"\\N"),
+        }
+        out.push(b'\t');
+    }
+    fn micros(out: &mut Vec<u8>, us: i64) {
+        let t = DateTime::from_timestamp_micros(us).unwrap_or_default();
+        let _ = write!(out, "{}", t.format("%Y-%m-%d %H:%M:%S%.6f+00"));
+        out.push(b'\t');
+    }
+    fn bytea(out: &mut Vec<u8>, v: Option<&[u8]>) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        match v {
+            // `\x` introduces hex; its backslash is escaped like any other in COPY text.
+            Some(b) => {
+                out.extend_from_slice(b"\\\\x");
+                for byte in b {
+                    out.push(HEX[(byte >> 4) as usize]);
+                    out.push(HEX[(byte & 0xf) as usize]);
+                }
+            }
+            None => out.extend_from_slice(b"\\N"),
+        }
+        out.push(b'\t');
+    }
+    text(out, Some(&r.id));
+    micros(out, r.timestamp_us);
+    text(out, r.user_id.as_deref());
+    text(out, r.session_id.as_deref());
+    text(out, Some(&r.action));
+    text(out, Some(&r.resource));
+    text(out, r.resource_id.as_deref());
+    text(out, r.method.as_deref());
+    text(out, r.endpoint.as_deref());
+    number(out, r.status_code.map(i64::from));
+    text(out, r.user_agent.as_deref());
+    text(out, r.ip_address.as_deref());
+    text(out, r.location.as_deref());
+    text(out, r.ip_facts.as_deref());
+    text(out, Some(&r.classification));
+    text(out, Some(&r.severity));
+    text(out, r.metadata.as_deref());
+    text(out, Some(if r.success { "t" } else { "f" }));
+    text(out, r.error_message.as_deref());
+    number(out, r.duration);
+    text(out, Some(&r.compliance));
+    text(out, Some(&r.source_topic));
+    number(out, Some(i64::from(r.source_partition)));
+    number(out, Some(r.source_offset));
+    micros(out, r.enriched_at_us);
+    text(out, r.subject_pseudonym.as_deref());
+    text(out, r.user_pseudonym.as_deref());
+    number(out, r.key_generation.map(i64::from));
+    bytea(out, r.personal.as_deref());
+    text(out, Some(&r.chain_id));
+    number(out, Some(r.chain_seq));
+    bytea(out, Some(prev));
+    bytea(out, Some(hash));
+    // The last column's tab becomes the row's end.
+    if let Some(last) = out.last_mut() {
+        *last = b'\n';
     }
 }
 
-async fn insert_rows(tx: &mut Transaction<'_, Postgres>, c: &Columns) -> Result<(), sqlx::Error> {
-    sqlx::query(INSERT_SQL)
-        .bind(&c.id)
-        .bind(&c.timestamp)
-        .bind(&c.user_id)
-        .bind(&c.session_id)
-        .bind(&c.action)
-        .bind(&c.resource)
-        .bind(&c.resource_id)
-        .bind(&c.method)
-        .bind(&c.endpoint)
-        .bind(&c.status_code)
-        .bind(&c.user_agent)
-        .bind(&c.ip_address)
-        .bind(&c.location)
-        .bind(&c.ip_facts)
-        .bind(&c.classification)
-        .bind(&c.severity)
-        .bind(&c.metadata)
-        .bind(&c.success)
-        .bind(&c.error_message)
-        .bind(&c.duration)
-        .bind(&c.compliance)
-        .bind(&c.source_topic)
-        .bind(&c.source_partition)
-        .bind(&c.source_offset)
-        .bind(&c.enriched_at)
-        .bind(&c.subject_pseudonym)
-        .bind(&c.user_pseudonym)
-        .bind(&c.key_generation)
-        .bind(&c.personal)
-        .bind(&c.chain_id)
-        .bind(&c.chain_seq)
-        .bind(&c.prev_hash)
-        .bind(&c.row_hash)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
+/// Escaping of COPY's text format: backslash, tab, newline and carriage return.
+pub fn escape_copy_text(s: &str, out: &mut Vec<u8>) {
+    for &b in s.as_bytes() {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            _ => out.push(b),
+        }
+    }
 }
 
 impl SinkStage for PersistStage {
@@ -629,5 +598,51 @@ impl SinkStage for PersistStage {
             handle.block_on(offsets::load(&pool, &group, partitions)).map_err(|e| e.to_string())
         });
         Box::new(move |p| loader(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_copy_row_has_every_column_escaped_with_nulls_and_hex() {
+        let row = StoredRow {
+            id: "e1".into(),
+            timestamp_us: 1_700_000_000_123_456,
+            action: "log\tin".into(),
+            resource: "a\\b\nc".into(),
+            status_code: Some(401),
+            classification: "INTERNAL".into(),
+            severity: "LOW".into(),
+            compliance: "{}".into(),
+            source_topic: "audit-enriched".into(),
+            source_partition: 3,
+            source_offset: 42,
+            enriched_at_us: 1_700_000_000_000_000,
+            personal: Some(vec![0x00, 0xab]),
+            chain_id: "c".into(),
+            chain_seq: 7,
+            ..StoredRow::default()
+        };
+        let mut out = Vec::new();
+        push_copy_row(&mut out, &row, &[1u8; 32], &[2u8; 32]);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.ends_with('\n') && text.matches('\n').count() == 1, "{text:?}");
+        let fields: Vec<&str> = text.trim_end_matches('\n').split('\t').collect();
+        assert_eq!(fields.len(), 33, "{fields:?}");
+        assert_eq!(fields[0], "e1");
+        assert_eq!(fields[1], "2023-11-14 22:13:20.123456+00");
+        assert_eq!(fields[2], "\\N");
+        assert_eq!(fields[4], "log\\tin");
+        assert_eq!(fields[5], "a\\\\b\\nc");
+        assert_eq!(fields[9], "401");
+        assert_eq!(fields[17], "f");
+        assert_eq!(fields[22], "3");
+        assert_eq!(fields[23], "42");
+        assert_eq!(fields[28], "\\\\x00ab");
+        assert_eq!(fields[30], "7");
+        assert_eq!(fields[31], format!("\\\\x{}", "01".repeat(32)));
+        assert_eq!(fields[32], format!("\\\\x{}", "02".repeat(32)));
     }
 }
