@@ -2,8 +2,9 @@
 //! [`WindowStore`]. Pure apart from the store: no clock (times are event times, or `now` passed
 //! in), no I/O of its own, so it is unit-tested with [`super::MemoryStore`].
 //!
-//! A batch costs one pattern scan per event and field, and one [`WindowStore::apply`] call with
-//! every stateful operation of the batch, in event order.
+//! A batch costs one pattern scan per event and field, and its stateful operations go to the
+//! store in event order, a few hundred at a time through [`WindowStore::start`] while the rest of
+//! the batch is scanned (so a remote store works while the engine does).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -100,6 +101,10 @@ pub struct RulesEngine {
     set: Arc<RuleSet>,
 }
 
+/// Stateful operations handed to the store at a time: the first answer is not waited for long,
+/// and a batch still goes as a few pipelines, not one per event.
+const SEND_EVERY: usize = 512;
+
 /// One match waiting for the store's answer.
 struct Pending {
     event: usize,
@@ -107,6 +112,8 @@ struct Pending {
     group: Option<(String, BTreeMap<String, String>)>,
     /// Index of the stateful operation (none for pattern rules).
     op: Option<usize>,
+    /// A pattern rule's match, made while the store works on the stateful operations.
+    made: Option<RuleMatch>,
 }
 
 impl RulesEngine {
@@ -135,7 +142,13 @@ impl RulesEngine {
         let mut pending: Vec<Pending> = Vec::new();
         let mut traces: Vec<(usize, usize, String, Option<usize>)> = Vec::new();
         let mut hits: Vec<bool> = Vec::with_capacity(self.set.patterns.len());
+        let mut sent = 0;
+        let mut started: Vec<super::store::Pending> = Vec::new();
         for (ei, ev) in events.iter().enumerate() {
+            if ops.len() - sent >= SEND_EVERY {
+                started.push(store.start(&ops[sent..]));
+                sent = ops.len();
+            }
             self.set.patterns.scan(ev, &mut hits);
             let ip: Option<IpAddr> = ev.ip_address.as_deref().and_then(|s| s.parse().ok());
             let t = ev.timestamp.timestamp_millis();
@@ -145,7 +158,7 @@ impl RulesEngine {
                 }
                 let group_by = match &rule.state {
                     Stateful::Pattern => {
-                        pending.push(Pending { event: ei, rule: ri, group: None, op: None });
+                        pending.push(Pending { event: ei, rule: ri, group: None, op: None, made: Some(pattern_match(rule, ev)) });
                         continue;
                     }
                     Stateful::Threshold { group_by, .. }
@@ -220,11 +233,33 @@ impl RulesEngine {
                 if trace {
                     traces.push((ei, ri, g.clone(), Some(op_index)));
                 }
-                pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(op_index) });
+                pending.push(Pending { event: ei, rule: ri, group: Some((g, map)), op: Some(op_index), made: None });
             }
         }
 
-        let outcomes = if ops.is_empty() { Vec::new() } else { store.apply(&ops)? };
+        if sent < ops.len() {
+            started.push(store.start(&ops[sent..]));
+        }
+        // After a failure the later parts are abandoned rather than each waiting out its own
+        // timeout, but every part is waited for, so nothing of this batch is still running when
+        // the caller retries it.
+        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut failed = None;
+        let mut parts = started.into_iter();
+        while let Some(part) = parts.next() {
+            match part.wait() {
+                Ok(o) => outcomes.extend(o),
+                Err(e) => {
+                    failed = Some(e);
+                    let rest: Vec<_> = parts.by_ref().collect();
+                    rest.iter().for_each(super::store::Pending::abort);
+                    rest.into_iter().for_each(|p| drop(p.wait()));
+                }
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         if outcomes.len() != ops.len() {
             return Err(TransientError::new("window_store", format!("{} answers to {} operations", outcomes.len(), ops.len())));
         }
@@ -234,7 +269,7 @@ impl RulesEngine {
             let ev = &events[p.event];
             let rule = &rules[p.rule];
             let m = match p.op {
-                None => Some(pattern_match(rule, ev)),
+                None => p.made,
                 Some(op) => match &outcomes[op] {
                     WindowOutcome::Fired { firing, .. } => {
                         let (_, map) = p.group.unwrap_or_default();

@@ -6,7 +6,7 @@
 //! - [`compile`]: rule files → compiled rules; one `RegexSet` per matched field.
 //! - [`engine`]: evaluation of a batch, match ids, block decisions, absence checks.
 //! - [`store`]: the window store trait and its in-memory implementation; the algorithms.
-//! - [`redis_store`]: the shared Redis implementation (Lua scripts, one pipeline per batch).
+//! - [`redis_store`]: the shared Redis implementation (Lua scripts, pipelined).
 //! - [`reload`]: picking up changed rule files without a restart.
 //!
 //! Kinds of rule: **pattern** (each matching event), **threshold** (N matching events in T per
@@ -27,7 +27,7 @@ pub use compile::{load_dir, RuleError, RuleErrors, RuleSet};
 pub use engine::{match_id, BlockDecision, EventResult, RuleTrace, RulesEngine, TraceOutcome};
 pub use redis_store::{RedisKeys, RedisWindowStore};
 pub use settings::RulesSettings;
-pub use store::{Firing, MemoryStore, WindowKey, WindowOp, WindowOutcome, WindowStore};
+pub use store::{Firing, MemoryStore, Pending, WindowKey, WindowOp, WindowOutcome, WindowStore};
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! The window store shared by every `audit-rules` instance: Redis, one Lua script per stateful
-//! evaluation (atomic, so two instances cannot both decide the same crossing), all of a batch's
-//! scripts sent in one pipeline (one round trip per batch of up to 2,000 evaluations, not one per
-//! rule or event).
+//! evaluation (atomic, so two instances cannot both decide the same crossing), a batch's scripts
+//! sent as a few pipelines (one round trip per few hundred evaluations, not one per rule or
+//! event).
 //!
 //! Keys, under the configured prefix `P` (default `auditflow:`); the `{…}` hash tag keeps a
 //! window's keys in one cluster slot:
@@ -17,16 +17,21 @@
 //!
 //! Every key expires `2 × window + lateness + 10 min` after its last write.
 //!
+//! [`WindowStore::start`] sends a batch's operations while the engine still prepares the rest:
+//! each call becomes a task that waits for the previous one to be answered before it sends, so
+//! operations reach Redis in the order they were made, and the engine's work overlaps Redis's.
+//!
 //! Redis unreachable, slow (past `redis_timeout_ms`) or failing → [`TransientError`]; the runtime
 //! retries the whole batch, and the scripts being idempotent, a partly applied pipeline is simply
 //! applied again.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, Value};
 
-use super::store::{state_ttl_ms, Firing, WindowKey, WindowOp, WindowOutcome, WindowStore, EVIDENCE_CAP};
+use super::store::{state_ttl_ms, Firing, Pending, WindowKey, WindowOp, WindowOutcome, WindowStore, EVIDENCE_CAP};
 use crate::error::TransientError;
 
 const COMMON: &str = include_str!("lua/common.lua");
@@ -96,9 +101,29 @@ impl RedisKeys<'_> {
 pub struct RedisWindowStore {
     conn: ConnectionManager,
     handle: tokio::runtime::Handle,
-    scripts: Scripts,
+    scripts: Arc<Scripts>,
     prefix: String,
     timeout: Duration,
+    /// Signalled when the operations started last have been answered (or given up).
+    last: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// How to read a script's reply.
+#[derive(Clone, Copy)]
+enum Reply {
+    Done,
+    Silent,
+    Window,
+}
+
+impl Reply {
+    fn of(op: &WindowOp) -> Reply {
+        match op {
+            WindowOp::Seen { .. } | WindowOp::Expect { .. } | WindowOp::Block { .. } => Reply::Done,
+            WindowOp::ScanSilent { .. } => Reply::Silent,
+            _ => Reply::Window,
+        }
+    }
 }
 
 fn transient(e: redis::RedisError) -> TransientError {
@@ -119,9 +144,10 @@ impl RedisWindowStore {
         Ok(RedisWindowStore {
             conn,
             handle: tokio::runtime::Handle::current(),
-            scripts: Scripts::new(),
+            scripts: Arc::new(Scripts::new()),
             prefix: prefix.to_string(),
             timeout,
+            last: None,
         })
     }
 
@@ -229,36 +255,40 @@ impl RedisWindowStore {
         }
         pipe
     }
+}
 
-    async fn load_scripts(&mut self) -> Result<(), TransientError> {
-        let mut pipe = redis::pipe();
-        for s in self.scripts.all() {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(&s.code);
-        }
-        pipe.query_async::<Vec<String>>(&mut self.conn).await.map_err(transient)?;
-        Ok(())
+async fn load_scripts(conn: &mut ConnectionManager, scripts: &Scripts) -> Result<(), TransientError> {
+    let mut pipe = redis::pipe();
+    for s in scripts.all() {
+        pipe.cmd("SCRIPT").arg("LOAD").arg(&s.code);
     }
+    pipe.query_async::<Vec<String>>(conn).await.map_err(transient)?;
+    Ok(())
+}
 
-    async fn run(&mut self, ops: &[WindowOp]) -> Result<Vec<WindowOutcome>, TransientError> {
-        let pipe = self.build(ops);
-        let mut loaded = false;
-        loop {
-            let values: Vec<Value> = match pipe.query_async(&mut self.conn).await {
-                Ok(v) => v,
-                // A restarted (or flushed) Redis has forgotten the scripts: load them, go again.
-                // The scripts are idempotent, so what did run is harmless to run twice.
-                Err(e) if !loaded && is_noscript(&e) => {
-                    self.load_scripts().await?;
-                    loaded = true;
-                    continue;
-                }
-                Err(e) => return Err(transient(e)),
-            };
-            if values.len() != ops.len() {
-                return Err(TransientError::new("redis", format!("{} replies to {} scripts", values.len(), ops.len())));
+async fn run(
+    conn: &mut ConnectionManager,
+    scripts: &Scripts,
+    pipe: &redis::Pipeline,
+    replies: &[Reply],
+) -> Result<Vec<WindowOutcome>, TransientError> {
+    let mut loaded = false;
+    loop {
+        let values: Vec<Value> = match pipe.query_async(conn).await {
+            Ok(v) => v,
+            // A restarted (or flushed) Redis has forgotten the scripts: load them, go again.
+            // The scripts are idempotent, so what did run is harmless to run twice.
+            Err(e) if !loaded && is_noscript(&e) => {
+                load_scripts(conn, scripts).await?;
+                loaded = true;
+                continue;
             }
-            return ops.iter().zip(values).map(|(op, v)| parse_outcome(op, v)).collect();
+            Err(e) => return Err(transient(e)),
+        };
+        if values.len() != replies.len() {
+            return Err(TransientError::new("redis", format!("{} replies to {} scripts", values.len(), replies.len())));
         }
+        return replies.iter().zip(values).map(|(r, v)| parse_outcome(*r, v)).collect();
     }
 }
 
@@ -283,10 +313,10 @@ fn bad_reply(v: &Value) -> TransientError {
     TransientError::new("redis", format!("unexpected script reply {v:?}"))
 }
 
-fn parse_outcome(op: &WindowOp, v: Value) -> Result<WindowOutcome, TransientError> {
-    match op {
-        WindowOp::Seen { .. } | WindowOp::Expect { .. } | WindowOp::Block { .. } => Ok(WindowOutcome::Done),
-        WindowOp::ScanSilent { .. } => {
+fn parse_outcome(reply: Reply, v: Value) -> Result<WindowOutcome, TransientError> {
+    match reply {
+        Reply::Done => Ok(WindowOutcome::Done),
+        Reply::Silent => {
             let Value::Array(items) = &v else { return Err(bad_reply(&v)) };
             let mut out = Vec::with_capacity(items.len() / 2);
             for pair in items.chunks(2) {
@@ -298,7 +328,7 @@ fn parse_outcome(op: &WindowOp, v: Value) -> Result<WindowOutcome, TransientErro
             }
             Ok(WindowOutcome::Silent(out))
         }
-        _ => {
+        Reply::Window => {
             let Value::Array(items) = &v else { return Err(bad_reply(&v)) };
             let (Some(tag), Some(body)) = (items.first().and_then(text), items.get(1).and_then(text)) else {
                 return Err(bad_reply(&v));
@@ -324,20 +354,44 @@ impl WindowStore for RedisWindowStore {
         if ops.is_empty() {
             return Ok(Vec::new());
         }
-        let handle = self.handle.clone();
+        self.start(ops).wait()
+    }
+
+    /// Needs a multi-threaded runtime (the one given at connect time) to make progress while the
+    /// caller works; [`Pending::wait`] then only collects the answers.
+    fn start(&mut self, ops: &[WindowOp]) -> Pending {
+        // A big batch goes as a few pipelines, so each answer fits within the timeout.
+        let parts: Vec<(redis::Pipeline, Vec<Reply>)> =
+            ops.chunks(PIPELINE_MAX).map(|c| (self.build(c), c.iter().map(Reply::of).collect())).collect();
+        let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let previous = self.last.replace(done_rx);
+        let mut conn = self.conn.clone();
+        let scripts = self.scripts.clone();
         // Bounded even if the connection manager keeps reconnecting: a batch never hangs.
         let deadline = self.timeout * 3;
-        let mut outcomes = Vec::with_capacity(ops.len());
-        // A big batch goes as a few pipelines, so each answer fits within the timeout.
-        for chunk in ops.chunks(PIPELINE_MAX) {
-            let part = handle.block_on(async {
-                match tokio::time::timeout(deadline, self.run(chunk)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(TransientError::new("redis", format!("no answer within {deadline:?}"))),
+        let task = self.handle.spawn(async move {
+            if let Some(previous) = previous {
+                // Sent or dropped: either way it no longer competes for the connection.
+                let _ = previous.await;
+            }
+            let mut outcomes = Vec::with_capacity(parts.iter().map(|(_, r)| r.len()).sum());
+            let mut result = Ok(());
+            for (pipe, replies) in &parts {
+                match tokio::time::timeout(deadline, run(&mut conn, &scripts, pipe, replies)).await {
+                    Ok(Ok(part)) => outcomes.extend(part),
+                    Ok(Err(e)) => {
+                        result = Err(e);
+                        break;
+                    }
+                    Err(_) => {
+                        result = Err(TransientError::new("redis", format!("no answer within {deadline:?}")));
+                        break;
+                    }
                 }
-            })?;
-            outcomes.extend(part);
-        }
-        Ok(outcomes)
+            }
+            let _ = done.send(());
+            result.map(|()| outcomes)
+        });
+        Pending::running(task, self.handle.clone())
     }
 }

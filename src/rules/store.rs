@@ -111,6 +111,56 @@ pub struct Firing {
 /// Where window state lives. Operations run in order; each one is atomic.
 pub trait WindowStore {
     fn apply(&mut self, ops: &[WindowOp]) -> Result<Vec<WindowOutcome>, TransientError>;
+
+    /// Start applying `ops`, after everything started before, and return their answers later
+    /// (see [`Pending::wait`]). A store that talks to a server works in the background meanwhile,
+    /// so the caller can prepare the next operations; this default applies them at once.
+    fn start(&mut self, ops: &[WindowOp]) -> Pending {
+        Pending::ready(self.apply(ops))
+    }
+}
+
+/// Answers of operations passed to [`WindowStore::start`].
+pub struct Pending(PendingInner);
+
+enum PendingInner {
+    Ready(Result<Vec<WindowOutcome>, TransientError>),
+    Running {
+        task: tokio::task::JoinHandle<Result<Vec<WindowOutcome>, TransientError>>,
+        handle: tokio::runtime::Handle,
+    },
+}
+
+impl Pending {
+    pub fn ready(answers: Result<Vec<WindowOutcome>, TransientError>) -> Pending {
+        Pending(PendingInner::Ready(answers))
+    }
+
+    /// Answers computed by a task on `handle`'s runtime.
+    pub fn running(
+        task: tokio::task::JoinHandle<Result<Vec<WindowOutcome>, TransientError>>,
+        handle: tokio::runtime::Handle,
+    ) -> Pending {
+        Pending(PendingInner::Running { task, handle })
+    }
+
+    /// Give up on operations not yet answered (the batch failed anyway; they are idempotent, so
+    /// whether they ran or not makes no difference to its retry).
+    pub fn abort(&self) {
+        if let PendingInner::Running { task, .. } = &self.0 {
+            task.abort();
+        }
+    }
+
+    /// Block until the answers are there (call outside the runtime, like [`WindowStore::apply`]).
+    pub fn wait(self) -> Result<Vec<WindowOutcome>, TransientError> {
+        match self.0 {
+            PendingInner::Ready(r) => r,
+            PendingInner::Running { task, handle } => handle
+                .block_on(task)
+                .unwrap_or_else(|e| Err(TransientError::new("window_store", format!("store task failed: {e}")))),
+        }
+    }
 }
 
 /// Milliseconds a window key is kept after its last write.

@@ -1,5 +1,7 @@
 -- Shared by every window script (prepended when the scripts are built).
--- Scores are event times in epoch milliseconds; '%.0f' keeps them exact in arguments.
+-- Scores are event times in epoch milliseconds; '%.0f' keeps them exact in arguments. Numbers
+-- that arrive as arguments are passed on as the strings they came as: turning a Lua number
+-- into text costs more than the Redis command it is for.
 local function s(x) return string.format('%.0f', x) end
 
 local function newest_of(key, t)

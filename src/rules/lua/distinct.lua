@@ -4,15 +4,21 @@
 local dv, di, fz, fh = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, value = ARGV[1], ARGV[3]
 local t, w, late = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local more, cap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local more, cap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 
-local prior = redis.call('HGET', fh, id)
-if prior then return {'replay', prior} end
+-- A firing is always recorded in both fz and fh, so without fz there is nothing to replay,
+-- trim or keep alive there: most groups never fire, and skip those calls.
+local fired_oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
+local any_fired = fired_oldest[1] ~= nil
+if any_fired then
+  local prior = redis.call('HGET', fh, id)
+  if prior then return {'replay', prior} end
+end
 local newest = newest_of(dv, t)
 if t < newest - w - late then return {'late', '0'} end
 local cur = redis.call('ZSCORE', dv, value)
 if (not cur) or tonumber(cur) < t then
-  redis.call('ZADD', dv, t, value)
+  redis.call('ZADD', dv, ARGV[2], value)
   redis.call('HSET', di, value, id)
 end
 local floor = newest - 2 * w - late
@@ -21,10 +27,10 @@ for i = 1, #old do
   redis.call('ZREM', dv, old[i])
   redis.call('HDEL', di, old[i])
 end
-trim_fired(fz, fh, floor)
-expire(ttl, dv, di, fz, fh)
+if any_fired and tonumber(fired_oldest[2]) < floor then trim_fired(fz, fh, floor) end
+if any_fired then expire(ttl, dv, di, fz, fh) else expire(ttl, dv, di) end
 
-local n = redis.call('ZCOUNT', dv, s(t - w), s(t))
+local n = redis.call('ZCOUNT', dv, s(t - w), ARGV[2])
 local mine = redis.call('ZSCORE', dv, value)
 if mine and tonumber(mine) > t then n = n + 1 end
 local wstart, wend = t - w, t
@@ -33,7 +39,7 @@ if n <= more and newest > t and t >= newest - w then
   if n2 > n then n, wstart, wend = n2, newest - w, newest end
 end
 if n <= more then return {'count', tostring(n)} end
-if fired_near(fz, wend, w) then return {'suppressed', tostring(n)} end
+if any_fired and fired_near(fz, wend, w) then return {'suppressed', tostring(n)} end
 
 local recent = redis.call('ZREVRANGEBYSCORE', dv, s(wend), s(wstart), 'LIMIT', 0, cap)
 local evidence = {}
@@ -47,4 +53,6 @@ if #evidence >= cap then table.remove(evidence, 1) end
 evidence[#evidence + 1] = id
 local fig = cjson.encode({s = wstart, e = wend, o = n, l = more + 1, ev = evidence})
 record(fz, fh, id, wend, fig)
+-- possibly created just now: they expire like the rest of the window
+expire(ttl, fz, fh)
 return {'fired', fig}

@@ -1,45 +1,105 @@
 -- KEYS: step 1..N (zset id -> time), used (zset), fired (zset), figures (hash)
 -- ARGV: event id, time, steps mask, N, within, lateness, ttl
+--
+-- Each step set and the used set are read once and the chain search runs on those copies:
+-- a handful of calls per event instead of one or more per candidate. Keys that do not exist are
+-- neither trimmed nor given an expiry (both would be no-ops).
 local id = ARGV[1]
 local t, mask, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local within, late, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local within, late, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local used, fz, fh = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 
-local prior = redis.call('HGET', fh, id)
-if prior then return {'replay', prior} end
-local newest = t
-for k = 1, n do newest = newest_of(KEYS[k], newest) end
-if t < newest - within - late then return {'late', '0'} end
-for k = 1, n do
-  if math.floor(mask / (2 ^ (k - 1))) % 2 == 1 then redis.call('ZADD', KEYS[k], t, id) end
+-- A firing is always recorded in both fz and fh, so without fz there is nothing to replay.
+local fired_oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
+local any_fired = fired_oldest[1] ~= nil
+if any_fired then
+  local prior = redis.call('HGET', fh, id)
+  if prior then return {'replay', prior} end
 end
+
+-- steps[k] = {members..., scores...} in Redis order (score, then member)
+local function load(key)
+  local xs = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  local ms, ss = {}, {}
+  for i = 1, #xs / 2 do
+    ms[i] = xs[2 * i - 1]
+    ss[i] = tonumber(xs[2 * i])
+  end
+  return {m = ms, s = ss}
+end
+local function adding(k) return math.floor(mask / (2 ^ (k - 1))) % 2 == 1 end
+-- The copy of a set after ZADD of (t, id): placed by score when that is unambiguous; with the id
+-- already there or another member at the same score (ordered by bytes there), read it again.
+local function added(key, set)
+  local at = #set.s + 1
+  for i = 1, #set.s do
+    if set.m[i] == id or set.s[i] == t then return load(key) end
+    if set.s[i] > t and at > i then at = i end
+  end
+  table.insert(set.m, at, id)
+  table.insert(set.s, at, t)
+  return set
+end
+
+local steps = {}
+local newest = t
+for k = 1, n do
+  steps[k] = load(KEYS[k])
+  local ss = steps[k].s
+  if ss[#ss] and ss[#ss] > newest then newest = ss[#ss] end
+end
+if t < newest - within - late then return {'late', '0'} end
 local floor = newest - 2 * within - late
-for k = 1, n do redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. s(floor)) end
+for k = 1, n do
+  if adding(k) then
+    redis.call('ZADD', KEYS[k], ARGV[2], id)
+    if steps[k].s[1] and steps[k].s[1] < floor then
+      redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. s(floor))
+      steps[k] = load(KEYS[k])
+    else
+      steps[k] = added(KEYS[k], steps[k])
+    end
+  elseif steps[k].s[1] and steps[k].s[1] < floor then
+    redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. s(floor))
+    steps[k] = load(KEYS[k])
+  end
+end
+-- Only membership matters here: trim first, then read the members without their scores.
 redis.call('ZREMRANGEBYSCORE', used, '-inf', '(' .. s(floor))
-trim_fired(fz, fh, floor)
-for k = 1, n do redis.call('PEXPIRE', KEYS[k], ttl) end
-expire(ttl, used, fz, fh)
+local u = {m = redis.call('ZRANGE', used, 0, -1)}
+local is_used = {}
+for i = 1, #u.m do is_used[u.m[i]] = true end
+if any_fired and tonumber(fired_oldest[2]) < floor then trim_fired(fz, fh, floor) end
+for k = 1, n do
+  if steps[k].m[1] then redis.call('PEXPIRE', KEYS[k], ttl) end
+end
+if u.m[1] then redis.call('PEXPIRE', used, ttl) end
+if any_fired then expire(ttl, fz, fh) end
 
 local best = 0
-local firsts = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '+inf', 'WITHSCORES')
-for i = 1, #firsts / 2 do
-  local a1, t1 = firsts[2 * i - 1], tonumber(firsts[2 * i])
-  if not redis.call('ZSCORE', used, a1) then
+local firsts = steps[1]
+for i = 1, #firsts.m do
+  local a1, t1 = firsts.m[i], firsts.s[i]
+  if not is_used[a1] then
     local chain, times = {a1}, {t1}
     local cur, complete = t1, true
     for k = 2, n do
-      local cands = redis.call('ZRANGEBYSCORE', KEYS[k], s(cur), s(t1 + within), 'WITHSCORES')
+      local cm, cs = steps[k].m, steps[k].s
       local found = nil
-      for j = 1, #cands / 2 do
-        local c = cands[2 * j - 1]
-        local taken = redis.call('ZSCORE', used, c)
-        if not taken then
-          for _, x in ipairs(chain) do if x == c then taken = true end end
-        end
-        if not taken then
-          found = c
-          cur = tonumber(cands[2 * j])
-          break
+      for j = 1, #cm do
+        local sc = cs[j]
+        if sc > t1 + within then break end
+        if sc >= cur then
+          local c = cm[j]
+          local taken = is_used[c]
+          if not taken then
+            for _, x in ipairs(chain) do if x == c then taken = true end end
+          end
+          if not taken then
+            found = c
+            cur = sc
+            break
+          end
         end
       end
       if not found then complete = false break end
@@ -56,6 +116,8 @@ for i = 1, #firsts / 2 do
       evidence[#evidence + 1] = id
       local fig = cjson.encode({s = t1, e = cur, o = n, l = n, ev = evidence})
       record(fz, fh, id, t, fig)
+      -- written just now, possibly created: they expire like the rest of the window
+      expire(ttl, used, fz, fh)
       return {'fired', fig}
     end
   end

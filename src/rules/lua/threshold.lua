@@ -4,19 +4,25 @@
 local ev, fz, fh = KEYS[1], KEYS[2], KEYS[3]
 local id = ARGV[1]
 local t, w, late = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local limit, cap, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local limit, cap, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
-local prior = redis.call('HGET', fh, id)
-if prior then return {'replay', prior} end
+-- A firing is always recorded in both fz and fh, so without fz there is nothing to replay,
+-- trim or keep alive there: most groups never fire, and skip those calls.
+local fired_oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
+local any_fired = fired_oldest[1] ~= nil
+if any_fired then
+  local prior = redis.call('HGET', fh, id)
+  if prior then return {'replay', prior} end
+end
 local newest = newest_of(ev, t)
 if t < newest - w - late then return {'late', '0'} end
-redis.call('ZADD', ev, t, id)
+redis.call('ZADD', ev, ARGV[2], id)
 local floor = newest - 2 * w - late
 redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. s(floor))
-trim_fired(fz, fh, floor)
-expire(ttl, ev, fz, fh)
+if any_fired and tonumber(fired_oldest[2]) < floor then trim_fired(fz, fh, floor) end
+if any_fired then expire(ttl, ev, fz, fh) else expire(ttl, ev) end
 
-local n = redis.call('ZCOUNT', ev, s(t - w), s(t))
+local n = redis.call('ZCOUNT', ev, s(t - w), ARGV[2])
 local wstart, wend = t - w, t
 if n < limit and t < newest and redis.call('ZCOUNT', ev, s(t - w), s(t + w)) >= limit then
   -- A late event: a window ending after it may have reached the limit with it.
@@ -35,7 +41,7 @@ if n < limit and t < newest and redis.call('ZCOUNT', ev, s(t - w), s(t + w)) >= 
   end
 end
 if n < limit then return {'count', tostring(n)} end
-if fired_near(fz, wend, w) then return {'suppressed', tostring(n)} end
+if any_fired and fired_near(fz, wend, w) then return {'suppressed', tostring(n)} end
 
 local recent = redis.call('ZREVRANGEBYSCORE', ev, s(wend), s(wstart), 'LIMIT', 0, cap)
 local evidence = {}
@@ -46,4 +52,6 @@ if #evidence >= cap then table.remove(evidence, 1) end
 evidence[#evidence + 1] = id
 local fig = cjson.encode({s = wstart, e = wend, o = n, l = limit, ev = evidence})
 record(fz, fh, id, wend, fig)
+-- possibly created just now: they expire like the rest of the window
+expire(ttl, fz, fh)
 return {'fired', fig}
