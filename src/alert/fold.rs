@@ -158,7 +158,7 @@ impl Fold {
 
         let window_end = t + Duration::seconds(limits.suppression_seconds as i64);
         let id = alert_id(&fingerprint(group, t));
-        // Taken before the alert is looked up: the matches leave the pool either way.
+        // In the alert's range: they leave the pool whichever alert takes them.
         let keys: Vec<_> =
             g.pool.range((Excluded((window_from, u64::MAX)), Excluded((window_end, 0)))).map(|(k, _)| *k).collect();
         let mut taken: Vec<PoolRow> = keys.iter().filter_map(|k| g.pool.remove(k)).collect();
