@@ -4,6 +4,7 @@
 //! - [`policy`]: which policies select a match, group keys, fingerprints, alert ids (pure).
 //! - [`store`]: folding matches into alerts inside the sink's transaction; the dispatcher's
 //!   claim / record / finish queries.
+//! - [`fold`]: the fold decisions of one batch, in memory (pure).
 //! - [`dispatch`]: the dispatcher task (an outbox reader): sends due alerts to their channels
 //!   and to `security-alerts`, with retries, rate limits and a dead-letter topic.
 //! - [`channels`]: e-mail, Slack, signed webhooks.
@@ -13,6 +14,7 @@
 
 pub mod channels;
 pub mod dispatch;
+pub mod fold;
 pub mod ops;
 pub mod policy;
 pub mod render;

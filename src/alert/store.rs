@@ -10,14 +10,24 @@
 //!    policy's count, an alert opens with window `[t, t + suppression)` and takes every such
 //!    match in `(t − window, t + suppression)`.
 //!
+//! A batch does this with a fixed number of statements, not a few per hit: it reads the
+//! unassigned matches and the alerts its decisions can reach, inserts its matches at once
+//! (the conflicts are the replays), takes the decisions in memory in consumption order
+//! ([`super::fold`], so a later match sees what an earlier one opened), and writes back the
+//! new alerts, the changed counters and the matches' alert ids, each in one statement.
+//!
 //! Groups are serialised with transaction-scoped advisory locks taken in a fixed order, so two
-//! instances whose partitions carry the same group cannot both miss (or both open) an alert.
+//! instances whose partitions carry the same group cannot both miss (or both open) an alert,
+//! and what a batch read of its groups stays true until it commits.
+
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use super::policy::{alert_id, fingerprint, lock_key, PolicyHit};
+use super::fold::{AlertState, Fold, Limits, PoolRow};
+use super::policy::{fingerprint, lock_key, PolicyHit};
 use super::render::{truncate_json, AlertRecord, RECORD_SCHEMA_VERSION};
 use crate::rule_match::RuleMatch;
 
@@ -58,139 +68,342 @@ pub async fn lock_groups(tx: &mut Transaction<'_, Postgres>, items: &[Candidate]
     Ok(())
 }
 
-/// Apply one policy hit of one match (see the module docs).
-pub async fn apply_hit(
+/// Apply every policy hit of a batch, in consumption order (see the module docs), with a fixed
+/// number of statements whatever the batch's size. `policy_name` names the policy of a hit
+/// for the alerts it opens. Returns one outcome per hit, in the batch's order.
+pub async fn apply_batch(
     tx: &mut Transaction<'_, Postgres>,
-    c: &Candidate,
-    hit: &PolicyHit,
-    policy_name: &str,
-    max_evidence: i32,
-) -> Result<HitOutcome, sqlx::Error> {
-    let m = &c.m;
-    let t = m.matched_at;
-    let inserted = sqlx::query(
+    items: &[Candidate],
+    policy_name: &dyn Fn(&PolicyHit) -> String,
+    max_evidence: usize,
+) -> Result<Vec<HitOutcome>, sqlx::Error> {
+    let hits: Vec<(&Candidate, &PolicyHit)> = items.iter().flat_map(|c| c.hits.iter().map(move |h| (c, h))).collect();
+    if hits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pooled = load_pool(tx, &hits).await?;
+    let fresh = insert_matches(tx, &hits).await?;
+    if fresh.iter().all(|f| !f) {
+        return Ok(vec![HitOutcome::Replayed; hits.len()]);
+    }
+    let fresh_hits: Vec<(&Candidate, &PolicyHit)> =
+        hits.iter().zip(&fresh).filter(|(_, f)| **f).map(|(h, _)| *h).collect();
+    let alerts = load_alerts(tx, &fresh_hits).await?;
+
+    let mut fold = Fold::new(max_evidence, alerts, pooled);
+    let outcomes: Vec<HitOutcome> = hits
+        .iter()
+        .zip(&fresh)
+        .enumerate()
+        .map(|(i, ((c, h), fresh))| {
+            if !fresh {
+                return HitOutcome::Replayed;
+            }
+            let row = PoolRow {
+                policy_id: h.policy_id.clone(),
+                match_id: c.m.match_id.clone(),
+                matched_at: c.m.matched_at,
+                event_id: c.event_id.clone(),
+            };
+            let limits =
+                Limits { count: h.count, window_seconds: h.window_seconds, suppression_seconds: h.suppression_seconds };
+            fold.apply(i, &h.group_hash, row, limits)
+        })
+        .collect();
+    let result = fold.finish();
+    insert_alerts(tx, &result.opened, &hits, policy_name).await?;
+    update_alerts(tx, &result.updated).await?;
+    assign_matches(tx, &result.assigned).await?;
+    Ok(outcomes)
+}
+
+/// Per group of `hits`: the earliest and latest of a time computed from each hit.
+fn group_bounds<'a>(
+    hits: &[(&'a Candidate, &'a PolicyHit)],
+    low: impl Fn(&Candidate, &PolicyHit) -> DateTime<Utc>,
+    high: impl Fn(&Candidate, &PolicyHit) -> DateTime<Utc>,
+) -> (Vec<&'a str>, Vec<DateTime<Utc>>, Vec<DateTime<Utc>>) {
+    let mut bounds: HashMap<&str, (DateTime<Utc>, DateTime<Utc>)> = HashMap::new();
+    for (c, h) in hits {
+        let (lo, hi) = (low(c, h), high(c, h));
+        let b = bounds.entry(h.group_hash.as_str()).or_insert((lo, hi));
+        b.0 = b.0.min(lo);
+        b.1 = b.1.max(hi);
+    }
+    let mut cols = (Vec::new(), Vec::new(), Vec::new());
+    for (g, (lo, hi)) in bounds {
+        cols.0.push(g);
+        cols.1.push(lo);
+        cols.2.push(hi);
+    }
+    cols
+}
+
+/// The unassigned matches the batch's decisions can count or take: those of its groups within
+/// `(t − window, t + suppression)` of some hit. Read before the batch's own rows are inserted.
+async fn load_pool(
+    tx: &mut Transaction<'_, Postgres>,
+    hits: &[(&Candidate, &PolicyHit)],
+) -> Result<Vec<(String, PoolRow)>, sqlx::Error> {
+    let (groups, after, before) = group_bounds(
+        hits,
+        |c, h| c.m.matched_at - Duration::seconds(h.window_seconds as i64),
+        |c, h| c.m.matched_at + Duration::seconds(h.suppression_seconds as i64),
+    );
+    type Row = (String, String, String, DateTime<Utc>, Option<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT m.group_hash, m.policy_id, m.match_id, m.matched_at, m.event_id
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS g(hash, after, before)
+           JOIN alert_matches m ON m.group_hash = g.hash AND m.alert_id IS NULL
+                               AND m.matched_at > g.after AND m.matched_at < g.before",
+    )
+    .bind(&groups)
+    .bind(&after)
+    .bind(&before)
+    .fetch_all(&mut **tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(g, policy_id, match_id, matched_at, event_id)| (g, PoolRow { policy_id, match_id, matched_at, event_id }))
+        .collect())
+}
+
+/// Insert every hit's `(policy, match id)` (the replay guard). Returns, per hit, whether it is
+/// new: not in the table before and not an earlier hit of the same batch.
+async fn insert_matches(
+    tx: &mut Transaction<'_, Postgres>,
+    hits: &[(&Candidate, &PolicyHit)],
+) -> Result<Vec<bool>, sqlx::Error> {
+    let mut seen = HashSet::new();
+    let first: Vec<bool> = hits.iter().map(|(c, h)| seen.insert((h.policy_id.as_str(), c.m.match_id.as_str()))).collect();
+    let (mut policy, mut match_id, mut group, mut rule, mut at, mut event) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (c, h) in hits.iter().zip(&first).filter(|(_, f)| **f).map(|(h, _)| h) {
+        policy.push(h.policy_id.as_str());
+        match_id.push(c.m.match_id.as_str());
+        group.push(h.group_hash.as_str());
+        rule.push(c.m.rule_id.as_str());
+        at.push(c.m.matched_at);
+        event.push(c.event_id.as_deref());
+    }
+    let inserted: Vec<(String, String)> = sqlx::query_as(
         "INSERT INTO alert_matches (policy_id, match_id, group_hash, rule_id, matched_at, event_id)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+         ON CONFLICT DO NOTHING
+         RETURNING policy_id, match_id",
     )
-    .bind(&hit.policy_id)
-    .bind(&m.match_id)
-    .bind(&hit.group_hash)
-    .bind(&m.rule_id)
-    .bind(t)
-    .bind(&c.event_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if inserted == 0 {
-        return Ok(HitOutcome::Replayed);
-    }
-
-    let covering: Option<String> = sqlx::query_scalar(
-        "SELECT id::text FROM audit_alerts
-          WHERE group_hash = $1 AND window_start <= $2 AND $2 < window_end
-          ORDER BY window_start DESC LIMIT 1",
-    )
-    .bind(&hit.group_hash)
-    .bind(t)
-    .fetch_optional(&mut **tx)
+    .bind(&policy)
+    .bind(&match_id)
+    .bind(&group)
+    .bind(&rule)
+    .bind(&at)
+    .bind(&event)
+    .fetch_all(&mut **tx)
     .await?;
-    if let Some(id) = covering {
-        sqlx::query(
-            "WITH linked AS (
-                 UPDATE alert_matches SET alert_id = $1::uuid WHERE policy_id = $2 AND match_id = $3)
-             UPDATE audit_alerts
-                SET match_count = match_count + 1,
-                    suppressed_count = match_count,
-                    first_seen = LEAST(first_seen, $4),
-                    last_seen = GREATEST(last_seen, $4),
-                    evidence_event_ids = CASE
-                        WHEN $5::text IS NOT NULL AND cardinality(evidence_event_ids) < $6
-                        THEN array_append(evidence_event_ids, $5::text)
-                        ELSE evidence_event_ids END,
-                    updated_at = now()
-              WHERE id = $1::uuid",
-        )
-        .bind(&id)
-        .bind(&hit.policy_id)
-        .bind(&m.match_id)
-        .bind(t)
-        .bind(&c.event_id)
-        .bind(max_evidence)
-        .execute(&mut **tx)
-        .await?;
-        return Ok(HitOutcome::Folded(Uuid::parse_str(&id).unwrap_or_default()));
-    }
+    let inserted: HashSet<(&str, &str)> = inserted.iter().map(|(p, m)| (p.as_str(), m.as_str())).collect();
+    Ok(hits
+        .iter()
+        .zip(first)
+        .map(|((c, h), first)| first && inserted.contains(&(h.policy_id.as_str(), c.m.match_id.as_str())))
+        .collect())
+}
 
-    let window_from = t - Duration::seconds(hit.window_seconds as i64);
-    let pooled: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM alert_matches
-          WHERE group_hash = $1 AND alert_id IS NULL AND matched_at > $2 AND matched_at <= $3",
+/// The alerts of the fresh hits' groups that a decision can reach: every alert whose window
+/// holds one of their times, and every alert one of them would open (same window start, hence
+/// same id).
+async fn load_alerts(
+    tx: &mut Transaction<'_, Postgres>,
+    hits: &[(&Candidate, &PolicyHit)],
+) -> Result<Vec<AlertState>, sqlx::Error> {
+    let (groups, first, last) = group_bounds(hits, |c, _| c.m.matched_at, |c, _| c.m.matched_at);
+    type Row = (Uuid, String, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, DateTime<Utc>, i32, i32, Vec<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT a.id, a.group_hash, a.window_start, a.window_end, a.first_seen, a.last_seen,
+                a.match_count, a.suppressed_count, a.evidence_event_ids
+           FROM UNNEST($1::text[], $2::timestamptz[], $3::timestamptz[]) AS g(hash, first_t, last_t)
+           JOIN audit_alerts a ON a.group_hash = g.hash AND a.window_start <= g.last_t
+                              AND a.window_end >= g.first_t",
     )
-    .bind(&hit.group_hash)
-    .bind(window_from)
-    .bind(t)
-    .fetch_one(&mut **tx)
+    .bind(&groups)
+    .bind(&first)
+    .bind(&last)
+    .fetch_all(&mut **tx)
     .await?;
-    if pooled < i64::from(hit.count) {
-        return Ok(HitOutcome::Pooled);
-    }
+    Ok(rows
+        .into_iter()
+        .map(|(id, group_hash, window_start, window_end, first_seen, last_seen, match_count, suppressed_count, evidence)| {
+            AlertState {
+                id,
+                group_hash,
+                window_start,
+                window_end,
+                first_seen,
+                last_seen,
+                match_count,
+                suppressed_count,
+                evidence,
+                opened_by: None,
+                changed: false,
+            }
+        })
+        .collect())
+}
 
-    let window_end = t + Duration::seconds(hit.suppression_seconds as i64);
-    let fp = fingerprint(&hit.group_hash, t);
-    let id = alert_id(&fp);
-    let trigger = serde_json::to_value(m).unwrap_or(serde_json::Value::Null);
-    let group_key = serde_json::to_value(&hit.group_key).unwrap_or(serde_json::Value::Null);
+/// A PostgreSQL array literal of `values` (UNNEST cannot take an array of arrays, so a column
+/// of arrays travels as text and is cast back).
+fn text_array_literal(values: &[String]) -> String {
+    let quoted: Vec<String> =
+        values.iter().map(|v| format!("\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+    format!("{{{}}}", quoted.join(","))
+}
+
+async fn insert_alerts(
+    tx: &mut Transaction<'_, Postgres>,
+    opened: &[AlertState],
+    hits: &[(&Candidate, &PolicyHit)],
+    policy_name: &dyn Fn(&PolicyHit) -> String,
+) -> Result<(), sqlx::Error> {
+    if opened.is_empty() {
+        return Ok(());
+    }
+    #[derive(Default)]
+    struct Columns {
+        id: Vec<Uuid>,
+        fingerprint: Vec<String>,
+        policy_id: Vec<String>,
+        policy_name: Vec<String>,
+        rule_id: Vec<String>,
+        rule_name: Vec<String>,
+        severity: Vec<&'static str>,
+        group_key: Vec<String>,
+        group_hash: Vec<String>,
+        compliance: Vec<String>,
+        window_start: Vec<DateTime<Utc>>,
+        window_end: Vec<DateTime<Utc>>,
+        first_seen: Vec<DateTime<Utc>>,
+        last_seen: Vec<DateTime<Utc>>,
+        match_count: Vec<i32>,
+        suppressed_count: Vec<i32>,
+        evidence: Vec<String>,
+        trigger: Vec<String>,
+        group_wait: Vec<f64>,
+    }
+    let mut c = Columns::default();
+    for a in opened {
+        let Some(&(cand, hit)) = a.opened_by.and_then(|i| hits.get(i)) else { continue };
+        let m = &cand.m;
+        c.id.push(a.id);
+        c.fingerprint.push(fingerprint(&a.group_hash, a.window_start));
+        c.policy_id.push(hit.policy_id.clone());
+        c.policy_name.push(policy_name(hit));
+        c.rule_id.push(m.rule_id.clone());
+        c.rule_name.push(m.rule_name.clone());
+        c.severity.push(m.severity.as_str());
+        c.group_key.push(serde_json::to_string(&hit.group_key).unwrap_or_else(|_| "null".into()));
+        c.group_hash.push(a.group_hash.clone());
+        c.compliance.push(text_array_literal(&m.compliance));
+        c.window_start.push(a.window_start);
+        c.window_end.push(a.window_end);
+        c.first_seen.push(a.first_seen);
+        c.last_seen.push(a.last_seen);
+        c.match_count.push(a.match_count);
+        c.suppressed_count.push(a.suppressed_count);
+        c.evidence.push(text_array_literal(&a.evidence));
+        c.trigger.push(serde_json::to_string(m).unwrap_or_else(|_| "null".into()));
+        c.group_wait.push(hit.group_wait_seconds as f64);
+    }
+    // No ON CONFLICT: an alert with the same id was loaded, so the fold reused it instead.
     sqlx::query(
         "INSERT INTO audit_alerts (
              id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key,
              group_hash, compliance, window_start, window_end, first_seen, last_seen, match_count,
-             suppressed_count, trigger_match, dispatch_after)
-         VALUES ($1::uuid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $11, $11, 0, 0, $13,
-                 now() + make_interval(secs => $14))
-         ON CONFLICT (id) DO NOTHING",
+             suppressed_count, evidence_event_ids, trigger_match, dispatch_after)
+         SELECT id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key::jsonb,
+                group_hash, compliance::text[], window_start, window_end, first_seen, last_seen,
+                match_count, suppressed_count, evidence::text[], trigger_match::jsonb,
+                now() + make_interval(secs => group_wait)
+           FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                       $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[],
+                       $13::timestamptz[], $14::timestamptz[], $15::int[], $16::int[], $17::text[],
+                       $18::text[], $19::float8[])
+             AS u(id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key,
+                  group_hash, compliance, window_start, window_end, first_seen, last_seen,
+                  match_count, suppressed_count, evidence, trigger_match, group_wait)",
     )
-    .bind(id.to_string())
-    .bind(&fp)
-    .bind(&hit.policy_id)
-    .bind(policy_name)
-    .bind(&m.rule_id)
-    .bind(&m.rule_name)
-    .bind(m.severity.as_str())
-    .bind(sqlx::types::Json(&group_key))
-    .bind(&hit.group_hash)
-    .bind(&m.compliance)
-    .bind(t)
-    .bind(window_end)
-    .bind(sqlx::types::Json(&trigger))
-    .bind(hit.group_wait_seconds as f64)
+    .bind(&c.id)
+    .bind(&c.fingerprint)
+    .bind(&c.policy_id)
+    .bind(&c.policy_name)
+    .bind(&c.rule_id)
+    .bind(&c.rule_name)
+    .bind(&c.severity)
+    .bind(&c.group_key)
+    .bind(&c.group_hash)
+    .bind(&c.compliance)
+    .bind(&c.window_start)
+    .bind(&c.window_end)
+    .bind(&c.first_seen)
+    .bind(&c.last_seen)
+    .bind(&c.match_count)
+    .bind(&c.suppressed_count)
+    .bind(&c.evidence)
+    .bind(&c.trigger)
+    .bind(&c.group_wait)
     .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Write the new counters of alerts that were already in the table (their groups are locked,
+/// so the values read are still current).
+async fn update_alerts(tx: &mut Transaction<'_, Postgres>, updated: &[AlertState]) -> Result<(), sqlx::Error> {
+    if updated.is_empty() {
+        return Ok(());
+    }
+    let id: Vec<Uuid> = updated.iter().map(|a| a.id).collect();
+    let match_count: Vec<i32> = updated.iter().map(|a| a.match_count).collect();
+    let suppressed_count: Vec<i32> = updated.iter().map(|a| a.suppressed_count).collect();
+    let first_seen: Vec<DateTime<Utc>> = updated.iter().map(|a| a.first_seen).collect();
+    let last_seen: Vec<DateTime<Utc>> = updated.iter().map(|a| a.last_seen).collect();
+    let evidence: Vec<String> = updated.iter().map(|a| text_array_literal(&a.evidence)).collect();
     sqlx::query(
-        "WITH attached AS (
-             UPDATE alert_matches SET alert_id = $1::uuid
-              WHERE group_hash = $2 AND alert_id IS NULL AND matched_at > $3 AND matched_at < $4
-             RETURNING matched_at, match_id, event_id)
-         UPDATE audit_alerts a
-            SET match_count = a.match_count + s.n,
-                suppressed_count = a.match_count + s.n - 1,
-                first_seen = LEAST(a.first_seen, s.first),
-                last_seen = GREATEST(a.last_seen, s.last),
-                evidence_event_ids = (a.evidence_event_ids || s.ev)[1:$5],
-                updated_at = now()
-           FROM (SELECT count(*)::int AS n, min(matched_at) AS first, max(matched_at) AS last,
-                        COALESCE(array_agg(event_id ORDER BY matched_at, match_id)
-                                 FILTER (WHERE event_id IS NOT NULL), '{}') AS ev
-                   FROM attached) s
-          WHERE a.id = $1::uuid",
+        "UPDATE audit_alerts a
+            SET match_count = u.match_count, suppressed_count = u.suppressed_count,
+                first_seen = u.first_seen, last_seen = u.last_seen,
+                evidence_event_ids = u.evidence::text[], updated_at = now()
+           FROM UNNEST($1::uuid[], $2::int[], $3::int[], $4::timestamptz[], $5::timestamptz[], $6::text[])
+             AS u(id, match_count, suppressed_count, first_seen, last_seen, evidence)
+          WHERE a.id = u.id",
     )
-    .bind(id.to_string())
-    .bind(&hit.group_hash)
-    .bind(window_from)
-    .bind(window_end)
-    .bind(max_evidence)
+    .bind(&id)
+    .bind(&match_count)
+    .bind(&suppressed_count)
+    .bind(&first_seen)
+    .bind(&last_seen)
+    .bind(&evidence)
     .execute(&mut **tx)
     .await?;
-    Ok(HitOutcome::Opened(id))
+    Ok(())
+}
+
+async fn assign_matches(tx: &mut Transaction<'_, Postgres>, assigned: &[(String, String, Uuid)]) -> Result<(), sqlx::Error> {
+    if assigned.is_empty() {
+        return Ok(());
+    }
+    let policy: Vec<&str> = assigned.iter().map(|(p, _, _)| p.as_str()).collect();
+    let match_id: Vec<&str> = assigned.iter().map(|(_, m, _)| m.as_str()).collect();
+    let alert: Vec<Uuid> = assigned.iter().map(|(_, _, a)| *a).collect();
+    sqlx::query(
+        "UPDATE alert_matches m SET alert_id = u.alert_id
+           FROM UNNEST($1::text[], $2::text[], $3::uuid[]) AS u(policy_id, match_id, alert_id)
+          WHERE m.policy_id = u.policy_id AND m.match_id = u.match_id",
+    )
+    .bind(&policy)
+    .bind(&match_id)
+    .bind(&alert)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// An alert as the dispatcher claims it.
@@ -347,4 +560,16 @@ pub async fn expire_matches(pool: &PgPool, retention_hours: u64) -> Result<u64, 
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn array_literals_quote_what_postgres_would_split_or_unescape() {
+        assert_eq!(text_array_literal(&[]), "{}");
+        let values = ["a".to_string(), "b,c".into(), "q\"\\".into(), "NULL".into(), "{}".into()];
+        assert_eq!(text_array_literal(&values), r#"{"a","b,c","q\"\\","NULL","{}"}"#);
+    }
 }

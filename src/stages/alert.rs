@@ -12,7 +12,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 
 use crate::alert::dispatch::DispatchWake;
-use crate::alert::policy::{evaluate, truncate_ms};
+use crate::alert::policy::{evaluate, truncate_ms, PolicyHit};
 use crate::alert::settings::AlertSettings;
 use crate::alert::store::{self, Candidate, HitOutcome};
 use crate::alert::AlertMetrics;
@@ -103,14 +103,14 @@ impl AlertStage {
         // An alert opened with no group wait is due as soon as this commits.
         let mut due_now = false;
         store::lock_groups(&mut tx, items).await?;
-        let max_evidence = self.settings.max_evidence.min(i32::MAX as usize) as i32;
-        for c in items {
-            for hit in &c.hits {
-                let name = self.settings.policy(&hit.policy_id).map(|p| p.name.as_str()).unwrap_or(&hit.policy_id);
-                let outcome = store::apply_hit(&mut tx, c, hit, name, max_evidence).await?;
-                due_now |= matches!(outcome, HitOutcome::Opened(_)) && hit.group_wait_seconds == 0;
-                outcomes.push((hit.policy_id.clone(), outcome));
-            }
+        let settings = &self.settings;
+        let policy_name =
+            |hit: &PolicyHit| settings.policy(&hit.policy_id).map_or_else(|| hit.policy_id.clone(), |p| p.name.clone());
+        let max_evidence = settings.max_evidence.min(i32::MAX as usize);
+        let results = store::apply_batch(&mut tx, items, &policy_name, max_evidence).await?;
+        for (hit, outcome) in items.iter().flat_map(|c| &c.hits).zip(results) {
+            due_now |= matches!(outcome, HitOutcome::Opened(_)) && hit.group_wait_seconds == 0;
+            outcomes.push((hit.policy_id.clone(), outcome));
         }
         match offsets::advance(&mut tx, &self.group_id, advances).await? {
             Advance::Done => {

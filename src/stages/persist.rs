@@ -421,7 +421,7 @@ impl PersistStage {
             ids.push(r.get::<i64, _>("id"));
         }
         let before = producer.context().failed.load(std::sync::atomic::Ordering::SeqCst);
-        if crate::runtime::kafka::await_deliveries(&producer, Duration::from_secs(10)).is_err()
+        if crate::runtime::kafka::await_deliveries(producer, Duration::from_secs(10)).is_err()
             || producer.context().failed.load(std::sync::atomic::Ordering::SeqCst) != before
         {
             tracing::warn!("checkpoints not delivered to the topic yet; will retry");
