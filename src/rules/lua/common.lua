@@ -10,6 +10,16 @@ local function newest_of(key, t)
   return t
 end
 
+-- The time of the group's oldest recorded firing (nil when it never fired) and, if this event
+-- already fired it, the figures recorded then. A firing is always recorded in both fz and fh, so
+-- without fz there is nothing to replay, trim or keep alive there: most groups never fire, and
+-- skip those calls.
+local function firings(fz, fh, id)
+  local oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
+  if oldest[1] == nil then return nil, false end
+  return tonumber(oldest[2]), redis.call('HGET', fh, id)
+end
+
 -- Forget firings recorded before `floor` (trigger ids in a sorted set, figures in a hash).
 local function trim_fired(fz, fh, floor)
   local old = redis.call('ZRANGEBYSCORE', fz, '-inf', '(' .. s(floor))

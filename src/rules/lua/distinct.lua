@@ -6,14 +6,9 @@ local id, value = ARGV[1], ARGV[3]
 local t, w, late = tonumber(ARGV[2]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local more, cap, ttl = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
 
--- A firing is always recorded in both fz and fh, so without fz there is nothing to replay,
--- trim or keep alive there: most groups never fire, and skip those calls.
-local fired_oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
-local any_fired = fired_oldest[1] ~= nil
-if any_fired then
-  local prior = redis.call('HGET', fh, id)
-  if prior then return {'replay', prior} end
-end
+local fired_oldest, prior = firings(fz, fh, id)
+if prior then return {'replay', prior} end
+local any_fired = fired_oldest ~= nil
 local newest = newest_of(dv, t)
 if t < newest - w - late then return {'late', '0'} end
 local cur = redis.call('ZSCORE', dv, value)
@@ -27,7 +22,7 @@ for i = 1, #old do
   redis.call('ZREM', dv, old[i])
   redis.call('HDEL', di, old[i])
 end
-if any_fired and tonumber(fired_oldest[2]) < floor then trim_fired(fz, fh, floor) end
+if any_fired and fired_oldest < floor then trim_fired(fz, fh, floor) end
 if any_fired then expire(ttl, dv, di, fz, fh) else expire(ttl, dv, di) end
 
 local n = redis.call('ZCOUNT', dv, s(t - w), ARGV[2])

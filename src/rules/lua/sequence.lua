@@ -9,13 +9,9 @@ local t, mask, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local within, late, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local used, fz, fh = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 
--- A firing is always recorded in both fz and fh, so without fz there is nothing to replay.
-local fired_oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
-local any_fired = fired_oldest[1] ~= nil
-if any_fired then
-  local prior = redis.call('HGET', fh, id)
-  if prior then return {'replay', prior} end
-end
+local fired_oldest, prior = firings(fz, fh, id)
+if prior then return {'replay', prior} end
+local any_fired = fired_oldest ~= nil
 
 -- steps[k] = {members..., scores...} in Redis order (score, then member)
 local function load(key)
@@ -69,7 +65,7 @@ redis.call('ZREMRANGEBYSCORE', used, '-inf', '(' .. s(floor))
 local u = {m = redis.call('ZRANGE', used, 0, -1)}
 local is_used = {}
 for i = 1, #u.m do is_used[u.m[i]] = true end
-if any_fired and tonumber(fired_oldest[2]) < floor then trim_fired(fz, fh, floor) end
+if any_fired and fired_oldest < floor then trim_fired(fz, fh, floor) end
 for k = 1, n do
   if steps[k].m[1] then redis.call('PEXPIRE', KEYS[k], ttl) end
 end

@@ -6,20 +6,15 @@ local id = ARGV[1]
 local t, w, late = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local limit, cap, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 
--- A firing is always recorded in both fz and fh, so without fz there is nothing to replay,
--- trim or keep alive there: most groups never fire, and skip those calls.
-local fired_oldest = redis.call('ZRANGE', fz, 0, 0, 'WITHSCORES')
-local any_fired = fired_oldest[1] ~= nil
-if any_fired then
-  local prior = redis.call('HGET', fh, id)
-  if prior then return {'replay', prior} end
-end
+local fired_oldest, prior = firings(fz, fh, id)
+if prior then return {'replay', prior} end
+local any_fired = fired_oldest ~= nil
 local newest = newest_of(ev, t)
 if t < newest - w - late then return {'late', '0'} end
 redis.call('ZADD', ev, ARGV[2], id)
 local floor = newest - 2 * w - late
 redis.call('ZREMRANGEBYSCORE', ev, '-inf', '(' .. s(floor))
-if any_fired and tonumber(fired_oldest[2]) < floor then trim_fired(fz, fh, floor) end
+if any_fired and fired_oldest < floor then trim_fired(fz, fh, floor) end
 if any_fired then expire(ttl, ev, fz, fh) else expire(ttl, ev) end
 
 local n = redis.call('ZCOUNT', ev, s(t - w), ARGV[2])
