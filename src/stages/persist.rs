@@ -182,19 +182,19 @@ impl PersistStage {
         let mut touched: Vec<String> = Vec::new();
         if !fresh.is_empty() {
             let keys = &self.settings.keys;
-            let subjects: HashMap<String, SubjectKind> = fresh
+            // Each event's subject pseudonym (an HMAC) and chain, computed once per event.
+            let placed: Vec<(String, SubjectKind, String)> = fresh
                 .iter()
                 .map(|e| {
                     let (kind, id) = privacy::subject_of(e);
-                    (keys.pseudonym(kind, id), kind)
+                    (keys.pseudonym(kind, id), kind, ledger::chain_id(&e.source.topic, e.source.partition, e.timestamp))
                 })
                 .collect();
+            let subjects: HashMap<String, SubjectKind> =
+                placed.iter().map(|(pseudonym, kind, _)| (pseudonym.clone(), *kind)).collect();
             let data_keys = self.subject_keys(&mut tx, &subjects).await?;
 
-            let mut chain_ids: Vec<String> = fresh
-                .iter()
-                .map(|e| ledger::chain_id(&e.source.topic, e.source.partition, e.timestamp))
-                .collect();
+            let mut chain_ids: Vec<String> = placed.iter().map(|(_, _, chain)| chain.clone()).collect();
             chain_ids.sort();
             chain_ids.dedup();
             let heads: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
@@ -216,11 +216,8 @@ impl PersistStage {
 
             let mut copy = tx.copy_in_raw(COPY_SQL).await?;
             let mut rows = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
-            for ev in &fresh {
-                let (kind, subject) = privacy::subject_of(ev);
-                let pseudonym = keys.pseudonym(kind, subject);
+            for (ev, (pseudonym, _, chain)) in fresh.iter().zip(placed) {
                 let key = data_keys.get(&pseudonym);
-                let chain = ledger::chain_id(&ev.source.topic, ev.source.partition, ev.timestamp);
                 let (last_seq, last_hash) = heads.get(&chain).copied().unwrap_or((0, ledger::genesis(&chain)));
                 let row = self.stored_row(ev, &pseudonym, key, chain.clone(), last_seq + 1);
                 let hash = ledger::row_hash(&last_hash, &row);
@@ -302,7 +299,9 @@ impl PersistStage {
             source_offset: ev.source.offset,
             enriched_at_us: ev.enriched_at.timestamp_micros(),
             subject_pseudonym: Some(pseudonym.to_string()),
-            user_pseudonym: ev.user_id.as_deref().map(|u| self.settings.keys.pseudonym(SubjectKind::User, u)),
+            // An event with a user id has that user as its subject (`privacy::subject_of`), so
+            // the subject's pseudonym is the user's: no second HMAC.
+            user_pseudonym: ev.user_id.as_ref().map(|_| pseudonym.to_string()),
             chain_id,
             chain_seq,
             ..StoredRow::default()
