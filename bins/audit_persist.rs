@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use auditflow::ledger::LedgerSigner;
 use auditflow::privacy::SecretKey;
-use auditflow::runtime::kafka::{base_client_config, DeliveryTracker};
+use auditflow::runtime::kafka::{producer_config, DeliveryTracker};
 use auditflow::runtime::{process, run_sink};
 use auditflow::stages::persist::{PersistSettings, PersistStage};
 
@@ -20,7 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let signer = LedgerSigner::new(&SecretKey::parse("AUDITFLOW_SIGNING_KEY", seed)?);
     let pool = auditflow::db::connect(&p.config.database, 30).await?;
     auditflow::db::check_schema(&pool).await.map_err(anyhow::Error::msg)?;
-    let mut producer_config = base_client_config(&p.config);
+    auditflow::stages::persist::verify_keys(&pool, &keys).await.map_err(anyhow::Error::msg)?;
+    let mut producer_config = producer_config(&p.config);
     producer_config.set("enable.idempotence", "true");
     let checkpoint_producer = producer_config.create_with_context(DeliveryTracker::default())?;
     let handle = tokio::runtime::Handle::current();

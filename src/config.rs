@@ -216,7 +216,12 @@ impl Default for TopicsConfig {
                 retention_ms: 30 * DAY_MS,
                 max_message_bytes: 2 * 1024 * 1024,
             },
-            rule_matches: TopicSpec { name: "audit-rule-matches".into(), ..TopicSpec::default() },
+            // A match embeds its event, an alert its match: each topic holds the one before it.
+            rule_matches: TopicSpec {
+                name: "audit-rule-matches".into(),
+                max_message_bytes: 4 * 1024 * 1024,
+                ..TopicSpec::default()
+            },
             security_actions: TopicSpec {
                 name: "security-actions".into(),
                 partitions: 3,
@@ -227,7 +232,7 @@ impl Default for TopicsConfig {
                 name: "security-alerts".into(),
                 partitions: 3,
                 retention_ms: 365 * DAY_MS,
-                ..TopicSpec::default()
+                max_message_bytes: 5 * 1024 * 1024,
             },
             alert_dlq: TopicSpec {
                 name: "audit-alert-dlq".into(),
@@ -248,6 +253,11 @@ impl Default for TopicsConfig {
 }
 
 impl TopicsConfig {
+    /// The largest record any topic of the pipeline accepts (what producers are allowed).
+    pub fn max_message_bytes(&self) -> i64 {
+        self.all().iter().map(|t| t.max_message_bytes).max().unwrap_or(1_048_588)
+    }
+
     pub fn all(&self) -> Vec<&TopicSpec> {
         vec![
             &self.raw,
@@ -355,6 +365,9 @@ pub struct StageConfig {
     pub invalid_ratio_min_batch: usize,
     /// Kafka transaction timeout for topic→topic stages.
     pub transaction_timeout_ms: u64,
+    /// `/healthz` fails when input has been waiting this long without a commit: a stage that
+    /// cannot make progress is restarted by its orchestrator and shows up as stalled.
+    pub stall_timeout_secs: u64,
 }
 
 impl Default for StageConfig {
@@ -370,6 +383,7 @@ impl Default for StageConfig {
             max_invalid_ratio: 1.0,
             invalid_ratio_min_batch: 100,
             transaction_timeout_ms: 60_000,
+            stall_timeout_secs: 300,
         }
     }
 }
@@ -499,6 +513,7 @@ impl Config {
         set(env, "AUDITFLOW_RETRY_MAX_BACKOFF_MS", &mut self.stage.retry_max_backoff_ms)?;
         set(env, "AUDITFLOW_MAX_INVALID_RATIO", &mut self.stage.max_invalid_ratio)?;
         set(env, "AUDITFLOW_TRANSACTION_TIMEOUT_MS", &mut self.stage.transaction_timeout_ms)?;
+        set(env, "AUDITFLOW_STALL_TIMEOUT_SECS", &mut self.stage.stall_timeout_secs)?;
         set(env, "AUDITFLOW_MAX_MESSAGE_BYTES", &mut self.enrich.max_message_bytes)?;
         set(env, "AUDITFLOW_MAX_METADATA_DEPTH", &mut self.enrich.max_metadata_depth)?;
         if let Some(v) = env.get("AUDITFLOW_GEOIP_DB") {
@@ -590,6 +605,10 @@ impl Config {
         if self.stage.transaction_timeout_ms < 1000 {
             return Err(ConfigError::new("AUDITFLOW_TRANSACTION_TIMEOUT_MS", "must be at least 1000"));
         }
+        if self.stage.stall_timeout_secs < 10 {
+            return Err(ConfigError::new("AUDITFLOW_STALL_TIMEOUT_SECS", "must be at least 10"));
+        }
+        self.check_size_limits()?;
         if let Some(strategy) = self.kafka.librdkafka.get("partition.assignment.strategy") {
             // The runtime relies on eager rebalancing: every assignment restarts from stored offsets.
             if strategy.contains("cooperative") {
@@ -629,6 +648,32 @@ impl Config {
         self.compliance.validate()?;
         self.retention.validate()?;
         self.rules.validate()?;
+        Ok(())
+    }
+
+    /// Every size limit consistent end to end: an event enrich accepts can always be written
+    /// to `audit-enriched`, and a rule match or alert embedding it to its own topic. Otherwise a
+    /// valid event would only ever reach the dead-letter topic.
+    fn check_size_limits(&self) -> Result<(), ConfigError> {
+        // Room for what a stage adds to an event: enrichment facts, window figures, group key.
+        const ROOM: i64 = 64 * 1024;
+        let event = self.enrich.max_message_bytes as i64;
+        let t = &self.topics;
+        let needs = [
+            (&t.raw, event, "AUDITFLOW_MAX_MESSAGE_BYTES"),
+            (&t.enriched, event + ROOM, "AUDITFLOW_MAX_MESSAGE_BYTES"),
+            (&t.rule_matches, t.enriched.max_message_bytes + ROOM, "topics.enriched.max_message_bytes"),
+            (&t.security_alerts, t.rule_matches.max_message_bytes + ROOM, "topics.rule_matches.max_message_bytes"),
+            (&t.dlq, (crate::runtime::dlq::MAX_DLQ_PAYLOAD as i64) + ROOM, "topics.dlq.max_message_bytes"),
+        ];
+        for (spec, need, because) in needs {
+            if spec.max_message_bytes < need {
+                return Err(ConfigError::new(
+                    format!("topics.{}.max_message_bytes", spec.name),
+                    format!("is {}, but must be at least {need} to hold what {because} allows", spec.max_message_bytes),
+                ));
+            }
+        }
         Ok(())
     }
 

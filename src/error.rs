@@ -29,10 +29,16 @@ pub enum RejectionKind {
     InvalidField,
     /// metadata nested deeper than the configured limit.
     MetadataTooDeep,
+    /// Valid input whose output the broker refuses for good (too large, timestamp out of the
+    /// topic's bounds, corrupt record): retrying could never succeed.
+    RefusedByBroker,
+    /// Valid input whose row the database refuses for good (a value out of range, a
+    /// constraint): SQLSTATE classes 22 and 23.
+    RefusedByStore,
 }
 
 impl RejectionKind {
-    pub const ALL: [RejectionKind; 10] = [
+    pub const ALL: [RejectionKind; 12] = [
         RejectionKind::InvalidJson,
         RejectionKind::InvalidAvro,
         RejectionKind::UnsupportedEncoding,
@@ -43,6 +49,8 @@ impl RejectionKind {
         RejectionKind::InvalidTimestamp,
         RejectionKind::InvalidField,
         RejectionKind::MetadataTooDeep,
+        RejectionKind::RefusedByBroker,
+        RejectionKind::RefusedByStore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +65,8 @@ impl RejectionKind {
             RejectionKind::InvalidTimestamp => "invalid_timestamp",
             RejectionKind::InvalidField => "invalid_field",
             RejectionKind::MetadataTooDeep => "metadata_too_deep",
+            RejectionKind::RefusedByBroker => "refused_by_broker",
+            RejectionKind::RefusedByStore => "refused_by_store",
         }
     }
 }

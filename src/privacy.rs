@@ -132,6 +132,18 @@ impl PrivacyKeys {
     }
 }
 
+/// Key-check values: HMACs of fixed labels under the master and the pseudonym key. Stored at
+/// first use, they let a process prove at start that it holds the keys the database was
+/// written with, without revealing anything about either key.
+pub fn key_check_values(keys: &PrivacyKeys) -> (Vec<u8>, Vec<u8>) {
+    let check = |key: &SecretKey, label: &[u8]| {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC accepts any key length");
+        mac.update(label);
+        mac.finalize().into_bytes().to_vec()
+    };
+    (check(&keys.master, b"auditflow master key check v1"), check(&keys.pseudonym, b"auditflow pseudonym key check v1"))
+}
+
 /// Encrypt `plain` under `key`, binding it to `aad` (e.g. the event id). Output: nonce ‖ ciphertext.
 pub fn seal(key: &SecretKey, plain: &[u8], aad: &[u8]) -> Vec<u8> {
     let cipher = ChaCha20Poly1305::new(Key::from_slice(&key.0));

@@ -60,6 +60,10 @@ pub struct Metrics {
     pub consumer_lag: IntGaugeVec,
     /// Transient failures that were retried (broker, database).
     pub retries: IntCounterVec,
+    /// 1 while input has waited longer than the stall timeout without a commit.
+    pub stalled: IntGaugeVec,
+    /// Unix time of the stage's last commit.
+    pub last_commit: IntGaugeVec,
 }
 
 impl Metrics {
@@ -115,6 +119,16 @@ impl Metrics {
         )
         .expect("static metric definition");
         registry.register(Box::new(consumer_lag.clone())).expect("metric registered once");
+        let gauge = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["stage"]).expect("static metric definition");
+            registry.register(Box::new(g.clone())).expect("metric registered once");
+            g
+        };
+        let stalled = gauge(
+            "auditflow_stage_stalled",
+            "1 while input has waited longer than the stall timeout without a commit",
+        );
+        let last_commit = gauge("auditflow_stage_last_commit_timestamp_seconds", "Unix time of the last commit");
         #[cfg(target_os = "linux")]
         {
             let _ = registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
@@ -132,6 +146,8 @@ impl Metrics {
             rebalances,
             consumer_lag,
             retries,
+            stalled,
+            last_commit,
         })
     }
 
@@ -143,11 +159,30 @@ impl Metrics {
 }
 
 /// Liveness and readiness, written by the processing loop and read by the HTTP server.
-#[derive(Default)]
+///
+/// Live means the loop turns *and* makes progress: a stage retrying the same batch for ever
+/// turns busily but is stalled, and `/healthz` says so once input has waited longer than the
+/// stall timeout without a commit.
 pub struct Health {
     /// Unix millis of the loop's last turn.
     last_turn_ms: AtomicI64,
     ready: AtomicBool,
+    /// Unix millis since which input has been waiting for a commit; 0 when none waits.
+    waiting_since_ms: AtomicI64,
+    stall_timeout_ms: AtomicI64,
+    stage: std::sync::OnceLock<&'static str>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            last_turn_ms: AtomicI64::new(0),
+            ready: AtomicBool::new(false),
+            waiting_since_ms: AtomicI64::new(0),
+            stall_timeout_ms: AtomicI64::new(300_000),
+            stage: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 impl Health {
@@ -155,6 +190,14 @@ impl Health {
         let h = Health::default();
         h.heartbeat();
         Arc::new(h)
+    }
+    /// Name the stage (metric label) and how long input may wait without a commit.
+    pub fn configure(&self, stage: &'static str, stall_timeout: Duration) {
+        let _ = self.stage.set(stage);
+        self.stall_timeout_ms.store(stall_timeout.as_millis() as i64, Ordering::Relaxed);
+    }
+    pub fn stage(&self) -> Option<&'static str> {
+        self.stage.get().copied()
     }
     pub fn heartbeat(&self) {
         self.last_turn_ms.store(now_ms(), Ordering::Relaxed);
@@ -166,7 +209,20 @@ impl Health {
         self.ready.load(Ordering::Relaxed)
     }
     pub fn is_live(&self, timeout: Duration) -> bool {
-        now_ms() - self.last_turn_ms.load(Ordering::Relaxed) <= timeout.as_millis() as i64
+        now_ms() - self.last_turn_ms.load(Ordering::Relaxed) <= timeout.as_millis() as i64 && !self.is_stalled()
+    }
+    /// Input is waiting (a batch in hand, or lag): starts the stall clock unless it runs.
+    pub fn input_waiting(&self) {
+        let _ = self.waiting_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+    /// A commit: what waited is done.
+    pub fn progressed(&self) {
+        self.waiting_since_ms.store(0, Ordering::Relaxed);
+    }
+    /// Whether input has waited longer than the stall timeout without a commit.
+    pub fn is_stalled(&self) -> bool {
+        let since = self.waiting_since_ms.load(Ordering::Relaxed);
+        since != 0 && now_ms() - since > self.stall_timeout_ms.load(Ordering::Relaxed)
     }
 }
 
@@ -196,19 +252,34 @@ pub async fn serve_http(
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     let m = metrics.clone();
+    let h_metrics = health.clone();
     let h_live = health.clone();
     let h_ready = health;
     let app = Router::new()
-        .route("/metrics", get(move || { let m = m.clone(); async move { m.render() } }))
+        .route(
+            "/metrics",
+            get(move || {
+                let m = m.clone();
+                let h = h_metrics.clone();
+                async move {
+                    if let Some(stage) = h.stage() {
+                        m.stalled.with_label_values(&[stage]).set(i64::from(h.is_stalled()));
+                    }
+                    m.render()
+                }
+            }),
+        )
         .route(
             "/healthz",
             get(move || {
                 let h = h_live.clone();
                 async move {
-                    if h.is_live(liveness_timeout) {
+                    if h.is_stalled() {
+                        (StatusCode::SERVICE_UNAVAILABLE, "stalled: input is waiting and nothing was committed within the stall timeout")
+                    } else if h.is_live(liveness_timeout) {
                         (StatusCode::OK, "ok")
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "processing loop stalled")
+                        (StatusCode::SERVICE_UNAVAILABLE, "processing loop stopped turning")
                     }
                 }
             }),

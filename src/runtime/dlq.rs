@@ -58,7 +58,9 @@ pub fn dead_letter(dlq_topic: &Arc<str>, stage: &str, input: &InputMessage<'_>, 
         key: input.key.map(<[u8]>::to_vec),
         payload,
         headers,
-        timestamp_ms: input.timestamp_ms,
+        // Produce time: the source's time is in `dlq.source.timestamp`, and the DLQ's own
+        // retention must count from when the letter was written.
+        timestamp_ms: None,
     }
 }
 

@@ -14,7 +14,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 
 use crate::config::Config;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Health, Metrics};
 
 use super::Shutdown;
 
@@ -22,6 +22,18 @@ use super::Shutdown;
 pub fn base_client_config(config: &Config) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.kafka.brokers).set("client.id", &config.kafka.client_id);
+    for (k, v) in &config.kafka.librdkafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Base settings of every producer: records as large as the largest topic the pipeline owns
+/// accepts. librdkafka refuses anything over its own 1,000,000-byte default before it reaches
+/// the broker, so without this a valid 1 MiB event could never be written anywhere.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let mut c = base_client_config(config);
+    c.set("message.max.bytes", config.topics.max_message_bytes().to_string());
     for (k, v) in &config.kafka.librdkafka {
         c.set(k, v);
     }
@@ -105,6 +117,8 @@ pub struct StageContext {
     retry_max_backoff_ms: u64,
     /// Offsets the sink holds for the current assignment: what the next commit must find there.
     pub stored_offsets: Mutex<HashMap<(String, i32), Option<i64>>>,
+    /// Told when statistics show lag, so a stage that stops committing is seen as stalled.
+    health: Option<Arc<Health>>,
 }
 
 impl StageContext {
@@ -125,7 +139,14 @@ impl StageContext {
             shutdown,
             retry_max_backoff_ms,
             stored_offsets: Mutex::new(HashMap::new()),
+            health: None,
         }
+    }
+
+    /// Report lag to `health` (input waiting), from librdkafka's statistics.
+    pub fn with_health(mut self, health: Arc<Health>) -> StageContext {
+        self.health = Some(health);
+        self
     }
 
     /// Changes at every assignment or revocation.
@@ -157,6 +178,7 @@ impl StageContext {
 
 impl ClientContext for StageContext {
     fn stats(&self, statistics: Statistics) {
+        let mut lagging = false;
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 // Offsets are committed through producer transactions or stored in a sink, which
@@ -165,11 +187,15 @@ impl ClientContext for StageContext {
                 if *partition < 0 || p.consumer_lag_stored < 0 {
                     continue;
                 }
+                lagging |= p.consumer_lag_stored > 0;
                 self.metrics
                     .consumer_lag
                     .with_label_values(&[self.stage, topic, &partition.to_string()])
                     .set(p.consumer_lag_stored);
             }
+        }
+        if let (true, Some(health)) = (lagging, &self.health) {
+            health.input_waiting();
         }
     }
 
@@ -277,6 +303,64 @@ impl rdkafka::producer::ProducerContext for DeliveryTracker {
             }
         }
     }
+}
+
+/// Producer context of a transaction: remembers which records (by index in the transaction)
+/// the broker refused, so the runtime can dead-letter the inputs that produced them.
+#[derive(Default)]
+pub struct TransactionDeliveries {
+    refused: Mutex<Vec<(usize, KafkaError)>>,
+}
+
+impl TransactionDeliveries {
+    /// Note a record that failed before it reached librdkafka's queue.
+    pub fn record_failure(&self, index: usize, e: KafkaError) {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner()).push((index, e));
+    }
+
+    /// Delivery failures since the last call, in the order they were reported.
+    pub fn take_failures(&self) -> Vec<(usize, KafkaError)> {
+        std::mem::take(&mut *self.refused.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl ClientContext for TransactionDeliveries {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", fac, "{log_message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for TransactionDeliveries {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, index: usize) {
+        if let Err((e, _)) = result {
+            self.refused.lock().unwrap_or_else(|p| p.into_inner()).push((index, e.clone()));
+        }
+    }
+}
+
+/// A per-record refusal that no retry can fix: the record itself is the problem.
+pub fn is_record_refusal(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidTimestamp | C::MessageBatchTooLarge | C::InvalidRecord)
+    )
+}
+
+/// Refusals that mean the deployment is wrong (ACLs), not the record: stop, loudly.
+pub fn is_authorization_failure(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(C::TopicAuthorizationFailed | C::ClusterAuthorizationFailed | C::TransactionalIdAuthorizationFailed)
+    )
 }
 
 /// Record committed positions in the consumer's local offset store (feeds the lag metric).

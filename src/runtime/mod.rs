@@ -24,7 +24,7 @@ use crate::error::{ConfigError, Rejection};
 
 pub use shutdown::Shutdown;
 pub use offsets::OffsetAdvance;
-pub use sink::{run_sink, SinkError, SinkStage, WriteOutcome};
+pub use sink::{run_sink, SinkError, SinkErrorKind, SinkStage, WriteOutcome};
 pub use transform::{run_transform, BatchOutput, MessageTransform, PerMessage, TransformStage};
 
 /// One consumed message, as stage logic sees it.

@@ -12,16 +12,16 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseProducer, DefaultProducerContext};
+use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::dlq::dead_letter;
-use super::kafka::{consumer_config, subscribed_consumer, OffsetLoader, StageContext};
+use super::kafka::{consumer_config, subscribed_consumer, OffsetLoader, StageContext, TransactionDeliveries};
 use super::offsets::OffsetAdvance;
-use super::transform::{as_inputs, poll_batch, send_with_backpressure, BatchOffsets};
+use super::transform::{as_inputs, poll_batch, send_record, BatchOffsets};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
 use crate::config::Config;
-use crate::error::Rejection;
+use crate::error::{Rejection, RejectionKind};
 use crate::telemetry::{Health, Metrics};
 
 /// What a sink's write reports.
@@ -34,10 +34,54 @@ pub enum WriteOutcome {
     Fenced,
 }
 
-/// A store failure worth retrying (connection lost, database restarting, serialization).
+/// How a store failure is handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkErrorKind {
+    /// Connection lost, database restarting, serialization failure: retry the batch.
+    Transient,
+    /// The store refuses some row for good (a value out of range, a constraint): find the
+    /// rows, dead-letter their inputs, write the rest.
+    Refused,
+    /// Nothing will work until an operator acts (missing privilege, wrong key): stop.
+    Fatal,
+}
+
+/// A store failure, with what to do about it.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SinkError(pub String);
+#[error("{message}")]
+pub struct SinkError {
+    pub kind: SinkErrorKind,
+    pub message: String,
+}
+
+impl SinkError {
+    pub fn transient(message: impl Into<String>) -> SinkError {
+        SinkError { kind: SinkErrorKind::Transient, message: message.into() }
+    }
+    pub fn refused(message: impl Into<String>) -> SinkError {
+        SinkError { kind: SinkErrorKind::Refused, message: message.into() }
+    }
+    pub fn fatal(message: impl Into<String>) -> SinkError {
+        SinkError { kind: SinkErrorKind::Fatal, message: message.into() }
+    }
+
+    /// Classify a PostgreSQL error by its SQLSTATE: data exceptions (class 22) and integrity
+    /// violations (23) are the row's fault; missing privileges or schema (42501, 42P01, 3F000)
+    /// are the deployment's; everything else (connections, 40001 serialization, 57P01 admin
+    /// shutdown, …) is worth retrying.
+    pub fn from_sqlx(e: &sqlx::Error) -> SinkError {
+        let code = match e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.to_string()),
+            _ => None,
+        };
+        let message = e.to_string();
+        match code.as_deref() {
+            Some(c) if c.starts_with("22") || c.starts_with("23") => SinkError::refused(format!("SQLSTATE {c}: {message}")),
+            Some(c @ ("42501" | "42P01" | "42703" | "3F000")) => SinkError::fatal(format!("SQLSTATE {c}: {message}")),
+            _ => SinkError::transient(message),
+        }
+    }
+}
 
 /// Business logic of a sink stage.
 pub trait SinkStage: Send + 'static {
@@ -54,12 +98,20 @@ pub trait SinkStage: Send + 'static {
         items: &[Self::Item],
         advances: &[OffsetAdvance],
     ) -> impl Future<Output = Result<WriteOutcome, SinkError>>;
+    /// Write `items` as [`write`](Self::write) would, then roll back: used to find which rows
+    /// of a batch the store refuses.
+    fn probe(&mut self, items: &[Self::Item]) -> impl Future<Output = Result<(), SinkError>>;
     /// Blocking loader of stored offsets, called on partition assignment.
     fn offset_loader(&self) -> OffsetLoader;
 
     /// Called about once a second when no batch is pending (e.g. to sign checkpoints of a
     /// quiet stream). Errors are logged and retried at the next tick.
     fn on_tick(&mut self) -> impl Future<Output = Result<(), SinkError>> {
+        async { Ok(()) }
+    }
+
+    /// Called once when the stage stops cleanly (e.g. to sign the last checkpoints).
+    fn on_shutdown(&mut self) -> impl Future<Output = Result<(), SinkError>> {
         async { Ok(()) }
     }
 }
@@ -77,6 +129,7 @@ pub fn run_sink<S: SinkStage>(
     let name = sink.name();
     let sink_name = sink.sink_name();
     let group_id = config.group_id(name);
+    health.configure(name, Duration::from_secs(config.stage.stall_timeout_secs));
     let dlq_topic: Arc<str> = Arc::from(config.topics.dlq.name.as_str());
     let context = StageContext::new(
         name,
@@ -85,19 +138,20 @@ pub fn run_sink<S: SinkStage>(
         super::kafka::start_offset(config),
         shutdown.clone(),
         config.stage.retry_max_backoff_ms,
-    );
+    )
+    .with_health(health.clone());
     let inputs = sink.input_topics();
     let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let consumer = subscribed_consumer(&consumer_config(config, &group_id), context, &input_refs)?;
 
     // Dead letters of a sink stage are delivered (at least once) before the batch's offsets
     // commit. message.timeout.ms=0: librdkafka retries delivery until the broker is back.
-    let mut dlq_config = super::kafka::base_client_config(config);
+    let mut dlq_config = super::kafka::producer_config(config);
     dlq_config.set("enable.idempotence", "true").set("message.timeout.ms", "0");
     for (k, v) in &config.kafka.librdkafka {
         dlq_config.set(k, v);
     }
-    let dlq_producer: BaseProducer<DefaultProducerContext> = dlq_config.create()?;
+    let dlq_producer: BaseProducer<TransactionDeliveries> = dlq_config.create_with_context(TransactionDeliveries::default())?;
 
     tracing::info!(stage = name, group = %group_id, sink = sink_name, topics = ?inputs, "stage running");
     health.set_ready(true);
@@ -106,6 +160,8 @@ pub fn run_sink<S: SinkStage>(
     let max_wait = Duration::from_millis(config.stage.batch_max_wait_ms);
     let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
     let mut items: Vec<S::Item> = Vec::with_capacity(max_messages);
+    // The input (index in the batch) of each item.
+    let mut item_inputs: Vec<usize> = Vec::with_capacity(max_messages);
     let mut dead: Vec<OutputRecord> = Vec::new();
     let mut offsets = BatchOffsets::default();
 
@@ -114,12 +170,17 @@ pub fn run_sink<S: SinkStage>(
         health.heartbeat();
         if last_tick.elapsed() >= Duration::from_secs(1) {
             last_tick = Instant::now();
-            if let Err(e) = handle.block_on(sink.on_tick()) {
-                metrics.retries.with_label_values(&[name, "tick"]).inc();
-                tracing::warn!(stage = name, error = %e, "sink tick failed; will try again");
+            match handle.block_on(sink.on_tick()) {
+                Ok(()) => {}
+                Err(e) if e.kind == SinkErrorKind::Fatal => return Err(RuntimeError::Sink(e.message)),
+                Err(e) => {
+                    metrics.retries.with_label_values(&[name, "tick"]).inc();
+                    tracing::warn!(stage = name, error = %e, "sink tick failed; will try again");
+                }
             }
         }
         items.clear();
+        item_inputs.clear();
         dead.clear();
         offsets.clear();
         let generation = consumer.context().generation();
@@ -128,27 +189,33 @@ pub fn run_sink<S: SinkStage>(
         let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
         let consumed = messages.len();
         let timestamps: Vec<Option<i64>> = messages.iter().map(|m| m.timestamp().to_millis()).collect();
-        for input in as_inputs(&messages, &mut offsets, &mut consumed_per_topic) {
-            match sink.decode(&input) {
-                Ok(item) => items.push(item),
+        let inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
+        for (i, input) in inputs.iter().enumerate() {
+            match sink.decode(input) {
+                Ok(item) => {
+                    items.push(item);
+                    item_inputs.push(i);
+                }
                 Err(rejection) => {
                     metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
-                    dead.push(dead_letter(&dlq_topic, name, &input, &rejection));
+                    dead.push(dead_letter(&dlq_topic, name, input, &rejection));
                     last_rejection = Some(rejection);
                 }
             }
         }
         let Some(started) = started else { continue };
+        health.input_waiting();
+        let invalid = dead.len();
         if consumer.context().generation() != generation {
             tracing::info!(stage = name, dropped = consumed, "batch straddled a rebalance; dropped");
             metrics.commits.with_label_values(&[name, "dropped_on_rebalance"]).inc();
             continue;
         }
-        check_invalid_ratio(name, &config.stage, dead.len(), consumed, last_rejection.as_ref())?;
 
-        if !dead.is_empty() && !deliver_dead_letters(&dlq_producer, &dead, &shutdown, name, &metrics) {
+        if !dead.is_empty() && !deliver_dead_letters(&dlq_producer, &mut dead, &shutdown, &health, name, &metrics)? {
             break; // shutting down before the DLQ was reachable: nothing committed, re-read later
         }
+        let mut dead_letters = dead.len();
 
         let advances: Vec<OffsetAdvance> = {
             let stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
@@ -166,6 +233,48 @@ pub fn run_sink<S: SinkStage>(
         let outcome = loop {
             match handle.block_on(sink.write(&items, &advances)) {
                 Ok(outcome) => break Some(outcome),
+                Err(e) if e.kind == SinkErrorKind::Fatal => {
+                    tracing::error!(stage = name, sink = sink_name, error = %e, "sink cannot go on; stopping");
+                    return Err(RuntimeError::Sink(e.message));
+                }
+                Err(e) if e.kind == SinkErrorKind::Refused => {
+                    metrics.retries.with_label_values(&[name, "sink_refused"]).inc();
+                    tracing::warn!(stage = name, sink = sink_name, error = %e, rows = items.len(), "sink refused the batch; finding the rows it refuses");
+                    let Some(refused) = find_refused(&mut sink, &items, &handle, &health, &shutdown, &mut backoff)? else {
+                        break None;
+                    };
+                    if refused.is_empty() {
+                        // Every part is accepted alone but not the whole: nothing to single out.
+                        tracing::warn!(stage = name, "no single row is refused; retrying the batch");
+                        std::thread::sleep(backoff.next_delay());
+                        continue;
+                    }
+                    let mut letters: Vec<OutputRecord> = Vec::with_capacity(refused.len());
+                    for (item, reason) in &refused {
+                        let Some(input) = item_inputs.get(*item).and_then(|i| inputs.get(*i)) else { continue };
+                        let rejection = Rejection::new(RejectionKind::RefusedByStore, reason.clone());
+                        metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
+                        tracing::warn!(stage = name, partition = input.partition, offset = input.offset, %rejection, "row refused by the store; dead-lettered");
+                        letters.push(dead_letter(&dlq_topic, name, input, &rejection));
+                    }
+                    if !deliver_dead_letters(&dlq_producer, &mut letters, &shutdown, &health, name, &metrics)? {
+                        break None;
+                    }
+                    dead_letters += letters.len();
+                    let refused_items: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+                    let mut index = 0;
+                    items.retain(|_| {
+                        let keep = !refused_items.contains(&index);
+                        index += 1;
+                        keep
+                    });
+                    let mut index = 0;
+                    item_inputs.retain(|_| {
+                        let keep = !refused_items.contains(&index);
+                        index += 1;
+                        keep
+                    });
+                }
                 Err(e) => {
                     metrics.retries.with_label_values(&[name, "sink"]).inc();
                     tracing::warn!(stage = name, sink = sink_name, error = %e, rows = items.len(), "sink write failed; retrying");
@@ -181,6 +290,8 @@ pub fn run_sink<S: SinkStage>(
             None => break,
             Some(WriteOutcome::Committed) => {
                 backoff.reset();
+                health.progressed();
+                metrics.last_commit.with_label_values(&[name]).set(crate::telemetry::now_ms() / 1000);
                 {
                     let mut stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
                     for a in &advances {
@@ -203,10 +314,12 @@ pub fn run_sink<S: SinkStage>(
                     metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
                 }
                 metrics.sunk.with_label_values(&[name, sink_name]).inc_by(items.len() as u64);
-                metrics.produced.with_label_values(&[name, &dlq_topic]).inc_by(dead.len() as u64);
+                metrics.produced.with_label_values(&[name, &dlq_topic]).inc_by(dead_letters as u64);
                 metrics.batch_size.with_label_values(&[name]).observe(consumed as f64);
                 metrics.batch_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
                 metrics.observe_end_to_end(name, timestamps.iter().copied());
+                // Judged after the commit, so a restart does not fail on the same batch again.
+                check_invalid_ratio(name, &config.stage, invalid, consumed, last_rejection.as_ref())?;
             }
             Some(WriteOutcome::Fenced) => {
                 metrics.commits.with_label_values(&[name, "fenced"]).inc();
@@ -218,36 +331,115 @@ pub fn run_sink<S: SinkStage>(
 
     tracing::info!(stage = name, "shutting down: leaving the consumer group");
     health.set_ready(false);
+    if let Err(e) = handle.block_on(sink.on_shutdown()) {
+        tracing::warn!(stage = name, error = %e, "final sink work failed; the next instance does it");
+    }
     consumer.unsubscribe();
     drop(consumer);
     Ok(())
 }
 
-/// Produce dead letters and wait until the broker has them all. False if shutdown came first.
-fn deliver_dead_letters(
-    producer: &BaseProducer<DefaultProducerContext>,
-    dead: &[OutputRecord],
+/// Bisect `items` with [`SinkStage::probe`] to find the ones the store refuses, with its
+/// reason. `None` when shutdown came first.
+fn find_refused<S: SinkStage>(
+    sink: &mut S,
+    items: &[S::Item],
+    handle: &tokio::runtime::Handle,
+    health: &Health,
     shutdown: &Shutdown,
-    stage: &'static str,
-    metrics: &Metrics,
-) -> bool {
-    for record in dead {
-        if let Err(e) = send_with_backpressure(producer, record) {
-            tracing::error!(stage, error = %e, "cannot enqueue dead letter");
+    backoff: &mut Backoff,
+) -> Result<Option<Vec<(usize, String)>>, RuntimeError> {
+    let mut refused = Vec::new();
+    let mut ranges = vec![0..items.len()];
+    while let Some(range) = ranges.pop() {
+        if range.is_empty() {
+            continue;
         }
-    }
-    loop {
-        match super::kafka::await_deliveries(producer, Duration::from_secs(5)) {
-            Ok(()) => return true,
-            Err(e) => {
-                metrics.retries.with_label_values(&[stage, "dlq"]).inc();
-                tracing::warn!(stage, error = %e, "dead letters not delivered yet");
-                if shutdown.is_triggered() {
-                    return false;
+        health.heartbeat();
+        match handle.block_on(sink.probe(&items[range.clone()])) {
+            Ok(()) => {}
+            Err(e) if e.kind == SinkErrorKind::Refused => {
+                if range.len() == 1 {
+                    refused.push((range.start, e.message));
+                } else {
+                    let mid = range.start + range.len() / 2;
+                    ranges.push(mid..range.end);
+                    ranges.push(range.start..mid);
                 }
+            }
+            Err(e) if e.kind == SinkErrorKind::Fatal => return Err(RuntimeError::Sink(e.message)),
+            Err(e) => {
+                tracing::warn!(error = %e, "probe failed; retrying");
+                if shutdown.is_triggered() {
+                    return Ok(None);
+                }
+                std::thread::sleep(backoff.next_delay());
+                ranges.push(range);
             }
         }
     }
+    refused.sort_by_key(|(i, _)| *i);
+    Ok(Some(refused))
+}
+
+/// Produce dead letters and wait until the broker has every one. False if shutdown came
+/// first; an error when the deployment forbids writing them.
+fn deliver_dead_letters(
+    producer: &BaseProducer<TransactionDeliveries>,
+    dead: &mut [OutputRecord],
+    shutdown: &Shutdown,
+    health: &Health,
+    stage: &'static str,
+    metrics: &Metrics,
+) -> Result<bool, RuntimeError> {
+    let _ = producer.context().take_failures();
+    let mut pending: Vec<usize> = (0..dead.len()).collect();
+    let mut backoff = Backoff::new(5000);
+    while !pending.is_empty() {
+        for &i in &pending {
+            if let Err(e) = send_record(producer, &dead[i], i) {
+                tracing::error!(stage, error = %e, "cannot enqueue dead letter");
+                producer.context().record_failure(i, e);
+            }
+        }
+        loop {
+            health.heartbeat();
+            match super::kafka::await_deliveries(producer, Duration::from_secs(5)) {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics.retries.with_label_values(&[stage, "dlq"]).inc();
+                    tracing::warn!(stage, error = %e, "dead letters not delivered yet");
+                    if shutdown.is_triggered() {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        // Failed deliveries are sent again: a dead letter is never lost.
+        pending.clear();
+        for (i, e) in producer.context().take_failures() {
+            if super::kafka::is_authorization_failure(&e) {
+                return Err(RuntimeError::FatalKafka(format!("cannot write dead letters: {e}")));
+            }
+            metrics.retries.with_label_values(&[stage, "dlq"]).inc();
+            tracing::warn!(stage, error = %e, "dead letter not delivered; sending it again");
+            if super::kafka::is_record_refusal(&e) {
+                if let Some(r) = dead.get_mut(i) {
+                    // Keep where it came from and why, without the bytes the broker refuses.
+                    r.payload.clear();
+                    r.headers.push((super::dlq::H_TRUNCATED, b"true".to_vec()));
+                }
+            }
+            pending.push(i);
+        }
+        if !pending.is_empty() {
+            if shutdown.is_triggered() {
+                return Ok(false);
+            }
+            std::thread::sleep(backoff.next_delay());
+        }
+    }
+    Ok(true)
 }
 
 /// After a fence: read the store's offsets for the current assignment and seek there.

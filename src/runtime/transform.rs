@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseProducer, BaseRecord, DefaultProducerContext, Producer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::dlq::dead_letter;
-use super::kafka::{consumer_config, subscribed_consumer, StageContext};
+use super::kafka::{consumer_config, subscribed_consumer, StageContext, TransactionDeliveries};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
 use crate::config::Config;
-use crate::error::{Rejection, TransientError};
+use crate::error::{Rejection, RejectionKind, TransientError};
 use crate::telemetry::{Health, Metrics};
 
 /// Business logic of a topic → topic stage.
@@ -50,12 +50,38 @@ pub struct BatchOutput {
     pub records: Vec<OutputRecord>,
     /// (index in the batch, why it was rejected)
     pub rejected: Vec<(usize, Rejection)>,
+    /// The input (index in the batch) each record came from, where the stage said so: a record
+    /// the broker refuses is replaced by its input's dead letter.
+    origins: Vec<Option<usize>>,
 }
 
 impl BatchOutput {
     pub fn clear(&mut self) {
         self.records.clear();
         self.rejected.clear();
+        self.origins.clear();
+    }
+
+    /// The records appended since the last call came from input `index` of the batch.
+    pub fn attribute(&mut self, index: usize) {
+        self.origins.resize(self.records.len(), Some(index));
+    }
+
+    /// Records appended since the last [`attribute`](Self::attribute) came from no one input.
+    pub fn close_attribution(&mut self) {
+        self.origins.resize(self.records.len(), None);
+    }
+
+    /// Append a record that came from input `index`.
+    pub fn push_attributed(&mut self, index: usize, record: OutputRecord) {
+        self.close_attribution();
+        self.records.push(record);
+        self.origins.push(Some(index));
+    }
+
+    /// The input record `record` came from, if known.
+    pub fn origin(&self, record: usize) -> Option<usize> {
+        self.origins.get(record).copied().flatten()
     }
 }
 
@@ -82,6 +108,7 @@ impl<T: MessageTransform> TransformStage for PerMessage<T> {
             if let Err(r) = self.0.process(input, &mut out.records) {
                 out.rejected.push((i, r));
             }
+            out.attribute(i);
         }
         Ok(())
     }
@@ -197,6 +224,54 @@ pub(crate) fn track_offset(offsets: &mut BatchOffsets, topic: &str, partition: i
     }
 }
 
+/// A transactional producer that remembers which records the broker refused.
+type TxnProducer = BaseProducer<TransactionDeliveries>;
+
+/// Create the stage's transactional producer and register its transactional id, retrying
+/// while the broker is unreachable. `None` when shutdown came first.
+fn transactional_producer(
+    config: &Config,
+    name: &'static str,
+    transactional_id: &str,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<Option<TxnProducer>, RuntimeError> {
+    let mut producer_config = super::kafka::producer_config(config);
+    producer_config
+        .set("transactional.id", transactional_id)
+        .set("enable.idempotence", "true")
+        .set("transaction.timeout.ms", config.stage.transaction_timeout_ms.to_string())
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "500000");
+    for (k, v) in &config.kafka.librdkafka {
+        producer_config.set(k, v);
+    }
+    let producer: TxnProducer = producer_config.create_with_context(TransactionDeliveries::default())?;
+    let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
+    loop {
+        // Short attempts: librdkafka's logs and errors (e.g. a failed authentication) are only
+        // delivered between calls, and shutdown is only noticed between them too.
+        match producer.init_transactions(Duration::from_secs(5)) {
+            Ok(()) => return Ok(Some(producer)),
+            Err(e) if is_fatal(&e) => return Err(RuntimeError::FatalKafka(e.to_string())),
+            Err(e) => {
+                metrics.retries.with_label_values(&[name, "init_transactions"]).inc();
+                producer.poll(Duration::ZERO);
+                tracing::warn!(stage = name, error = %e, "init_transactions failed; retrying");
+                if shutdown.is_triggered() {
+                    return Ok(None);
+                }
+                std::thread::sleep(backoff.next_delay());
+            }
+        }
+    }
+}
+
+/// A producer that hit a fatal error is replaced this many times in a row (without a commit
+/// in between) before the stage gives up and exits for its supervisor.
+const MAX_PRODUCER_RESTARTS: u32 = 5;
+
 /// Run a transform stage until `shutdown` trips or a fatal error occurs.
 pub fn run_transform<S: TransformStage>(
     config: &Config,
@@ -207,6 +282,7 @@ pub fn run_transform<S: TransformStage>(
 ) -> Result<(), RuntimeError> {
     let name = stage.name();
     let group_id = config.group_id(name);
+    health.configure(name, Duration::from_secs(config.stage.stall_timeout_secs));
     let dlq_topic: Arc<str> = Arc::from(config.topics.dlq.name.as_str());
     let context = StageContext::new(
         name,
@@ -215,63 +291,40 @@ pub fn run_transform<S: TransformStage>(
         super::kafka::start_offset(config),
         shutdown.clone(),
         config.stage.retry_max_backoff_ms,
-    );
+    )
+    .with_health(health.clone());
     let inputs = stage.input_topics();
     let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let consumer = subscribed_consumer(&consumer_config(config, &group_id), context, &input_refs)?;
 
     let transactional_id = format!("{group_id}-{}", config.instance_id());
-    let mut producer_config = super::kafka::base_client_config(config);
-    producer_config
-        .set("transactional.id", &transactional_id)
-        .set("enable.idempotence", "true")
-        .set("transaction.timeout.ms", config.stage.transaction_timeout_ms.to_string())
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000");
-    for (k, v) in &config.kafka.librdkafka {
-        producer_config.set(k, v);
-    }
-    let producer: BaseProducer<DefaultProducerContext> = producer_config.create()?;
+    let Some(mut producer) = transactional_producer(config, name, &transactional_id, &metrics, &shutdown)? else {
+        return Ok(());
+    };
     let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
-    loop {
-        // Short attempts: librdkafka's logs and errors (e.g. a failed authentication) are only
-        // delivered between calls, and shutdown is only noticed between them too.
-        match producer.init_transactions(Duration::from_secs(5)) {
-            Ok(()) => break,
-            Err(e) if is_fatal(&e) => return Err(RuntimeError::FatalKafka(e.to_string())),
-            Err(e) => {
-                metrics.retries.with_label_values(&[name, "init_transactions"]).inc();
-                producer.poll(Duration::ZERO);
-                tracing::warn!(stage = name, error = %e, "init_transactions failed; retrying");
-                if shutdown.is_triggered() {
-                    return Ok(());
-                }
-                std::thread::sleep(backoff.next_delay());
-            }
-        }
-    }
-    backoff.reset();
     tracing::info!(stage = name, group = %group_id, %transactional_id, topics = ?inputs, "stage running");
     health.set_ready(true);
 
     let max_messages = config.stage.batch_max_messages;
     let max_wait = Duration::from_millis(config.stage.batch_max_wait_ms);
+    let txn = TxnSettings { stage: name, dlq_topic: dlq_topic.clone(), timeout: Duration::from_millis(config.stage.transaction_timeout_ms) };
     let mut output = BatchOutput::default();
     let mut offsets = BatchOffsets::default();
+    let mut producer_restarts = 0u32;
 
     let mut last_tick = Instant::now();
     while !shutdown.is_triggered() {
         health.heartbeat();
         if last_tick.elapsed() >= TICK_INTERVAL {
             last_tick = Instant::now();
-            tick(&mut stage, &producer, &metrics, &mut backoff)?;
+            tick(&mut stage, &producer, &metrics, &health, &shutdown, &txn, &mut backoff)?;
         }
         output.clear();
         offsets.clear();
         let generation = consumer.context().generation();
         let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
         let Some(started) = started else { continue };
+        health.input_waiting();
         let consumed = messages.len();
         let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
         let inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
@@ -299,14 +352,16 @@ pub fn run_transform<S: TransformStage>(
         if !processed {
             break; // shutting down mid-outage: nothing committed, the batch is re-read later
         }
+        output.close_attribution();
         let invalid = output.rejected.len();
-        for (index, rejection) in &output.rejected {
+        let rejected = std::mem::take(&mut output.rejected);
+        for (index, rejection) in &rejected {
             let Some(input) = inputs.get(*index) else { continue };
             metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
             tracing::debug!(stage = name, partition = input.partition, offset = input.offset, %rejection, "dead-lettered");
-            output.records.push(dead_letter(&dlq_topic, name, input, rejection));
+            output.push_attributed(*index, dead_letter(&dlq_topic, name, input, rejection));
         }
-        let last_rejection = output.rejected.last().map(|(_, r)| r.clone());
+        let last_rejection = rejected.last().map(|(_, r)| r.clone());
         if consumer.context().generation() != generation {
             // Partitions moved while the batch was read: its offsets may belong to another
             // member now. Drop it; the new assignment re-reads from committed offsets.
@@ -314,11 +369,26 @@ pub fn run_transform<S: TransformStage>(
             metrics.commits.with_label_values(&[name, "dropped_on_rebalance"]).inc();
             continue;
         }
-        check_invalid_ratio(name, &config.stage, invalid, consumed, last_rejection.as_ref())?;
 
-        match commit_transaction(&producer, &consumer, &output.records, &offsets, config) {
-            Ok(()) => {
+        // Records the broker refuses for good are replaced by dead letters of their inputs and
+        // the transaction is tried again at once: one bad record never holds up its batch.
+        let outcome = loop {
+            match commit_transaction(&producer, Some(&consumer), &output.records, Some(&offsets), &txn, &health, &shutdown) {
+                TxnOutcome::Refused(refused) => {
+                    metrics.commits.with_label_values(&[name, "aborted"]).inc();
+                    if !output.dead_letter_refused(&refused, &inputs, &txn, &metrics) {
+                        break TxnOutcome::Retry("a refused record has no input to dead-letter".into());
+                    }
+                }
+                other => break other,
+            }
+        };
+        match outcome {
+            TxnOutcome::Committed => {
                 backoff.reset();
+                producer_restarts = 0;
+                health.progressed();
+                metrics.last_commit.with_label_values(&[name]).set(crate::telemetry::now_ms() / 1000);
                 metrics.commits.with_label_values(&[name, "committed"]).inc();
                 let positions: Vec<(String, i32, i64)> =
                     offsets.iter().map(|(t, p, r)| (t.to_string(), p, r.last + 1)).collect();
@@ -336,24 +406,32 @@ pub fn run_transform<S: TransformStage>(
                 metrics.batch_size.with_label_values(&[name]).observe(consumed as f64);
                 metrics.batch_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
                 metrics.observe_end_to_end(name, inputs.iter().map(|i| i.timestamp_ms));
+                // Judged after the commit: the batch that trips the guard is dead-lettered and
+                // committed, so a restart moves on instead of failing on it again for ever.
+                check_invalid_ratio(name, &config.stage, invalid, consumed, last_rejection.as_ref())?;
             }
-            Err(e) if is_fatal(&e) => {
+            TxnOutcome::Fatal(e) => {
                 metrics.commits.with_label_values(&[name, "fatal"]).inc();
-                return Err(RuntimeError::FatalKafka(e.to_string()));
-            }
-            Err(e) => {
-                metrics.commits.with_label_values(&[name, "aborted"]).inc();
-                metrics.retries.with_label_values(&[name, "transaction"]).inc();
-                tracing::warn!(stage = name, error = %e, messages = consumed, "transaction failed; aborting and re-reading the batch");
-                if let Err(abort_err) = producer.abort_transaction(Duration::from_secs(30)) {
-                    if is_fatal(&abort_err) {
-                        return Err(RuntimeError::FatalKafka(abort_err.to_string()));
-                    }
-                    tracing::warn!(stage = name, error = %abort_err, "abort_transaction failed");
+                rewind(&consumer, &offsets);
+                if !is_recoverable_fatal(&e) || producer_restarts >= MAX_PRODUCER_RESTARTS {
+                    return Err(RuntimeError::FatalKafka(e.to_string()));
                 }
+                producer_restarts += 1;
+                tracing::error!(stage = name, error = %e, attempt = producer_restarts, "producer hit a fatal error; replacing it");
+                std::thread::sleep(backoff.next_delay());
+                // The new producer's init fences the old one, which is dropped on assignment.
+                match transactional_producer(config, name, &transactional_id, &metrics, &shutdown)? {
+                    Some(p) => producer = p,
+                    None => break,
+                }
+            }
+            TxnOutcome::Retry(e) => {
+                metrics.retries.with_label_values(&[name, "transaction"]).inc();
+                tracing::warn!(stage = name, error = %e, messages = consumed, "transaction failed; re-reading the batch");
                 rewind(&consumer, &offsets);
                 std::thread::sleep(backoff.next_delay());
             }
+            TxnOutcome::Refused(_) => unreachable!("refusals are resolved above"),
         }
     }
 
@@ -370,8 +448,11 @@ const TICK_INTERVAL: Duration = Duration::from_secs(1);
 /// Run the stage's timer hook and commit what it produced (no input offsets involved).
 fn tick<S: TransformStage>(
     stage: &mut S,
-    producer: &BaseProducer<DefaultProducerContext>,
+    producer: &TxnProducer,
     metrics: &Metrics,
+    health: &Health,
+    shutdown: &Shutdown,
+    txn: &TxnSettings,
     backoff: &mut Backoff,
 ) -> Result<(), RuntimeError> {
     let name = stage.name();
@@ -381,31 +462,40 @@ fn tick<S: TransformStage>(
         tracing::warn!(stage = name, error = %e, "tick failed; will try again");
         return Ok(());
     }
-    if out.records.is_empty() {
-        return Ok(());
-    }
-    let result = producer.begin_transaction().and_then(|()| {
-        for record in &out.records {
-            send_with_backpressure(producer, record)?;
-        }
-        super::kafka::await_deliveries(producer, Duration::from_secs(30))?;
-        producer.commit_transaction(Duration::from_secs(30))
-    });
-    match result {
-        Ok(()) => {
-            for r in &out.records {
-                metrics.produced.with_label_values(&[name, &r.topic]).inc();
+    while !out.records.is_empty() {
+        match commit_transaction::<StageContext>(producer, None, &out.records, None, txn, health, shutdown) {
+            TxnOutcome::Committed => {
+                for r in &out.records {
+                    metrics.produced.with_label_values(&[name, &r.topic]).inc();
+                }
+                return Ok(());
             }
-            Ok(())
-        }
-        Err(e) if is_fatal(&e) => Err(RuntimeError::FatalKafka(e.to_string())),
-        Err(e) => {
-            tracing::warn!(stage = name, error = %e, "tick transaction failed; aborting");
-            let _ = producer.abort_transaction(Duration::from_secs(30));
-            std::thread::sleep(backoff.next_delay());
-            Ok(())
+            TxnOutcome::Refused(refused) => {
+                // Timer output has no input to dead-letter: drop what the broker refuses.
+                let mut drop_idx: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
+                drop_idx.sort_unstable();
+                drop_idx.dedup();
+                for (i, e) in &refused {
+                    metrics.dlq.with_label_values(&[name, RejectionKind::RefusedByBroker.as_str()]).inc();
+                    if let Some(r) = out.records.get(*i) {
+                        tracing::error!(stage = name, topic = %r.topic, bytes = r.payload.len(), error = %e, "broker refused a timer record; dropped");
+                    }
+                }
+                for i in drop_idx.into_iter().rev() {
+                    if i < out.records.len() {
+                        out.records.remove(i);
+                    }
+                }
+            }
+            TxnOutcome::Fatal(e) => return Err(RuntimeError::FatalKafka(e.to_string())),
+            TxnOutcome::Retry(e) => {
+                tracing::warn!(stage = name, error = %e, "tick transaction failed; will try again");
+                std::thread::sleep(backoff.next_delay());
+                return Ok(());
+            }
         }
     }
+    Ok(())
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
@@ -418,41 +508,211 @@ fn is_fatal(e: &KafkaError) -> bool {
     }
 }
 
-/// Produce `outputs` and commit `offsets` atomically.
-fn commit_transaction(
-    producer: &BaseProducer<DefaultProducerContext>,
-    consumer: &BaseConsumer<StageContext>,
+/// A fatal producer error that a fresh producer (same transactional id) gets past: anything
+/// but being fenced by another live instance, or not being allowed to write at all.
+fn is_recoverable_fatal(e: &KafkaError) -> bool {
+    let fenced = matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::ProducerFenced));
+    !fenced && !super::kafka::is_authorization_failure(e)
+}
+
+fn is_retriable(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(rd) => rd.is_retriable(),
+        _ => false,
+    }
+}
+
+/// What the transactions of one stage share.
+struct TxnSettings {
+    stage: &'static str,
+    dlq_topic: Arc<str>,
+    timeout: Duration,
+}
+
+/// How one attempt at a transaction ended. Every outcome but `Committed` left the
+/// transaction aborted (or the producer unusable, for `Fatal`).
+#[derive(Debug)]
+enum TxnOutcome {
+    Committed,
+    /// The broker refused these records (index in the transaction) for good.
+    Refused(Vec<(usize, KafkaError)>),
+    /// Transient: re-read and try again after a backoff.
+    Retry(String),
+    /// The producer cannot go on.
+    Fatal(KafkaError),
+}
+
+/// One attempt to produce `outputs` (and commit `offsets`, when given) atomically.
+///
+/// librdkafka's rules: a retriable error from a transactional call means "call it again" (an
+/// abort then would conflict with the commit still in progress); an abortable one means
+/// "abort, then start over"; a fatal one means the producer is finished.
+fn commit_transaction<C: rdkafka::consumer::ConsumerContext>(
+    producer: &TxnProducer,
+    consumer: Option<&BaseConsumer<C>>,
     outputs: &[OutputRecord],
-    offsets: &BatchOffsets,
-    config: &Config,
-) -> Result<(), KafkaError> {
-    let timeout = Duration::from_millis(config.stage.transaction_timeout_ms);
-    producer.begin_transaction()?;
-    for record in outputs {
-        send_with_backpressure(producer, record)?;
+    offsets: Option<&BatchOffsets>,
+    txn: &TxnSettings,
+    health: &Health,
+    shutdown: &Shutdown,
+) -> TxnOutcome {
+    // Calls block for at most this long, so shutdown and liveness are seen between them.
+    let step = txn.timeout.min(Duration::from_secs(10));
+    let _ = producer.context().take_failures();
+    if let Err(e) = producer.begin_transaction() {
+        return if is_fatal(&e) { TxnOutcome::Fatal(e) } else { TxnOutcome::Retry(e.to_string()) };
     }
-    let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-    for (topic, partition, range) in offsets.iter() {
-        tpl.add_partition_offset(topic, partition, Offset::Offset(range.last + 1))?;
+    let mut refused: Vec<(usize, KafkaError)> = Vec::new();
+    for (i, record) in outputs.iter().enumerate() {
+        match send_record(producer, record, i) {
+            Ok(()) => {}
+            // librdkafka checks the size itself, before anything is sent.
+            Err(e) if super::kafka::is_record_refusal(&e) => refused.push((i, e)),
+            Err(e) => return abort(producer, TxnOutcome::Retry(format!("produce: {e}")), health, shutdown),
+        }
     }
-    // Only absent before the consumer joined a group; treated as a retriable failure.
-    let group = consumer.group_metadata().ok_or(KafkaError::Rebalance(RDKafkaErrorCode::State))?;
-    producer.send_offsets_to_transaction(&tpl, &group, timeout)?;
-    super::kafka::await_deliveries(producer, timeout)?;
-    producer.commit_transaction(timeout)?;
-    Ok(())
+    if !refused.is_empty() {
+        return abort(producer, TxnOutcome::Refused(refused), health, shutdown);
+    }
+    if let (Some(consumer), Some(offsets)) = (consumer, offsets) {
+        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+        for (topic, partition, range) in offsets.iter() {
+            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(range.last + 1)) {
+                return abort(producer, TxnOutcome::Retry(e.to_string()), health, shutdown);
+            }
+        }
+        // Only absent before the consumer joined a group.
+        let Some(group) = consumer.group_metadata() else {
+            return abort(producer, TxnOutcome::Retry("no group metadata yet".into()), health, shutdown);
+        };
+        loop {
+            match producer.send_offsets_to_transaction(&tpl, &group, step) {
+                Ok(()) => break,
+                Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+                Err(e) if is_retriable(&e) && !shutdown.is_triggered() => health.heartbeat(),
+                Err(e) => return abort(producer, TxnOutcome::Retry(format!("send offsets: {e}")), health, shutdown),
+            }
+        }
+    }
+    let deadline = Instant::now() + txn.timeout;
+    loop {
+        match super::kafka::await_deliveries(producer, step) {
+            Ok(()) => break,
+            Err(_) if Instant::now() < deadline && !shutdown.is_triggered() => health.heartbeat(),
+            Err(e) => return abort(producer, TxnOutcome::Retry(format!("deliveries: {e}")), health, shutdown),
+        }
+    }
+    let failures = producer.context().take_failures();
+    if !failures.is_empty() {
+        if let Some((_, e)) = failures.iter().find(|(_, e)| super::kafka::is_authorization_failure(e)) {
+            return TxnOutcome::Fatal(e.clone());
+        }
+        let outcome = if failures.iter().all(|(_, e)| super::kafka::is_record_refusal(e)) {
+            TxnOutcome::Refused(failures)
+        } else {
+            TxnOutcome::Retry(format!("delivery: {}", failures[0].1))
+        };
+        return abort(producer, outcome, health, shutdown);
+    }
+    loop {
+        match producer.commit_transaction(step) {
+            Ok(()) => return TxnOutcome::Committed,
+            Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+            // The commit is still under way (slow or failing-over coordinator): call it again.
+            Err(e) if is_retriable(&e) && !shutdown.is_triggered() => {
+                tracing::warn!(stage = txn.stage, error = %e, "commit not confirmed yet; retrying the commit");
+                health.heartbeat();
+            }
+            Err(e) => {
+                let failures = producer.context().take_failures();
+                let outcome = if !failures.is_empty() && failures.iter().all(|(_, e)| super::kafka::is_record_refusal(e)) {
+                    TxnOutcome::Refused(failures)
+                } else {
+                    TxnOutcome::Retry(format!("commit: {e}"))
+                };
+                return abort(producer, outcome, health, shutdown);
+            }
+        }
+    }
+}
+
+/// Abort the open transaction (retrying while librdkafka says so), then report `outcome`.
+fn abort(producer: &TxnProducer, outcome: TxnOutcome, health: &Health, shutdown: &Shutdown) -> TxnOutcome {
+    loop {
+        match producer.abort_transaction(Duration::from_secs(10)) {
+            Ok(()) => return outcome,
+            Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+            Err(e) if is_retriable(&e) && !shutdown.is_triggered() => {
+                tracing::warn!(error = %e, "abort not confirmed yet; retrying the abort");
+                health.heartbeat();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "abort_transaction failed");
+                return outcome;
+            }
+        }
+    }
+}
+
+impl BatchOutput {
+    /// Replace the refused records by dead letters of the inputs they came from. False when a
+    /// refused record cannot be traced to an input.
+    fn dead_letter_refused(
+        &mut self,
+        refused: &[(usize, KafkaError)],
+        inputs: &[InputMessage<'_>],
+        txn: &TxnSettings,
+        metrics: &Metrics,
+    ) -> bool {
+        let mut culprits: Vec<(usize, String, bool)> = Vec::new();
+        for (record, e) in refused {
+            let Some(origin) = self.origin(*record) else { return false };
+            let Some(r) = self.records.get(*record) else { return false };
+            let was_dead_letter = *r.topic == *txn.dlq_topic;
+            let reason = format!("{} refused a {}-byte record: {e}", r.topic, r.payload.len());
+            if !culprits.iter().any(|(o, _, _)| *o == origin) {
+                culprits.push((origin, reason, was_dead_letter));
+            }
+        }
+        let drop: std::collections::HashSet<usize> = culprits.iter().map(|(o, _, _)| *o).collect();
+        let mut kept = Vec::with_capacity(self.records.len());
+        let mut kept_origins = Vec::with_capacity(self.records.len());
+        for (r, o) in std::mem::take(&mut self.records).into_iter().zip(std::mem::take(&mut self.origins)) {
+            if o.is_some_and(|o| drop.contains(&o)) {
+                continue;
+            }
+            kept.push(r);
+            kept_origins.push(o);
+        }
+        self.records = kept;
+        self.origins = kept_origins;
+        for (origin, reason, was_dead_letter) in culprits {
+            let Some(input) = inputs.get(origin) else { return false };
+            let rejection = Rejection::new(RejectionKind::RefusedByBroker, reason);
+            metrics.dlq.with_label_values(&[txn.stage, rejection.kind.as_str()]).inc();
+            tracing::warn!(stage = txn.stage, partition = input.partition, offset = input.offset, %rejection, "output refused; dead-lettered");
+            let mut letter = dead_letter(&txn.dlq_topic, txn.stage, input, &rejection);
+            if was_dead_letter {
+                // Even the dead letter was refused: keep where it came from and why, not the bytes.
+                letter.payload.clear();
+                letter.headers.push((super::dlq::H_TRUNCATED, b"true".to_vec()));
+            }
+            self.push_attributed(origin, letter);
+        }
+        true
+    }
 }
 
 /// Send one record; when librdkafka's queue is full, serve deliveries and try again.
-pub(crate) fn send_with_backpressure<C>(producer: &BaseProducer<C>, record: &OutputRecord) -> Result<(), KafkaError>
+pub(crate) fn send_record<C>(producer: &BaseProducer<C>, record: &OutputRecord, opaque: C::DeliveryOpaque) -> Result<(), KafkaError>
 where
-    C: rdkafka::producer::ProducerContext<DeliveryOpaque = ()>,
+    C: rdkafka::producer::ProducerContext,
 {
     let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
     for (k, v) in &record.headers {
         headers = headers.insert(Header { key: k, value: Some(v.as_slice()) });
     }
-    let mut base = BaseRecord::to(&record.topic).payload(record.payload.as_slice()).headers(headers);
+    let mut base = BaseRecord::with_opaque_to(&record.topic, opaque).payload(record.payload.as_slice()).headers(headers);
     if let Some(key) = &record.key {
         base = base.key(key.as_slice());
     }

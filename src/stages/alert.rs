@@ -97,6 +97,7 @@ impl AlertStage {
         &mut self,
         items: &[Candidate],
         advances: &[OffsetAdvance],
+        commit: bool,
     ) -> Result<(WriteOutcome, Vec<(String, HitOutcome)>, bool), sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut outcomes = Vec::new();
@@ -111,6 +112,10 @@ impl AlertStage {
         for (hit, outcome) in items.iter().flat_map(|c| &c.hits).zip(results) {
             due_now |= matches!(outcome, HitOutcome::Opened(_)) && hit.group_wait_seconds == 0;
             outcomes.push((hit.policy_id.clone(), outcome));
+        }
+        if !commit {
+            tx.rollback().await?;
+            return Ok((WriteOutcome::Committed, Vec::new(), false));
         }
         match offsets::advance(&mut tx, &self.group_id, advances).await? {
             Advance::Done => {
@@ -138,6 +143,12 @@ pub fn decode_match(payload: &[u8]) -> Result<RuleMatch, Rejection> {
         if v.len() > MAX_ID_LEN {
             return Err(Rejection::new(RejectionKind::InvalidField, format!("{name} longer than {MAX_ID_LEN} bytes")));
         }
+    }
+    // Window arithmetic (± the policy's window and suppression) and PostgreSQL's timestamptz
+    // both need a sane time: a match from year 200000 is refused, never a panic.
+    let year = chrono::Datelike::year(&m.matched_at);
+    if !(1970..=9999).contains(&year) {
+        return Err(Rejection::new(RejectionKind::InvalidTimestamp, format!("matchedAt in year {year} is outside 1970–9999")));
     }
     m.matched_at = truncate_ms(m.matched_at);
     Ok(m)
@@ -172,7 +183,7 @@ impl SinkStage for AlertStage {
 
     async fn write(&mut self, items: &[Candidate], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {
         let (outcome, hits, due_now) =
-            self.write_batch(items, advances).await.map_err(|e| SinkError(e.to_string()))?;
+            self.write_batch(items, advances, true).await.map_err(|e| SinkError::from_sqlx(&e))?;
         if due_now {
             // Only after the commit: the dispatcher must find the alert when it looks.
             self.wake.wake();
@@ -190,6 +201,10 @@ impl SinkStage for AlertStage {
             self.metrics.hits.with_label_values(&["alert", &policy, label]).inc();
         }
         Ok(outcome)
+    }
+
+    async fn probe(&mut self, items: &[Candidate]) -> Result<(), SinkError> {
+        self.write_batch(items, &[], false).await.map(|_| ()).map_err(|e| SinkError::from_sqlx(&e))
     }
 
     fn offset_loader(&self) -> OffsetLoader {
@@ -244,8 +259,14 @@ mod tests {
         let mut long = m.clone();
         long.match_id = "x".repeat(300);
         assert_eq!(decode_match(&serde_json::to_vec(&long).unwrap()).unwrap_err().kind, RejectionKind::InvalidField);
-        let mut empty = m;
+        let mut empty = m.clone();
         empty.rule_id = " ".into();
         assert_eq!(decode_match(&serde_json::to_vec(&empty).unwrap()).unwrap_err().kind, RejectionKind::MissingField);
+        for extreme in [chrono::DateTime::<chrono::Utc>::MAX_UTC, chrono::DateTime::<chrono::Utc>::MIN_UTC] {
+            let mut far = m.clone();
+            far.matched_at = extreme;
+            let json = serde_json::to_vec(&far).unwrap();
+            assert_eq!(decode_match(&json).unwrap_err().kind, RejectionKind::InvalidTimestamp, "{extreme}");
+        }
     }
 }

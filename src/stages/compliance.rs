@@ -16,8 +16,8 @@ use sqlx::PgPool;
 
 use crate::codec::decode_enriched;
 use crate::compliance::{records_for, ComplianceRecord, Mapping, Pseudonyms};
-use crate::error::TransientError;
-use crate::runtime::{BatchOutput, InputMessage, OutputRecord, TransformStage};
+use crate::error::{Rejection, RejectionKind, TransientError};
+use crate::runtime::{BatchOutput, InputMessage, OutputRecord, SinkError, SinkErrorKind, TransformStage};
 
 /// Content type header on every `compliance-events` record.
 pub const COMPLIANCE_CONTENT_TYPE: &[u8] = b"application/vnd.auditflow.compliance.v1+json";
@@ -155,6 +155,8 @@ impl TransformStage for ComplianceStage {
 
     fn process_batch(&mut self, batch: &[InputMessage<'_>], out: &mut BatchOutput) -> Result<(), TransientError> {
         let mut records: Vec<ComplianceRecord> = Vec::new();
+        // The input each record came from.
+        let mut record_inputs: Vec<usize> = Vec::new();
         // An event sent twice upstream (same id) arrives twice; within a batch it yields its
         // records once. Across batches the table still holds it once (primary key).
         let mut seen: HashSet<(String, crate::compliance::Framework, String)> = HashSet::new();
@@ -169,12 +171,43 @@ impl TransformStage for ComplianceStage {
             for r in records_for(&self.mapping, &self.pseudonyms, &event) {
                 if seen.insert((r.event_id.clone(), r.framework, r.control.clone())) {
                     records.push(r);
+                    record_inputs.push(i);
                 }
             }
         }
         let handle = self.handle.clone();
-        handle.block_on(self.write(&records)).map_err(|e| TransientError::new("postgres", e.to_string()))?;
-        for r in &records {
+        if let Err(e) = handle.block_on(self.write(&records)) {
+            let e = SinkError::from_sqlx(&e);
+            if e.kind != SinkErrorKind::Refused {
+                return Err(TransientError::new("postgres", e.message));
+            }
+            // The database refuses some record for good: write them one by one (the insert is
+            // idempotent) and dead-letter the events whose records it refuses.
+            let mut refused: Vec<usize> = Vec::new();
+            for (r, input) in records.iter().zip(&record_inputs) {
+                if let Err(e) = handle.block_on(self.write(std::slice::from_ref(r))) {
+                    let e = SinkError::from_sqlx(&e);
+                    if e.kind != SinkErrorKind::Refused {
+                        return Err(TransientError::new("postgres", e.message));
+                    }
+                    if !refused.contains(input) {
+                        refused.push(*input);
+                        out.rejected.push((*input, Rejection::new(RejectionKind::RefusedByStore, e.message)));
+                    }
+                }
+            }
+            let mut kept = Vec::with_capacity(records.len());
+            let mut kept_inputs = Vec::with_capacity(records.len());
+            for (r, input) in records.into_iter().zip(record_inputs) {
+                if !refused.contains(&input) {
+                    kept.push(r);
+                    kept_inputs.push(input);
+                }
+            }
+            records = kept;
+            record_inputs = kept_inputs;
+        }
+        for (r, input) in records.iter().zip(&record_inputs) {
             let payload = match serde_json::to_vec(r) {
                 Ok(p) => p,
                 // Plain strings, numbers and timestamps: serialising cannot fail.
@@ -189,6 +222,7 @@ impl TransformStage for ComplianceStage {
                 // record was written, so downstream tools get the whole retention to read it.
                 timestamp_ms: None,
             });
+            out.attribute(*input);
         }
         Ok(())
     }

@@ -59,7 +59,9 @@ impl MessageTransform for EnrichStage {
             key: partition_key(&event),
             payload,
             headers: vec![("content-type", ENRICHED_CONTENT_TYPE.to_vec())],
-            timestamp_ms: Some(event.timestamp.timestamp_millis()),
+            // Produce time, not event time: the broker bounds record times (1 h ahead by
+            // default) and time retention deletes by them; the event time is in the payload.
+            timestamp_ms: None,
         });
         Ok(())
     }

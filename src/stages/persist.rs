@@ -44,9 +44,76 @@ pub struct PersistStage {
     checkpoint_producer: Option<BaseProducer<DeliveryTracker>>,
     /// Month partitions known to exist, so the DDL check runs once per month per process.
     known_months: HashSet<(i32, u32)>,
-    /// Chains this instance has written since its last checkpoint.
-    dirty_chains: HashSet<String>,
     last_checkpoint: Instant,
+    /// Batches in a row that met a data key that does not open.
+    key_failures: u32,
+}
+
+/// Why a batch could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// A data key does not open, or a subject has none: the row would lose its personal fields.
+    #[error("{0}")]
+    Key(String),
+}
+
+/// A key error is retried this many batches in a row (a key row being replaced), then stops
+/// the stage.
+const MAX_KEY_FAILURES: u32 = 3;
+
+/// Check that the master and pseudonym keys are the ones this database was written with,
+/// recording their check values at first use. A database written before check values existed
+/// is checked by opening its newest data key first. Fails closed with the reason.
+pub async fn verify_keys(pool: &PgPool, keys: &PrivacyKeys) -> Result<(), String> {
+    let (master, pseudonym) = privacy::key_check_values(keys);
+    let stored: Option<(Vec<u8>, Vec<u8>)> =
+        sqlx::query_as("SELECT master_check, pseudonym_check FROM privacy_key_check WHERE id = 1")
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| format!("cannot read the key check: {e}"))?;
+    let stored = match stored {
+        Some(s) => s,
+        None => {
+            let newest: Option<(String, Vec<u8>)> = sqlx::query_as(
+                "SELECT subject_pseudonym, wrapped_key FROM subject_keys
+                  WHERE wrapped_key IS NOT NULL ORDER BY created_at DESC LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| format!("cannot read subject keys: {e}"))?;
+            if let Some((subject, wrapped)) = newest {
+                keys.unwrap_data_key(&subject, &wrapped).map_err(|_| {
+                    "AUDITFLOW_MASTER_KEY does not open the data keys already stored in this database; \
+                     refusing to start (use the master key the database was written with)"
+                        .to_string()
+                })?;
+            }
+            sqlx::query(
+                "INSERT INTO privacy_key_check (id, master_check, pseudonym_check) VALUES (1, $1, $2)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&master)
+            .bind(&pseudonym)
+            .execute(pool)
+            .await
+            .map_err(|e| format!("cannot record the key check: {e}"))?;
+            sqlx::query_as("SELECT master_check, pseudonym_check FROM privacy_key_check WHERE id = 1")
+                .fetch_one(pool)
+                .await
+                .map_err(|e| format!("cannot read the key check: {e}"))?
+        }
+    };
+    if stored.0 != master {
+        return Err("AUDITFLOW_MASTER_KEY is not the key this database was written with; refusing to start".into());
+    }
+    if stored.1 != pseudonym {
+        return Err("AUDITFLOW_PSEUDONYM_KEY is not the key this database was written with; refusing to start \
+                    (pseudonyms, holds and erasure would no longer match)"
+            .into());
+    }
+    Ok(())
 }
 
 impl PersistStage {
@@ -62,8 +129,8 @@ impl PersistStage {
             handle,
             checkpoint_producer,
             known_months: HashSet::new(),
-            dirty_chains: HashSet::new(),
             last_checkpoint: Instant::now(),
+            key_failures: 0,
         }
     }
 
@@ -108,7 +175,7 @@ impl PersistStage {
         &self,
         tx: &mut Transaction<'_, Postgres>,
         subjects: &HashMap<String, SubjectKind>,
-    ) -> Result<HashMap<String, (i32, SecretKey)>, sqlx::Error> {
+    ) -> Result<HashMap<String, (i32, SecretKey)>, PersistError> {
         let pseudonyms: Vec<&str> = subjects.keys().map(String::as_str).collect();
         let mut keys = self.load_keys(tx, &pseudonyms).await?;
         let missing: Vec<(&str, i32)> = pseudonyms
@@ -148,12 +215,12 @@ impl PersistStage {
         let mut out = HashMap::with_capacity(keys.len());
         for (p, (generation, wrapped)) in keys {
             if let Some(w) = wrapped {
-                match self.settings.keys.unwrap_data_key(&p, &w) {
-                    Ok(k) => {
-                        out.insert(p, (generation, k));
-                    }
-                    Err(e) => tracing::error!(subject = %p, error = %e, "cannot unwrap a data key (wrong master key?)"),
-                }
+                // Never write a row without its personal fields: a key that does not open
+                // stops the batch.
+                let k = self.settings.keys.unwrap_data_key(&p, &w).map_err(|e| PersistError::Key(format!(
+                    "the data key of subject {p} (generation {generation}) does not unwrap under AUDITFLOW_MASTER_KEY: {e}"
+                )))?;
+                out.insert(p, (generation, k));
             }
         }
         Ok(out)
@@ -175,11 +242,16 @@ impl PersistStage {
         Ok(rows.into_iter().map(|(p, g, w)| (p, (g, w))).collect())
     }
 
-    async fn write_batch(&mut self, items: &[EnrichedEvent], advances: &[OffsetAdvance]) -> Result<WriteOutcome, sqlx::Error> {
+    /// Write the batch in one transaction; with `commit` false, roll it back instead (a probe).
+    async fn write_batch(
+        &mut self,
+        items: &[EnrichedEvent],
+        advances: &[OffsetAdvance],
+        commit: bool,
+    ) -> Result<WriteOutcome, PersistError> {
         let fresh = self.new_events(items).await?;
         self.ensure_months(&fresh).await?;
         let mut tx = self.pool.begin().await?;
-        let mut touched: Vec<String> = Vec::new();
         if !fresh.is_empty() {
             let keys = &self.settings.keys;
             // Each event's subject pseudonym (an HMAC) and chain, computed once per event.
@@ -197,8 +269,26 @@ impl PersistStage {
             let mut chain_ids: Vec<String> = placed.iter().map(|(_, _, chain)| chain.clone()).collect();
             chain_ids.sort();
             chain_ids.dedup();
+            // Every chain of the batch gets a head row before any is read, so that a new chain
+            // is locked like an old one: two instances extending (or starting) the same chain
+            // take turns instead of both writing its sequence 1. Sorted, so no two instances
+            // lock the same chains in opposite orders.
+            let genesis: Vec<Vec<u8>> = chain_ids.iter().map(|c| ledger::genesis(c).to_vec()).collect();
+            let chain_months: Vec<DateTime<Utc>> = chain_ids.iter().map(|c| month_of_chain(c)).collect();
+            sqlx::query(
+                "INSERT INTO ledger_chain_heads (chain_id, last_seq, last_hash, month_start)
+                 SELECT c, 0, g, m FROM UNNEST($1::text[], $2::bytea[], $3::timestamptz[]) AS t(c, g, m)
+                 ORDER BY c
+                 ON CONFLICT (chain_id) DO NOTHING",
+            )
+            .bind(&chain_ids)
+            .bind(&genesis)
+            .bind(&chain_months)
+            .execute(&mut *tx)
+            .await?;
             let heads: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT chain_id, last_seq, last_hash FROM ledger_chain_heads WHERE chain_id = ANY($1) FOR UPDATE",
+                "SELECT chain_id, last_seq, last_hash FROM ledger_chain_heads WHERE chain_id = ANY($1)
+                  ORDER BY chain_id FOR UPDATE",
             )
             .bind(&chain_ids)
             .fetch_all(&mut *tx)
@@ -219,7 +309,7 @@ impl PersistStage {
             for (ev, (pseudonym, _, chain)) in fresh.iter().zip(placed) {
                 let key = data_keys.get(&pseudonym);
                 let (last_seq, last_hash) = heads.get(&chain).copied().unwrap_or((0, ledger::genesis(&chain)));
-                let row = self.stored_row(ev, &pseudonym, key, chain.clone(), last_seq + 1);
+                let row = self.stored_row(ev, &pseudonym, key, chain.clone(), last_seq + 1)?;
                 let hash = ledger::row_hash(&last_hash, &row);
                 push_copy_row(&mut rows, &row, &last_hash, &hash);
                 heads.insert(chain, (last_seq + 1, hash));
@@ -233,31 +323,30 @@ impl PersistStage {
             }
             copy.finish().await?;
 
-            let (mut names, mut seqs, mut hashes, mut months) = (vec![], vec![], vec![], vec![]);
+            let (mut names, mut seqs, mut hashes) = (vec![], vec![], vec![]);
             for (chain, (seq, hash)) in heads.iter().filter(|(c, _)| chain_ids.binary_search(c).is_ok()) {
                 names.push(chain.clone());
                 seqs.push(*seq);
                 hashes.push(hash.to_vec());
-                months.push(month_of_chain(chain));
             }
             sqlx::query(
-                "INSERT INTO ledger_chain_heads (chain_id, last_seq, last_hash, month_start)
-                 SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::timestamptz[])
-                 ON CONFLICT (chain_id) DO UPDATE
-                    SET last_seq = EXCLUDED.last_seq, last_hash = EXCLUDED.last_hash, updated_at = now()",
+                "UPDATE ledger_chain_heads h SET last_seq = t.s, last_hash = t.h, updated_at = now()
+                   FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(c, s, h)
+                  WHERE h.chain_id = t.c",
             )
             .bind(&names)
             .bind(&seqs)
             .bind(&hashes)
-            .bind(&months)
             .execute(&mut *tx)
             .await?;
-            touched = chain_ids;
+        }
+        if !commit {
+            tx.rollback().await?;
+            return Ok(WriteOutcome::Committed);
         }
         match offsets::advance(&mut tx, &self.settings.group_id, advances).await? {
             Advance::Done => {
                 tx.commit().await?;
-                self.dirty_chains.extend(touched);
                 Ok(WriteOutcome::Committed)
             }
             Advance::Fenced => {
@@ -275,7 +364,7 @@ impl PersistStage {
         key: Option<&(i32, SecretKey)>,
         chain_id: String,
         chain_seq: i64,
-    ) -> StoredRow {
+    ) -> Result<StoredRow, PersistError> {
         let personal = |f: PersonalField| self.settings.personal_fields.contains(&f);
         let mut sealed = PersonalFields::default();
         let mut row = StoredRow {
@@ -330,24 +419,27 @@ impl PersistStage {
             row.metadata = ev.metadata.as_ref().map(ledger::canonical_json);
         }
         if sealed != PersonalFields::default() {
-            if let (Some((generation, key)), Ok(plain)) = (key, serde_json::to_vec(&sealed)) {
-                row.personal = Some(privacy::seal(key, &plain, ev.id.as_bytes()));
-                row.key_generation = Some(*generation);
-            }
+            let Some((generation, key)) = key else {
+                return Err(PersistError::Key(format!("no data key for subject {pseudonym}")));
+            };
+            let plain = serde_json::to_vec(&sealed).map_err(|e| PersistError::Key(format!("cannot encode personal fields: {e}")))?;
+            row.personal = Some(privacy::seal(key, &plain, ev.id.as_bytes()));
+            row.key_generation = Some(*generation);
         }
-        row
+        Ok(row)
     }
 
-    /// Sign checkpoints for the chains written since the last one, then publish pending ones.
+    /// Sign a checkpoint for every head not signed yet, whichever instance wrote it (one that
+    /// crashed leaves its heads to the others), then publish pending ones. Heads another
+    /// instance is writing right now are skipped, not waited for: the next round signs them.
     async fn checkpoint(&mut self, force: bool) -> Result<(), sqlx::Error> {
-        if !self.dirty_chains.is_empty() && (force || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval) {
-            let chains: Vec<String> = self.dirty_chains.iter().cloned().collect();
+        let due = force || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
+        if due {
             let mut tx = self.pool.begin().await?;
             let heads: Vec<(String, i64, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
                 "SELECT chain_id, last_seq, last_hash, month_start FROM ledger_chain_heads
-                  WHERE chain_id = ANY($1) AND last_seq > checkpointed_seq FOR UPDATE",
+                  WHERE last_seq > checkpointed_seq ORDER BY chain_id FOR UPDATE SKIP LOCKED",
             )
-            .bind(&chains)
             .fetch_all(&mut *tx)
             .await?;
             let now = Utc::now();
@@ -377,7 +469,6 @@ impl PersistStage {
                     .await?;
             }
             tx.commit().await?;
-            self.dirty_chains.clear();
             self.last_checkpoint = Instant::now();
         }
         self.publish_checkpoints().await
@@ -431,6 +522,30 @@ impl PersistStage {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+}
+
+impl PersistStage {
+    /// How the runtime should treat a failed write.
+    fn sink_error(&mut self, e: PersistError) -> SinkError {
+        match e {
+            PersistError::Key(message) => {
+                self.key_failures += 1;
+                if self.key_failures >= MAX_KEY_FAILURES {
+                    SinkError::fatal(message)
+                } else {
+                    SinkError::transient(message)
+                }
+            }
+            // Two rows at one chain position can only be a race between writers, never the
+            // row's fault: retried, not dead-lettered.
+            PersistError::Database(sqlx::Error::Database(db))
+                if db.constraint().is_some_and(|c| c.ends_with("_chain_seq")) =>
+            {
+                SinkError::transient(db.to_string())
+            }
+            PersistError::Database(e) => SinkError::from_sqlx(&e),
+        }
     }
 }
 
@@ -567,12 +682,15 @@ impl SinkStage for PersistStage {
     }
 
     async fn write(&mut self, items: &[EnrichedEvent], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {
-        let outcome = match self.write_batch(items, advances).await {
-            Ok(o) => o,
+        let outcome = match self.write_batch(items, advances, true).await {
+            Ok(o) => {
+                self.key_failures = 0;
+                o
+            }
             Err(e) => {
                 // A month partition may have been dropped by retention since it was cached.
                 self.known_months.clear();
-                return Err(SinkError(e.to_string()));
+                return Err(self.sink_error(e));
             }
         };
         if outcome == WriteOutcome::Committed {
@@ -585,8 +703,22 @@ impl SinkStage for PersistStage {
         Ok(outcome)
     }
 
+    async fn probe(&mut self, items: &[EnrichedEvent]) -> Result<(), SinkError> {
+        match self.write_batch(items, &[], false).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.known_months.clear();
+                Err(self.sink_error(e))
+            }
+        }
+    }
+
     async fn on_tick(&mut self) -> Result<(), SinkError> {
-        self.checkpoint(false).await.map_err(|e| SinkError(e.to_string()))
+        self.checkpoint(false).await.map_err(|e| SinkError::from_sqlx(&e))
+    }
+
+    async fn on_shutdown(&mut self) -> Result<(), SinkError> {
+        self.checkpoint(true).await.map_err(|e| SinkError::from_sqlx(&e))
     }
 
     fn offset_loader(&self) -> OffsetLoader {

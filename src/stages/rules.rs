@@ -141,7 +141,7 @@ impl<S: WindowStore + Send + 'static> RulesStage<S> {
             key: Some(match_key(m).into_bytes()),
             payload,
             headers: vec![("content-type", JSON_CONTENT_TYPE.to_vec())],
-            timestamp_ms: Some(m.matched_at.timestamp_millis()),
+            timestamp_ms: None, // produce time: see `EnrichStage`
         });
     }
 
@@ -152,7 +152,7 @@ impl<S: WindowStore + Send + 'static> RulesStage<S> {
             key: Some(b.subject.clone().into_bytes()),
             payload,
             headers: vec![("content-type", JSON_CONTENT_TYPE.to_vec())],
-            timestamp_ms: Some(b.decided_at.timestamp_millis()),
+            timestamp_ms: None,
         });
     }
 }
@@ -169,9 +169,14 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
     fn process_batch(&mut self, batch: &[InputMessage<'_>], out: &mut BatchOutput) -> Result<(), TransientError> {
         self.check_reload();
         let mut events: Vec<EnrichedEvent> = Vec::with_capacity(batch.len());
+        // The input of each event: a match the broker refuses dead-letters its event.
+        let mut event_inputs: Vec<usize> = Vec::with_capacity(batch.len());
         for (i, input) in batch.iter().enumerate() {
             match decode_enriched(input.payload) {
-                Ok(ev) => events.push(ev),
+                Ok(ev) => {
+                    events.push(ev);
+                    event_inputs.push(i);
+                }
                 Err(r) => out.rejected.push((i, r)),
             }
         }
@@ -182,7 +187,7 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
             // Before the transaction commits: a block is never announced before it is enforceable.
             self.store.apply(&block_ops)?;
         }
-        for r in &results {
+        for (r, input) in results.iter().zip(&event_inputs) {
             for m in &r.matches {
                 self.emit_match(m, out);
             }
@@ -190,6 +195,7 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
                 tracing::info!(stage = STAGE, rule = %b.rule_id, subject_type = %b.subject_type, subject = %b.subject, ttl_s = b.ttl_seconds, "block decided");
                 self.emit_block(b, out);
             }
+            out.attribute(*input);
         }
         Ok(())
     }
