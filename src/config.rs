@@ -512,6 +512,7 @@ impl Config {
         set(env, "AUDITFLOW_START_FROM", &mut self.stage.start_from)?;
         set(env, "AUDITFLOW_RETRY_MAX_BACKOFF_MS", &mut self.stage.retry_max_backoff_ms)?;
         set(env, "AUDITFLOW_MAX_INVALID_RATIO", &mut self.stage.max_invalid_ratio)?;
+        set(env, "AUDITFLOW_INVALID_RATIO_MIN_BATCH", &mut self.stage.invalid_ratio_min_batch)?;
         set(env, "AUDITFLOW_TRANSACTION_TIMEOUT_MS", &mut self.stage.transaction_timeout_ms)?;
         set(env, "AUDITFLOW_STALL_TIMEOUT_SECS", &mut self.stage.stall_timeout_secs)?;
         set(env, "AUDITFLOW_MAX_MESSAGE_BYTES", &mut self.enrich.max_message_bytes)?;

@@ -372,11 +372,26 @@ pub fn run_transform<S: TransformStage>(
 
         // Records the broker refuses for good are replaced by dead letters of their inputs and
         // the transaction is tried again at once: one bad record never holds up its batch.
+        // Inputs whose records are sent one message set each, to tell which one is refused.
+        let mut suspects: std::collections::HashSet<usize> = std::collections::HashSet::new();
         let outcome = loop {
-            match commit_transaction(&producer, Some(&consumer), &output.records, Some(&offsets), &txn, &health, &shutdown) {
-                TxnOutcome::Refused(refused) => {
+            let isolated: Vec<bool> = if suspects.is_empty() {
+                Vec::new()
+            } else {
+                (0..output.records.len()).map(|i| output.origin(i).is_some_and(|o| suspects.contains(&o))).collect()
+            };
+            match commit_transaction(&producer, Some(&consumer), &output.records, Some(&offsets), &isolated, &txn, &health, &shutdown) {
+                TxnOutcome::Refused { records, certain: false } => {
                     metrics.commits.with_label_values(&[name, "aborted"]).inc();
-                    if !output.dead_letter_refused(&refused, &inputs, &txn, &metrics) {
+                    let before = suspects.len();
+                    suspects.extend(records.iter().filter_map(|(i, _)| output.origin(*i)));
+                    if suspects.len() == before {
+                        break TxnOutcome::Retry("a refused record has no input to dead-letter".into());
+                    }
+                }
+                TxnOutcome::Refused { records, certain: true } => {
+                    metrics.commits.with_label_values(&[name, "aborted"]).inc();
+                    if !output.dead_letter_refused(&records, &inputs, &txn, &metrics) {
                         break TxnOutcome::Retry("a refused record has no input to dead-letter".into());
                     }
                 }
@@ -431,7 +446,7 @@ pub fn run_transform<S: TransformStage>(
                 rewind(&consumer, &offsets);
                 std::thread::sleep(backoff.next_delay());
             }
-            TxnOutcome::Refused(_) => unreachable!("refusals are resolved above"),
+            TxnOutcome::Refused { .. } => unreachable!("refusals are resolved above"),
         }
     }
 
@@ -463,14 +478,14 @@ fn tick<S: TransformStage>(
         return Ok(());
     }
     while !out.records.is_empty() {
-        match commit_transaction::<StageContext>(producer, None, &out.records, None, txn, health, shutdown) {
+        match commit_transaction::<StageContext>(producer, None, &out.records, None, &[], txn, health, shutdown) {
             TxnOutcome::Committed => {
                 for r in &out.records {
                     metrics.produced.with_label_values(&[name, &r.topic]).inc();
                 }
                 return Ok(());
             }
-            TxnOutcome::Refused(refused) => {
+            TxnOutcome::Refused { records: refused, .. } => {
                 // Timer output has no input to dead-letter: drop what the broker refuses.
                 let mut drop_idx: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
                 drop_idx.sort_unstable();
@@ -534,8 +549,10 @@ struct TxnSettings {
 #[derive(Debug)]
 enum TxnOutcome {
     Committed,
-    /// The broker refused these records (index in the transaction) for good.
-    Refused(Vec<(usize, KafkaError)>),
+    /// The broker refused these records (index in the transaction). `certain` when each was
+    /// refused on its own; a broker refuses a whole message set for one bad record in it, so
+    /// records refused together are sent again one by one before any is called bad.
+    Refused { records: Vec<(usize, KafkaError)>, certain: bool },
     /// Transient: re-read and try again after a backoff.
     Retry(String),
     /// The producer cannot go on.
@@ -547,11 +564,13 @@ enum TxnOutcome {
 /// librdkafka's rules: a retriable error from a transactional call means "call it again" (an
 /// abort then would conflict with the commit still in progress); an abortable one means
 /// "abort, then start over"; a fatal one means the producer is finished.
+#[allow(clippy::too_many_arguments)] // one attempt's whole context; split, it would hide the protocol
 fn commit_transaction<C: rdkafka::consumer::ConsumerContext>(
     producer: &TxnProducer,
     consumer: Option<&BaseConsumer<C>>,
     outputs: &[OutputRecord],
     offsets: Option<&BatchOffsets>,
+    isolated: &[bool],
     txn: &TxnSettings,
     health: &Health,
     shutdown: &Shutdown,
@@ -565,14 +584,23 @@ fn commit_transaction<C: rdkafka::consumer::ConsumerContext>(
     let mut refused: Vec<(usize, KafkaError)> = Vec::new();
     for (i, record) in outputs.iter().enumerate() {
         match send_record(producer, record, i) {
-            Ok(()) => {}
             // librdkafka checks the size itself, before anything is sent.
             Err(e) if super::kafka::is_record_refusal(&e) => refused.push((i, e)),
+            Ok(()) if isolated.get(i).copied().unwrap_or(false) => {
+                // Alone in its message set: a refusal now is this record's own.
+                while super::kafka::await_deliveries(producer, step).is_err() {
+                    if shutdown.is_triggered() {
+                        return abort(producer, TxnOutcome::Retry("shutting down".into()), health, shutdown);
+                    }
+                    health.heartbeat();
+                }
+            }
+            Ok(()) => {}
             Err(e) => return abort(producer, TxnOutcome::Retry(format!("produce: {e}")), health, shutdown),
         }
     }
     if !refused.is_empty() {
-        return abort(producer, TxnOutcome::Refused(refused), health, shutdown);
+        return abort(producer, TxnOutcome::Refused { records: refused, certain: true }, health, shutdown);
     }
     if let (Some(consumer), Some(offsets)) = (consumer, offsets) {
         let mut tpl = TopicPartitionList::with_capacity(offsets.len());
@@ -608,7 +636,8 @@ fn commit_transaction<C: rdkafka::consumer::ConsumerContext>(
             return TxnOutcome::Fatal(e.clone());
         }
         let outcome = if failures.iter().all(|(_, e)| super::kafka::is_record_refusal(e)) {
-            TxnOutcome::Refused(failures)
+            let certain = failures.iter().all(|(i, _)| isolated.get(*i).copied().unwrap_or(false));
+            TxnOutcome::Refused { records: failures, certain }
         } else {
             TxnOutcome::Retry(format!("delivery: {}", failures[0].1))
         };
@@ -626,7 +655,8 @@ fn commit_transaction<C: rdkafka::consumer::ConsumerContext>(
             Err(e) => {
                 let failures = producer.context().take_failures();
                 let outcome = if !failures.is_empty() && failures.iter().all(|(_, e)| super::kafka::is_record_refusal(e)) {
-                    TxnOutcome::Refused(failures)
+                    let certain = failures.iter().all(|(i, _)| isolated.get(*i).copied().unwrap_or(false));
+                    TxnOutcome::Refused { records: failures, certain }
                 } else {
                     TxnOutcome::Retry(format!("commit: {e}"))
                 };

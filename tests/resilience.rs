@@ -1,0 +1,221 @@
+//! No valid input and no fault may halt a stage or break the ledger: records the outputs
+//! refuse, events far from now, large events, several persist instances on new chains, a
+//! wrong master key, a stage that cannot commit. Real Kafka and PostgreSQL; counts reconcile
+//! exactly (rows + dead letters = input).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::*;
+use tokio::sync::Mutex;
+
+/// Tests here pause or saturate shared services: one at a time.
+static STACK: Mutex<()> = Mutex::const_new(());
+
+fn event(id: &str, at: chrono::DateTime<chrono::Utc>, user: &str, metadata: serde_json::Value) -> (Option<String>, Vec<u8>) {
+    let e = json!({
+        "id": id,
+        "timestamp": at.to_rfc3339(),
+        "userId": user,
+        "action": "login",
+        "resource": "authentication",
+        "ipAddress": "192.0.2.10",
+        "success": true,
+        "metadata": metadata,
+    });
+    (Some(user.to_string()), serde_json::to_vec(&e).expect("json"))
+}
+
+fn normal_events(n: usize, prefix: &str) -> Vec<(Option<String>, Vec<u8>)> {
+    let now = chrono::Utc::now();
+    (0..n).map(|i| event(&format!("{prefix}-{i}"), now, &format!("user-{}", i % 37), json!({"n": i}))).collect()
+}
+
+fn dead_letter_kinds(env: &TestEnv) -> Vec<String> {
+    let mut kinds: Vec<String> = read_topic(&env.dlq, 3, Duration::from_secs(2))
+        .iter()
+        .map(|r| r.headers.get("dlq.error.kind").cloned().unwrap_or_default())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_two_hours_ahead_and_a_one_megabyte_event_flow_with_the_rest() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("poison_valid", 3).await;
+    let mut records = normal_events(2_000, "n");
+    let ahead = chrono::Utc::now() + chrono::Duration::hours(2);
+    records.insert(700, event("future", ahead, "user-future", json!({})));
+    // Just under the raw limit (1 MiB) once wrapped in the event's JSON.
+    let big = "x".repeat(1_000_000);
+    records.insert(1_300, event("big", chrono::Utc::now(), "user-big", json!({ "blob": big })));
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _persist = env.start_stage("audit-persist", "p1");
+    env.produce_raw(&records);
+    env.wait_for_rows(2_002, Duration::from_secs(120)).await;
+    assert!(dead_letter_kinds(&env).is_empty(), "valid events are rows, not dead letters");
+    // Output records carry produce time: the broker never sees the event's own time.
+    let enriched = read_topic(&env.enriched, 3, Duration::from_secs(2));
+    assert_eq!(enriched.len(), 2_002);
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_are_stored() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("refused_row", 3).await;
+    // Stands for any value the store refuses for good (SQLSTATE class 23).
+    sqlx::query("ALTER TABLE audit_events ADD CONSTRAINT no_forbidden_resource CHECK (resource <> 'forbidden')")
+        .execute(&env.pool)
+        .await
+        .expect("add constraint");
+    let mut records = normal_events(500, "n");
+    let bad = json!({"id": "bad", "userId": "u", "action": "read", "resource": "forbidden"});
+    records.insert(250, (Some("u".into()), serde_json::to_vec(&bad).expect("json")));
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _persist = env.start_stage("audit-persist", "p1");
+    env.produce_raw(&records);
+    env.wait_for_rows(500, Duration::from_secs(120)).await;
+    let start = Instant::now();
+    let mut kinds = dead_letter_kinds(&env);
+    while kinds.is_empty() && start.elapsed() < Duration::from_secs(30) {
+        kinds = dead_letter_kinds(&env);
+    }
+    assert_eq!(kinds, ["refused_by_store"]);
+    assert_eq!(env.row_count().await + 1, records.len() as i64, "rows + dead letters = input");
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_persist_instances_backfilling_new_months_keep_every_chain_whole() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("persist_x3", 6).await;
+    // A backfill: months with no chain yet, events of one raw partition spread over every
+    // enriched partition (keyed by user), so all three instances extend the same new chains.
+    let base = chrono::Utc::now() - chrono::Duration::days(120);
+    let records: Vec<(Option<String>, Vec<u8>)> = (0..6_000)
+        .map(|i| {
+            let at = base + chrono::Duration::hours((i % 2_000) as i64);
+            event(&format!("b-{i}"), at, &format!("user-{}", i % 101), json!({}))
+        })
+        .collect();
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let persists: Vec<StageProcess> =
+        (1..=3).map(|i| env.start_stage_with("audit-persist", &format!("p{i}"), &[("AUDITFLOW_BATCH_MAX_MESSAGES", "200")])).collect();
+    // Let all three join before the backfill arrives.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    env.produce_raw(&records);
+    env.wait_for_rows(6_000, Duration::from_secs(180)).await;
+    let forks: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT chain_id, chain_seq FROM audit_events GROUP BY 1, 2 HAVING count(*) > 1) f",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .expect("count forks");
+    assert_eq!(forks, 0, "no two rows share a chain position");
+    let chains: i64 = sqlx::query_scalar("SELECT count(DISTINCT chain_id) FROM audit_events").fetch_one(&env.pool).await.expect("chains");
+    assert!(chains >= 6, "the backfill spans several chains, got {chains}");
+    drop(persists);
+    let (ok, report) = verify_ledger(&env);
+    assert!(ok, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn persist_refuses_to_start_with_another_master_key() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("wrong_key", 3).await;
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let mut persist = env.start_stage("audit-persist", "p1");
+    env.produce_raw(&normal_events(100, "n"));
+    env.wait_for_rows(100, Duration::from_secs(60)).await;
+    persist.terminate();
+
+    let other = "0909090909090909090909090909090909090909090909090909090909090909";
+    let mut wrong = env.start_stage_with("audit-persist", "p2", &[("AUDITFLOW_MASTER_KEY", other)]);
+    let start = Instant::now();
+    while wrong.is_running() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!wrong.is_running(), "a persist with the wrong master key must not run");
+    assert!(wrong.log().contains("AUDITFLOW_MASTER_KEY is not the key"), "{}", wrong.log());
+
+    // Rows written meanwhile would have lost their personal fields: there are none.
+    env.produce_raw(&normal_events(10, "m"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.row_count().await, 100);
+    let unsealed: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE personal IS NULL")
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    assert_eq!(unsealed, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_that_cannot_commit_says_so_on_healthz_and_recovers() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("stall", 3).await;
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let persist = env.start_stage_with("audit-persist", "p1", &[("AUDITFLOW_STALL_TIMEOUT_SECS", "10")]);
+    env.produce_raw(&normal_events(50, "a"));
+    env.wait_for_rows(50, Duration::from_secs(60)).await;
+    let addr = http_addr(&persist);
+    assert_eq!(http_get(&addr, "/healthz").0, 200);
+
+    // Hold the chain heads: persist can read its input but not commit it.
+    let mut blocker = env.pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE ledger_chain_heads IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    env.produce_raw(&normal_events(50, "b"));
+    let start = Instant::now();
+    let mut code = 200;
+    while code == 200 && start.elapsed() < Duration::from_secs(40) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        code = http_get(&addr, "/healthz").0;
+    }
+    assert_eq!(code, 503, "a stage with input waiting and no commit is not healthy");
+    let (_, metrics) = http_get(&addr, "/metrics");
+    assert!(metrics.contains("auditflow_stage_stalled{stage=\"persist\"} 1"), "{metrics}");
+
+    blocker.rollback().await.expect("release");
+    env.wait_for_rows(100, Duration::from_secs(60)).await;
+    assert_eq!(http_get(&addr, "/healthz").0, 200, "healthy again once it commits");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_invalid_ratio_guard_dead_letters_its_batch_and_a_restart_moves_on() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("ratio", 3).await;
+    let guard = [("AUDITFLOW_MAX_INVALID_RATIO", "0.5"), ("AUDITFLOW_INVALID_RATIO_MIN_BATCH", "10")];
+    let junk: Vec<(Option<String>, Vec<u8>)> = (0..200).map(|i| (None, format!("{{not json {i}").into_bytes())).collect();
+    env.produce_raw(&junk);
+    let mut enrich = env.start_stage_with("audit-enrich", "e1", &guard);
+    let start = Instant::now();
+    while enrich.is_running() && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!enrich.is_running(), "the guard stops the stage");
+    let first = read_topic(&env.dlq, 3, Duration::from_secs(2)).len();
+    assert!(first > 0, "the batch that tripped the guard is dead-lettered before the stop");
+
+    // After a restart the stage does not fail on the same batch again: it goes on until the
+    // junk is gone (tripping on later junk batches), then stores the valid events.
+    env.produce_raw(&normal_events(100, "ok"));
+    let _persist = env.start_stage("audit-persist", "p1");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut restarts = 0;
+    while env.row_count().await < 100 && Instant::now() < deadline {
+        let mut e = env.start_stage_with("audit-enrich", &format!("e{}", restarts + 2), &guard);
+        let t = Instant::now();
+        while e.is_running() && env.row_count().await < 100 && t.elapsed() < Duration::from_secs(20) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        restarts += 1;
+        assert!(restarts <= 200, "every restart must move past at least one batch");
+    }
+    env.wait_for_rows(100, Duration::from_secs(30)).await;
+    assert_eq!(read_topic(&env.dlq, 3, Duration::from_secs(2)).len(), 200, "each junk message dead-lettered once");
+}
