@@ -187,7 +187,7 @@ routes = ["security-team"]
 [[alert.routes]]
 name = "security-team"
 channels = ["email"]
-recipients = ["security@company.com"]
+recipients = ["security@example.com"]
 "#;
 
 fn smtp_env(port: u16) -> Vec<(String, String)> {
@@ -196,6 +196,7 @@ fn smtp_env(port: u16) -> Vec<(String, String)> {
         ("AUDITFLOW_SMTP_PORT".into(), port.to_string()),
         ("AUDITFLOW_SMTP_TLS".into(), "none".into()),
         ("AUDITFLOW_SMTP_FROM".into(), "auditflow alerts <alerts@auditflow.test>".into()),
+        ("AUDITFLOW_OPS_RECIPIENTS".into(), "sre@example.org".into()),
     ]
 }
 
@@ -296,7 +297,7 @@ async fn twelve_failed_logins_make_one_alert_and_replays_change_nothing() {
     assert_eq!(alert.evidence, 12);
 
     let mail = &mails[0];
-    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@company.com"]));
+    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@example.com"]));
     let subject = mail.header("subject").expect("subject");
     assert!(subject.contains("Failed Authentication Attempts") && subject.contains("user456"), "{subject}");
     assert_eq!(mail.header("message-id").as_deref(), Some(format!("<alert-{}@auditflow>", alert.id).as_str()));
@@ -501,7 +502,7 @@ group_by = ["user_id"]
 [[alert.routes]]
 name = "security-team"
 channels = ["email"]
-recipients = ["security@company.com"]
+recipients = ["security@example.com"]
 "#,
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
@@ -523,7 +524,7 @@ recipients = ["security@company.com"]
     let mails = smtp.wait_for_mails(1, Duration::from_secs(60)).await;
     assert_eq!(mails.len(), 1, "logs: {}", stage.log_path.display());
     let mail = &mails[0];
-    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@company.com"]), "no injected recipient");
+    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@example.com"]), "no injected recipient");
     let names = mail.header_names();
     for bad in ["bcc", "x-injected", "reply-to"] {
         assert!(!names.contains(&bad.to_string()), "{bad} header injected: {names:?}");

@@ -207,23 +207,23 @@ pub struct RouteConfig {
     /// The rule carries one of these tags (empty: any).
     pub tags: Vec<String>,
     pub channels: Vec<ChannelKind>,
-    /// E-mail recipients.
+    /// E-mail recipients. None are built in: an e-mail route without any (here or from
+    /// `AUDITFLOW_ALERT_RECIPIENTS`) stops alerting at start once e-mail is configured.
     pub recipients: Vec<String>,
 }
 
+/// The built-in routes carry no recipients: alerts must never go to an address nobody chose.
 fn default_routes() -> Vec<RouteConfig> {
     vec![
         RouteConfig {
             name: "security-team".into(),
             channels: vec![ChannelKind::Email],
-            recipients: vec!["security@company.com".into()],
             ..RouteConfig::default()
         },
         RouteConfig {
             name: "admins".into(),
             severities: vec![Severity::Critical],
             channels: vec![ChannelKind::Email],
-            recipients: vec!["admin@company.com".into()],
             ..RouteConfig::default()
         },
         RouteConfig {
@@ -427,7 +427,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         OpsConfig {
             enabled: true,
-            recipients: vec!["admin@company.com".into()],
+            recipients: Vec::new(),
             stall_seconds: 300,
             dlq_spike_count: 100,
             dlq_window_seconds: 300,
@@ -501,9 +501,19 @@ impl AlertSettings {
         if let Some(v) = parse(env, "AUDITFLOW_ALERT_RETRY_MAX_BACKOFF_MS")? {
             self.retry.max_backoff_ms = v;
         }
+        let list = |v: Option<String>| -> Vec<String> {
+            v.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        };
+        if let Some(v) = text(env, "AUDITFLOW_ALERT_RECIPIENTS") {
+            // Fills the e-mail routes that name no recipients (the built-in ones, typically);
+            // a route with its own list keeps it.
+            let to = list(v);
+            for r in self.routes.iter_mut().filter(|r| r.channels.contains(&ChannelKind::Email) && r.recipients.is_empty()) {
+                r.recipients = to.clone();
+            }
+        }
         if let Some(v) = text(env, "AUDITFLOW_OPS_RECIPIENTS") {
-            self.ops.recipients =
-                v.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            self.ops.recipients = list(v);
         }
         Ok(())
     }
@@ -564,6 +574,25 @@ impl AlertSettings {
                 .map_err(|e| ConfigError::new("AUDITFLOW_SMTP_FROM", format!("{:?}: {e}", self.email.from)))?;
             if self.email.password.is_some() && self.email.username.is_none() {
                 return Err(ConfigError::new("AUDITFLOW_SMTP_USERNAME", "a password is set but no user name"));
+            }
+            // With e-mail on, a route or ops alert without recipients would drop its alerts
+            // silently: refuse to start instead.
+            for (i, r) in self.routes.iter().enumerate() {
+                if r.channels.contains(&ChannelKind::Email) && r.recipients.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("alert.routes[{i}].recipients"),
+                        format!(
+                            "route {:?} sends e-mail but has no recipients; list them in the route or set AUDITFLOW_ALERT_RECIPIENTS",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+            if self.ops.enabled && self.ops.recipients.is_empty() {
+                return Err(ConfigError::new(
+                    "AUDITFLOW_OPS_RECIPIENTS",
+                    "operational alerts are on but have no recipients; set it (or alert.ops.recipients), or alert.ops.enabled = false",
+                ));
             }
         }
         if let Some(url) = &self.slack.webhook_url {
@@ -725,6 +754,39 @@ recipients = ["soc@example.com"]
     }
 
     #[test]
+    fn no_recipient_is_built_in_and_e_mail_without_recipients_refuses_to_start() {
+        let d = AlertSettings::default();
+        assert!(d.routes.iter().all(|r| r.recipients.is_empty()), "{:?}", d.routes);
+        assert!(d.ops.recipients.is_empty());
+        // No e-mail channel: nothing could be sent, so nothing is missing.
+        assert!(Config::from_sources(None, &HashMap::new()).is_ok());
+        let smtp = [("AUDITFLOW_SMTP_HOST", "mail.example.com")];
+        let e = Config::from_sources(None, &env(&smtp)).unwrap_err();
+        assert_eq!(e.setting, "alert.routes[0].recipients");
+        assert!(e.reason.contains("security-team") && e.reason.contains("AUDITFLOW_ALERT_RECIPIENTS"), "{e}");
+        let e = Config::from_sources(None, &env(&[smtp[0], ("AUDITFLOW_ALERT_RECIPIENTS", "soc@example.com")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_OPS_RECIPIENTS");
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                smtp[0],
+                ("AUDITFLOW_ALERT_RECIPIENTS", "soc@example.com, cso@example.com"),
+                ("AUDITFLOW_OPS_RECIPIENTS", "sre@example.org"),
+            ]),
+        )
+        .unwrap();
+        let team = c.alert.routes.iter().find(|r| r.name == "security-team").unwrap();
+        assert_eq!(team.recipients, ["soc@example.com", "cso@example.com"]);
+        assert!(c.alert.routes.iter().find(|r| r.name == "chatops").unwrap().recipients.is_empty(), "no e-mail there");
+        // A route's own list wins over the fallback; ops alerts can be turned off instead.
+        let file = "[alert.ops]\nenabled = false\n[[alert.routes]]\nname = \"security-team\"\nchannels = [\"email\"]\nrecipients = [\"own@example.com\"]\n[[alert.routes]]\nname = \"admins\"\n[[alert.routes]]\nname = \"chatops\"\n";
+        let c = Config::from_sources(Some(file), &env(&[smtp[0], ("AUDITFLOW_ALERT_RECIPIENTS", "x@example.com")]))
+            .unwrap();
+        assert_eq!(c.alert.routes[0].recipients, ["own@example.com"]);
+    }
+
+    #[test]
     fn channel_secrets_are_redacted_in_debug_output() {
         let c = Config::from_sources(
             None,
@@ -732,6 +794,8 @@ recipients = ["soc@example.com"]
                 ("AUDITFLOW_SMTP_HOST", "mail.example.com"),
                 ("AUDITFLOW_SMTP_USERNAME", "alerts"),
                 ("AUDITFLOW_SMTP_PASSWORD", "smtp-hunter2"),
+                ("AUDITFLOW_ALERT_RECIPIENTS", "soc@example.com"),
+                ("AUDITFLOW_OPS_RECIPIENTS", "sre@example.com"),
                 ("AUDITFLOW_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/slack-token-xyz"),
                 ("AUDITFLOW_WEBHOOK_URL", "https://siem.example.com/hook?token=url-token-abc"),
                 ("AUDITFLOW_WEBHOOK_SECRET", "hmac-key-123"),
