@@ -29,6 +29,8 @@ struct Received {
     headers: HashMap<String, String>,
     body: Vec<u8>,
     answered: u16,
+    /// Unix seconds on this process's clock when the request arrived.
+    received_at: i64,
 }
 
 /// A local HTTP server answering 500 to the first `fail_first[path]` requests of a path, then 200.
@@ -62,6 +64,7 @@ impl Receiver {
                         .collect(),
                     body: body.to_vec(),
                     answered: code,
+                    received_at: Utc::now().timestamp(),
                 });
                 (StatusCode::from_u16(code).unwrap(), if code == 200 { "ok" } else { "try again" })
             }
@@ -431,6 +434,8 @@ channels = ["webhook", "slack"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/hook")));
+    // The receiver is plain http on 127.0.0.1.
+    env.extra_env.push(("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP".into(), "true".into()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), secret.into()));
     env.extra_env.push(("AUDITFLOW_SLACK_WEBHOOK_URL".into(), receiver.url("/slack")));
     let stage = env.start_stage("audit-alert", "d1");
@@ -454,13 +459,20 @@ channels = ["webhook", "slack"]
     assert_eq!(hooks.iter().map(|r| r.answered).collect::<Vec<_>>(), [500, 500, 200], "logs: {}", stage.log_path.display());
     let ok = &hooks[2];
     let signature = &ok.headers["x-auditflow-signature"];
-    // Independent check with the hmac crate, as a receiver would do it.
+    let timestamp: i64 = ok.headers["x-auditflow-timestamp"].parse().expect("unix seconds");
+    // Fresh: signed when it was sent, not when the alert opened or at the first attempt.
+    assert!(ok.received_at.abs_diff(timestamp) <= 5, "timestamp {timestamp}, received at {}", ok.received_at);
+    // Independent check with the hmac crate, as a receiver would do it: HMAC of "<t>.<body>".
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
     mac.update(&ok.body);
     let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(signature, &format!("sha256={expected}"));
-    assert!(auditflow::alert::channels::webhook::verify(secret.as_bytes(), &ok.body, signature));
-    assert!(!auditflow::alert::channels::webhook::verify(b"wrong", &ok.body, signature));
+    assert_eq!(signature, &format!("t={timestamp},v1={expected}"));
+    use auditflow::alert::channels::webhook::{verify, VerifyError};
+    assert_eq!(verify(secret.as_bytes(), &ok.body, signature, ok.received_at, 300), Ok(()));
+    assert_eq!(verify(b"wrong", &ok.body, signature, ok.received_at, 300), Err(VerifyError::Mismatch));
+    // The same request replayed ten minutes later is refused.
+    assert_eq!(verify(secret.as_bytes(), &ok.body, signature, timestamp + 600, 300), Err(VerifyError::Stale));
     assert_eq!(ok.headers["content-type"], "application/json");
     let body: serde_json::Value = serde_json::from_slice(&ok.body).expect("JSON body");
     assert_eq!(ok.headers["x-auditflow-alert-id"], body["alertId"].as_str().unwrap());
@@ -589,6 +601,8 @@ channels = ["webhook"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/down")));
+    // The receiver is plain http on 127.0.0.1.
+    env.extra_env.push(("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP".into(), "true".into()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), "s".into()));
     let stage = env.start_stage("audit-alert", "f1");
     produce_matches(&env, &failed_logins("trudy", 1, "dlq"));
@@ -641,6 +655,8 @@ channels = ["webhook"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/hook")));
+    // The receiver is plain http on 127.0.0.1.
+    env.extra_env.push(("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP".into(), "true".into()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), "s".into()));
     let _a = env.start_stage("audit-alert", "i1");
     let _b = env.start_stage("audit-alert", "i2");

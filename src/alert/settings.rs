@@ -54,6 +54,10 @@ pub struct AlertSettings {
     /// Replay guard and frequency state kept this long (longer than the rule-matches topic's
     /// retention, so no replay can reach past it).
     pub match_retention_hours: u64,
+    /// Slack and webhook URLs must be `https://` unless this is true (a receiver on localhost
+    /// or in tests): an alert carries event data, and a webhook's signature is no secret from
+    /// whoever reads the wire. `AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP`.
+    pub allow_insecure_http: bool,
     pub retry: RetryConfig,
     pub email: EmailConfig,
     pub slack: SlackConfig,
@@ -73,6 +77,7 @@ impl Default for AlertSettings {
             max_evidence: 100,
             max_field_chars: 2000,
             match_retention_hours: 8 * 24,
+            allow_insecure_http: false,
             retry: RetryConfig::default(),
             email: EmailConfig::default(),
             slack: SlackConfig::default(),
@@ -489,6 +494,9 @@ impl AlertSettings {
         if let Some(v) = env.get("AUDITFLOW_WEBHOOK_SECRET") {
             self.webhook.secret = if v.is_empty() { None } else { Some(Secret(v.clone())) };
         }
+        if let Some(v) = parse(env, "AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP")? {
+            self.allow_insecure_http = v;
+        }
         if let Some(v) = parse(env, "AUDITFLOW_ALERT_GROUP_WAIT_SECONDS")? {
             self.group_wait_seconds = v;
         }
@@ -596,10 +604,11 @@ impl AlertSettings {
             }
         }
         if let Some(url) = &self.slack.webhook_url {
-            check_http_url(url.expose()).map_err(|e| ConfigError::new("AUDITFLOW_SLACK_WEBHOOK_URL", e))?;
+            check_http_url(url.expose(), self.allow_insecure_http)
+                .map_err(|e| ConfigError::new("AUDITFLOW_SLACK_WEBHOOK_URL", e))?;
         }
         if let Some(url) = &self.webhook.url {
-            check_http_url(url).map_err(|e| ConfigError::new("AUDITFLOW_WEBHOOK_URL", e))?;
+            check_http_url(url, self.allow_insecure_http).map_err(|e| ConfigError::new("AUDITFLOW_WEBHOOK_URL", e))?;
             if self.webhook.secret.is_none() {
                 return Err(ConfigError::new("AUDITFLOW_WEBHOOK_SECRET", "a webhook needs a signing secret"));
             }
@@ -659,12 +668,20 @@ impl AlertSettings {
     }
 }
 
-fn check_http_url(url: &str) -> Result<(), String> {
+fn check_http_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    // The parse error alone: the URL may embed a token.
     let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-        return Err("expected an http:// or https:// URL".into());
+    if u.host_str().is_none() {
+        return Err("expected an https:// URL with a host".into());
     }
-    Ok(())
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => Err("must be https:// (plain http:// only with alert.allow_insecure_http = true, \
+                       AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP=true)"
+            .into()),
+        _ => Err("expected an https:// URL".into()),
+    }
 }
 
 #[cfg(test)]
@@ -749,8 +766,29 @@ recipients = ["soc@example.com"]
         );
         let e = Config::from_sources(None, &env(&[("AUDITFLOW_SMTP_TLS", "ssl3")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_SMTP_TLS");
-        let e = Config::from_sources(None, &env(&[("AUDITFLOW_WEBHOOK_URL", "http://h/x")])).unwrap_err();
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_WEBHOOK_URL", "https://h/x")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_WEBHOOK_SECRET");
+    }
+
+    #[test]
+    fn http_targets_must_be_https_unless_plain_http_is_allowed() {
+        let with = |pairs: &[(&str, &str)]| Config::from_sources(None, &env(pairs));
+        let hook = [("AUDITFLOW_WEBHOOK_URL", "http://127.0.0.1:8080/hook"), ("AUDITFLOW_WEBHOOK_SECRET", "s")];
+        let e = with(&hook).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_WEBHOOK_URL");
+        assert!(e.reason.contains("https://") && e.reason.contains("allow_insecure_http"), "{e}");
+        let e = with(&[("AUDITFLOW_SLACK_WEBHOOK_URL", "http://hooks.example.com/services/T/B/token-xyz")]).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_SLACK_WEBHOOK_URL");
+        assert!(!e.reason.contains("token-xyz"), "{e}");
+        let e = with(&[("AUDITFLOW_WEBHOOK_URL", "ftp://h/x"), ("AUDITFLOW_WEBHOOK_SECRET", "s")]).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_WEBHOOK_URL");
+        assert!(with(&[("AUDITFLOW_WEBHOOK_URL", "https://siem.example.com/hook"), ("AUDITFLOW_WEBHOOK_SECRET", "s")]).is_ok());
+        let allowed = with(&[hook[0], hook[1], ("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP", "true")]).unwrap();
+        assert!(allowed.alert.allow_insecure_http);
+        let file = "[alert]\nallow_insecure_http = true\n[alert.slack]\nwebhook_url = \"http://127.0.0.1:9/slack\"\n";
+        assert!(Config::from_sources(Some(file), &HashMap::new()).is_ok());
+        let e = with(&[("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP", "sure")]).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP");
     }
 
     #[test]
