@@ -223,7 +223,7 @@ enum DlqCommand {
     },
     /// Show one dead letter (PARTITION:OFFSET): headers and payload.
     Show { position: String },
-    /// Send dead letters back to their source topic (each at most once).
+    /// Send dead letters back to their stage's input topic (each at most once).
     Replay {
         /// Only these (PARTITION:OFFSET, repeatable).
         #[arg(long = "id")]
@@ -232,6 +232,10 @@ enum DlqCommand {
         stage: Option<String>,
         #[arg(long)]
         kind: Option<String>,
+        /// Send to this topic instead of the stage's input topic; must be one of the stages'
+        /// input topics. Needed when a dead letter's dlq.source.topic is not its stage's input.
+        #[arg(long, value_name = "TOPIC")]
+        to: Option<String>,
         /// Say what would be sent, send nothing.
         #[arg(long)]
         dry_run: bool,
@@ -583,21 +587,21 @@ async fn run_dlq(command: DlqCommand, config: &Config) -> anyhow::Result<()> {
         DlqCommand::List { stage, kind, limit } => {
             let chosen = auditflow::cli::ops::select(&letters, stage.as_deref(), kind.as_deref(), &[]);
             println!("{:<12} {:<10} {:<20} {:<36} MESSAGE", "POSITION", "STAGE", "KIND", "SOURCE");
+            // Header values are whatever the DLQ's writer put there: escaped for the terminal.
+            let h = |d: &auditflow::cli::ops::DeadLetter, name: &str| {
+                auditflow::cli::ops::printable(d.header(name).unwrap_or("?").as_bytes(), false)
+            };
             for d in chosen.iter().take(limit) {
-                let source = format!(
-                    "{}/{}:{}",
-                    d.header(dlq::H_SOURCE_TOPIC).unwrap_or("?"),
-                    d.header(dlq::H_SOURCE_PARTITION).unwrap_or("?"),
-                    d.header(dlq::H_SOURCE_OFFSET).unwrap_or("?")
-                );
+                let source =
+                    format!("{}/{}:{}", h(d, dlq::H_SOURCE_TOPIC), h(d, dlq::H_SOURCE_PARTITION), h(d, dlq::H_SOURCE_OFFSET));
                 let message: String = d.header(dlq::H_ERROR_MESSAGE).unwrap_or("").chars().take(80).collect();
                 println!(
                     "{:<12} {:<10} {:<20} {:<36} {}",
                     d.position(),
-                    d.header(dlq::H_STAGE).unwrap_or("?"),
-                    d.header(dlq::H_ERROR_KIND).unwrap_or("?"),
+                    h(d, dlq::H_STAGE),
+                    h(d, dlq::H_ERROR_KIND),
                     source,
-                    message.replace(['\n', '\r'], " ")
+                    auditflow::cli::ops::printable(message.as_bytes(), false)
                 );
             }
             println!("{} of {} dead letter(s) shown", chosen.len().min(limit), chosen.len());
@@ -608,26 +612,35 @@ async fn run_dlq(command: DlqCommand, config: &Config) -> anyhow::Result<()> {
                 .iter()
                 .find(|d| d.position() == position)
                 .ok_or_else(|| InputError(format!("no dead letter at {position} (expected PARTITION:OFFSET)")))?;
+            // Everything here was written by whoever could produce to the DLQ: escaped.
+            use auditflow::cli::ops::printable;
+            if let Some(key) = &d.key {
+                println!("key: {}", printable(key, false));
+            }
             for (k, v) in &d.headers {
-                println!("{k}: {v}");
+                println!("{}: {}", printable(k.as_bytes(), false), printable(v, false));
             }
             println!();
-            println!("{}", String::from_utf8_lossy(&d.payload));
+            println!("{}", printable(&d.payload, true));
             Ok(())
         }
-        DlqCommand::Replay { ids, stage, kind, dry_run } => {
+        DlqCommand::Replay { ids, stage, kind, to, dry_run } => {
             let chosen = auditflow::cli::ops::select(&letters, stage.as_deref(), kind.as_deref(), &ids);
             if chosen.is_empty() {
                 return Err(InputError("no dead letter matches; see `auditflow dlq list`".into()).into());
             }
             let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
-            let o = auditflow::cli::ops::replay(config, &pool, &chosen, dry_run).await?;
+            let o = auditflow::cli::ops::replay(config, &pool, &chosen, to.as_deref(), dry_run, |d, why| {
+                eprintln!("refused {}: {}", d.position(), auditflow::cli::ops::printable(why.to_string().as_bytes(), false));
+            })
+            .await?;
             println!(
-                "{} {} replayed, {} already replayed before, {} not replayable (truncated or without source)",
+                "{} {} replayed, {} already replayed before, {} not replayable (truncated), {} refused (see above)",
                 o.replayed,
                 if dry_run { "would be" } else { "" },
                 o.already_replayed,
-                o.not_replayable
+                o.not_replayable,
+                o.refused
             );
             Ok(())
         }

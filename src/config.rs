@@ -138,7 +138,7 @@ impl fmt::Debug for KafkaConfig {
         let redacted: BTreeMap<&str, &str> = self
             .librdkafka
             .iter()
-            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() }))
+            .map(|(k, v)| (k.as_str(), crate::redact::property(k, v)))
             .collect();
         f.debug_struct("KafkaConfig")
             .field("brokers", &self.brokers)
@@ -146,12 +146,6 @@ impl fmt::Debug for KafkaConfig {
             .field("librdkafka", &redacted)
             .finish()
     }
-}
-
-/// librdkafka properties whose values must never be logged.
-pub fn is_secret_property(name: &str) -> bool {
-    let n = name.to_ascii_lowercase();
-    n.contains("password") || n.contains("secret") || n.ends_with(".key.pem") || n.contains("sasl.oauthbearer.config")
 }
 
 /// One Kafka topic the pipeline owns: its name and how `auditflow topics create` makes it.
@@ -287,7 +281,7 @@ impl Default for RedisConfig {
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig").field("url", &redact_url(&self.url)).finish()
+        f.debug_struct("RedisConfig").field("url", &crate::redact::url(&self.url)).finish()
     }
 }
 
@@ -307,21 +301,9 @@ impl Default for DatabaseConfig {
 impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
-            .field("url", &redact_url(&self.url))
+            .field("url", &crate::redact::url(&self.url))
             .field("max_connections", &self.max_connections)
             .finish()
-    }
-}
-
-/// `postgres://user:secret@host/db` → `postgres://user:<redacted>@host/db`.
-pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else { return url.to_string() };
-    let rest = &url[scheme_end + 3..];
-    let Some(at) = rest.rfind('@') else { return url.to_string() };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}{}:<redacted>{}", &url[..scheme_end + 3], &userinfo[..colon], &rest[at..]),
-        None => url.to_string(),
     }
 }
 
@@ -575,13 +557,13 @@ impl Config {
         if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
             return Err(ConfigError::new(
                 "AUDITFLOW_DATABASE_URL",
-                format!("expected postgres://…, got {}", redact_url(&self.database.url)),
+                format!("expected postgres://…, got {}", crate::redact::url(&self.database.url)),
             ));
         }
         if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
             return Err(ConfigError::new(
                 "AUDITFLOW_REDIS_URL",
-                format!("expected redis://…, got {}", redact_url(&self.redis.url)),
+                format!("expected redis://…, got {}", crate::redact::url(&self.redis.url)),
             ));
         }
         if self.database.max_connections == 0 {
@@ -678,6 +660,45 @@ impl Config {
         Ok(())
     }
 
+    /// The topics a stage reads and writes: `(input, outputs)`; `None` for an unknown stage.
+    pub fn stage_topics(&self, stage: &str) -> Option<(&str, Vec<&str>)> {
+        let t = &self.topics;
+        let (input, outputs) = match stage {
+            "enrich" => (&t.raw, vec![&t.enriched, &t.dlq]),
+            "persist" => (&t.enriched, vec![&t.checkpoints, &t.dlq]),
+            "rules" => (&t.enriched, vec![&t.rule_matches, &t.security_actions, &t.dlq]),
+            "alert" => (&t.rule_matches, vec![&t.security_alerts, &t.alert_dlq, &t.dlq]),
+            "compliance" => (&t.enriched, vec![&t.compliance_events, &t.dlq]),
+            _ => return None,
+        };
+        Some((input.name.as_str(), outputs.into_iter().map(|s| s.name.as_str()).collect()))
+    }
+
+    /// What a stage's start-up log says, as `(key, value)` lines: enough to tell which process
+    /// talks to what, with no secret (hosts and database names only, never URLs).
+    pub fn summary(&self, stage: &str) -> Vec<(&'static str, String)> {
+        let mut lines = vec![
+            ("stage", format!("{stage} (auditflow {}), instance {}", env!("CARGO_PKG_VERSION"), self.instance_id())),
+            ("kafka", format!("brokers {}, group {}", self.kafka.brokers, self.group_id(stage))),
+        ];
+        if let Some((input, outputs)) = self.stage_topics(stage) {
+            lines.push(("topics", format!("{input} → {}", outputs.join(", "))));
+        }
+        if matches!(stage, "persist" | "alert" | "compliance") {
+            let host = crate::redact::url_host(&self.database.url).unwrap_or("?");
+            let db = crate::redact::url_path(&self.database.url).unwrap_or("?");
+            lines.push(("database", format!("{host}/{db}, {} connection(s) at most", self.database.max_connections)));
+        }
+        if stage == "rules" {
+            lines.push(("redis", crate::redact::url_host(&self.redis.url).unwrap_or("?").to_string()));
+        }
+        lines.push((
+            "batches",
+            format!("up to {} messages or {} ms", self.stage.batch_max_messages, self.stage.batch_max_wait_ms),
+        ));
+        lines
+    }
+
     /// The consumer group of a stage: configured, or `<group_prefix>-<stage>`.
     pub fn group_id(&self, stage: &str) -> String {
         self.stage.group_id.clone().unwrap_or_else(|| format!("{}-{stage}", self.stage.group_prefix))
@@ -747,19 +768,54 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_names_what_matters_and_no_secret() {
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("AUDITFLOW_DATABASE_URL", "postgres://u:pw-secret@db.internal:5433/audit?password=q-secret"),
+                ("AUDITFLOW_REDIS_URL", "redis://:redis-secret@cache:6380/2"),
+                ("AUDITFLOW_LIBRDKAFKA_SASL_PASSWORD", "hunter2"),
+                ("AUDITFLOW_INSTANCE_ID", "i-7"),
+                ("AUDITFLOW_BATCH_MAX_MESSAGES", "250"),
+            ]),
+        )
+        .unwrap();
+        let text = |stage: &str| {
+            c.summary(stage).iter().map(|(k, v)| format!("{k}: {v}\n")).collect::<String>()
+        };
+        let persist = text("persist");
+        for needed in ["persist", "i-7", "127.0.0.1:9092", "auditflow-persist", "audit-enriched →", "db.internal:5433/audit", "250 messages"] {
+            assert!(persist.contains(needed), "{needed} missing: {persist}");
+        }
+        assert!(!persist.contains("redis"), "persist does not use Redis: {persist}");
+        let rules = text("rules");
+        assert!(rules.contains("redis: cache:6380") && rules.contains("audit-rule-matches"), "{rules}");
+        assert!(text("enrich").contains("topics: audit-raw → audit-enriched, audit-dlq"));
+        for stage in ["enrich", "persist", "rules", "alert", "compliance"] {
+            let t = text(stage);
+            assert!(t.lines().count() <= 6, "a few lines: {t}");
+            for secret in ["pw-secret", "q-secret", "redis-secret", "hunter2"] {
+                assert!(!t.contains(secret), "{secret} leaked for {stage}: {t}");
+            }
+        }
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let c = Config::from_sources(
             None,
             &env(&[
                 ("AUDITFLOW_LIBRDKAFKA_SASL_PASSWORD", "hunter2"),
-                ("AUDITFLOW_DATABASE_URL", "postgres://u:pw-secret@h/db"),
+                ("AUDITFLOW_LIBRDKAFKA_SSL_KEY_PASSWORD", "key-pw"),
+                ("AUDITFLOW_DATABASE_URL", "postgres://u:pw-secret@h/db?password=query-secret"),
+                ("AUDITFLOW_REDIS_URL", "redis://:redis-secret@h:6379/0"),
             ]),
         )
         .unwrap();
         let printed = format!("{c:?}");
         assert!(!printed.contains("hunter2"), "{printed}");
-        assert!(!printed.contains("pw-secret"), "{printed}");
-        assert_eq!(redact_url("postgres://u:pw@h:5432/db"), "postgres://u:<redacted>@h:5432/db");
-        assert_eq!(redact_url("postgres://h/db"), "postgres://h/db");
+        for secret in ["pw-secret", "query-secret", "redis-secret", "key-pw"] {
+            assert!(!printed.contains(secret), "{secret} leaked: {printed}");
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
-use crate::config::{redact_url, DatabaseConfig};
+use crate::config::DatabaseConfig;
 
 /// The migrations in `migrations/`, embedded in every binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -22,7 +22,7 @@ pub async fn connect(config: &DatabaseConfig, attempts: u32) -> Result<PgPool, s
         {
             Ok(pool) => return Ok(pool),
             Err(e) => {
-                tracing::warn!(url = %redact_url(&config.url), attempt, error = %e, "database not reachable yet");
+                tracing::warn!(url = %crate::redact::url(&config.url), attempt, error = %e, "database not reachable yet");
                 last = Some(e);
                 tokio::time::sleep(Duration::from_millis(500 * attempt as u64).min(Duration::from_secs(5))).await;
             }

@@ -26,6 +26,7 @@ pub mod error;
 pub mod event;
 pub mod ledger;
 pub mod privacy;
+pub mod redact;
 pub mod retention;
 pub mod rule_match;
 pub mod rules;

@@ -29,6 +29,8 @@ struct Received {
     headers: HashMap<String, String>,
     body: Vec<u8>,
     answered: u16,
+    /// Unix seconds on this process's clock when the request arrived.
+    received_at: i64,
 }
 
 /// A local HTTP server answering 500 to the first `fail_first[path]` requests of a path, then 200.
@@ -62,6 +64,7 @@ impl Receiver {
                         .collect(),
                     body: body.to_vec(),
                     answered: code,
+                    received_at: Utc::now().timestamp(),
                 });
                 (StatusCode::from_u16(code).unwrap(), if code == 200 { "ok" } else { "try again" })
             }
@@ -187,7 +190,7 @@ routes = ["security-team"]
 [[alert.routes]]
 name = "security-team"
 channels = ["email"]
-recipients = ["security@company.com"]
+recipients = ["security@example.com"]
 "#;
 
 fn smtp_env(port: u16) -> Vec<(String, String)> {
@@ -196,6 +199,7 @@ fn smtp_env(port: u16) -> Vec<(String, String)> {
         ("AUDITFLOW_SMTP_PORT".into(), port.to_string()),
         ("AUDITFLOW_SMTP_TLS".into(), "none".into()),
         ("AUDITFLOW_SMTP_FROM".into(), "auditflow alerts <alerts@auditflow.test>".into()),
+        ("AUDITFLOW_OPS_RECIPIENTS".into(), "sre@example.org".into()),
     ]
 }
 
@@ -296,7 +300,7 @@ async fn twelve_failed_logins_make_one_alert_and_replays_change_nothing() {
     assert_eq!(alert.evidence, 12);
 
     let mail = &mails[0];
-    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@company.com"]));
+    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@example.com"]));
     let subject = mail.header("subject").expect("subject");
     assert!(subject.contains("Failed Authentication Attempts") && subject.contains("user456"), "{subject}");
     assert_eq!(mail.header("message-id").as_deref(), Some(format!("<alert-{}@auditflow>", alert.id).as_str()));
@@ -430,6 +434,8 @@ channels = ["webhook", "slack"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/hook")));
+    // The receiver is plain http on 127.0.0.1.
+    env.extra_env.push(("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP".into(), "true".into()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), secret.into()));
     env.extra_env.push(("AUDITFLOW_SLACK_WEBHOOK_URL".into(), receiver.url("/slack")));
     let stage = env.start_stage("audit-alert", "d1");
@@ -453,13 +459,20 @@ channels = ["webhook", "slack"]
     assert_eq!(hooks.iter().map(|r| r.answered).collect::<Vec<_>>(), [500, 500, 200], "logs: {}", stage.log_path.display());
     let ok = &hooks[2];
     let signature = &ok.headers["x-auditflow-signature"];
-    // Independent check with the hmac crate, as a receiver would do it.
+    let timestamp: i64 = ok.headers["x-auditflow-timestamp"].parse().expect("unix seconds");
+    // Fresh: signed when it was sent, not when the alert opened or at the first attempt.
+    assert!(ok.received_at.abs_diff(timestamp) <= 5, "timestamp {timestamp}, received at {}", ok.received_at);
+    // Independent check with the hmac crate, as a receiver would do it: HMAC of "<t>.<body>".
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}.").as_bytes());
     mac.update(&ok.body);
     let expected: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    assert_eq!(signature, &format!("sha256={expected}"));
-    assert!(auditflow::alert::channels::webhook::verify(secret.as_bytes(), &ok.body, signature));
-    assert!(!auditflow::alert::channels::webhook::verify(b"wrong", &ok.body, signature));
+    assert_eq!(signature, &format!("t={timestamp},v1={expected}"));
+    use auditflow::alert::channels::webhook::{verify, VerifyError};
+    assert_eq!(verify(secret.as_bytes(), &ok.body, signature, ok.received_at, 300), Ok(()));
+    assert_eq!(verify(b"wrong", &ok.body, signature, ok.received_at, 300), Err(VerifyError::Mismatch));
+    // The same request replayed ten minutes later is refused.
+    assert_eq!(verify(secret.as_bytes(), &ok.body, signature, timestamp + 600, 300), Err(VerifyError::Stale));
     assert_eq!(ok.headers["content-type"], "application/json");
     let body: serde_json::Value = serde_json::from_slice(&ok.body).expect("JSON body");
     assert_eq!(ok.headers["x-auditflow-alert-id"], body["alertId"].as_str().unwrap());
@@ -501,7 +514,7 @@ group_by = ["user_id"]
 [[alert.routes]]
 name = "security-team"
 channels = ["email"]
-recipients = ["security@company.com"]
+recipients = ["security@example.com"]
 "#,
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
@@ -523,7 +536,7 @@ recipients = ["security@company.com"]
     let mails = smtp.wait_for_mails(1, Duration::from_secs(60)).await;
     assert_eq!(mails.len(), 1, "logs: {}", stage.log_path.display());
     let mail = &mails[0];
-    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@company.com"]), "no injected recipient");
+    assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@example.com"]), "no injected recipient");
     let names = mail.header_names();
     for bad in ["bcc", "x-injected", "reply-to"] {
         assert!(!names.contains(&bad.to_string()), "{bad} header injected: {names:?}");
@@ -588,6 +601,8 @@ channels = ["webhook"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/down")));
+    // The receiver is plain http on 127.0.0.1.
+    env.extra_env.push(("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP".into(), "true".into()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), "s".into()));
     let stage = env.start_stage("audit-alert", "f1");
     produce_matches(&env, &failed_logins("trudy", 1, "dlq"));
@@ -640,6 +655,8 @@ channels = ["webhook"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_URL".into(), receiver.url("/hook")));
+    // The receiver is plain http on 127.0.0.1.
+    env.extra_env.push(("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP".into(), "true".into()));
     env.extra_env.push(("AUDITFLOW_WEBHOOK_SECRET".into(), "s".into()));
     let _a = env.start_stage("audit-alert", "i1");
     let _b = env.start_stage("audit-alert", "i2");

@@ -18,6 +18,8 @@ async fn a_brute_force_raises_exactly_one_alert_with_every_attempt_accounted_for
         ("AUDITFLOW_SMTP_PORT".to_string(), port.to_string()),
         ("AUDITFLOW_SMTP_TLS".to_string(), "none".to_string()),
         ("AUDITFLOW_SMTP_FROM".to_string(), "auditflow <alerts@auditflow.test>".to_string()),
+        ("AUDITFLOW_ALERT_RECIPIENTS".to_string(), "security@example.com".to_string()),
+        ("AUDITFLOW_OPS_RECIPIENTS".to_string(), "sre@example.org".to_string()),
         ("AUDITFLOW_ALERT_GROUP_WAIT_SECONDS".to_string(), "3".to_string()),
         ("AUDITFLOW_REDIS_PREFIX".to_string(), format!("test:{}:", env.id)),
         ("AUDITFLOW_RULES_DIR".to_string(), repo_root().join("rules").display().to_string()),

@@ -91,6 +91,55 @@ async fn dead_letters_are_listed_shown_and_replayed_once_after_a_fix() {
     drop((enrich_fixed, persist));
 }
 
+/// Dead letters written by someone other than a stage: `show` escapes what they carry, and
+/// `replay` sends nothing into the topic they name, only to a stage's input topic.
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_dead_letters_are_shown_escaped_and_never_replayed_where_they_say() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let env = TestEnv::new("dlqforge", 1).await;
+    let actions = format!("{}.security-actions", env.id);
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
+    let forged: [(&str, &str, &[u8]); 2] = [
+        ("enrich", actions.as_str(), b"{\"forged\":1}\x1b]52;c;ZXZpbA==\x07\xff"),
+        ("no-such-stage", env.raw.as_str(), b"{}"),
+    ];
+    for (stage, source, payload) in forged {
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "dlq.source.topic", value: Some(source) })
+            .insert(Header { key: "dlq.stage", value: Some(stage) })
+            .insert(Header { key: "dlq.error.kind", value: Some("invalid_json") })
+            .insert(Header { key: "dlq.error.message", value: Some("\x1b[2Jgone") });
+        producer.send(BaseRecord::<(), [u8]>::to(&env.dlq).partition(0).payload(payload).headers(headers)).expect("send");
+    }
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+
+    let shown = stdout(&auditflow(&env, &[], &["dlq", "show", "0:0"]));
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{7}'), "no raw control byte reaches the terminal: {shown:?}");
+    assert!(shown.contains("dlq.error.message: \\u{1b}[2Jgone"), "{shown}");
+    assert!(shown.contains("{\"forged\":1}\\u{1b}]52;c;ZXZpbA==\\u{7}\\xff"), "{shown}");
+    let list = stdout(&auditflow(&env, &[], &["dlq", "list"]));
+    assert!(!list.contains('\u{1b}'), "{list:?}");
+
+    let out = auditflow(&env, &[], &["dlq", "replay"]);
+    let text = stdout(&out);
+    assert!(text.starts_with("0  replayed") && text.contains("2 refused"), "{text}");
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(why.contains("refused 0:0") && why.contains("not the input topic"), "{why}");
+    assert!(why.contains("refused 0:1") && why.contains("no-such-stage"), "{why}");
+
+    let anywhere = auditflow(&env, &[], &["dlq", "replay", "--to", &actions]);
+    assert_eq!(anywhere.status.code(), Some(2), "--to must name a stage's input topic");
+    assert!(String::from_utf8_lossy(&anywhere.stderr).contains("not a stage's input topic"));
+
+    let chosen = stdout(&auditflow(&env, &[], &["dlq", "replay", "--to", &env.raw]));
+    assert!(chosen.starts_with("1  replayed") && chosen.contains("1 refused"), "the unknown stage stays refused: {chosen}");
+    let raw = read_topic(&env.raw, 1, Duration::from_secs(2));
+    assert_eq!(raw.len(), 1, "{raw:?}");
+    assert!(raw[0].payload.starts_with(b"{\"forged\":1}"));
+    assert!(read_topic(&actions, 3, Duration::from_secs(1)).is_empty(), "nothing reached the topic the header named");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stopped_stage_is_moved_back_in_time_and_reprocesses_without_duplicates() {
     let env = TestEnv::new("rewind", 2).await;

@@ -453,14 +453,14 @@ mod tests {
                 RouteConfig {
                     name: "sec".into(),
                     channels: vec![ChannelKind::Email],
-                    recipients: vec!["security@company.com".into()],
+                    recipients: vec!["security@example.com".into()],
                     ..RouteConfig::default()
                 },
                 RouteConfig {
                     name: "crit".into(),
                     severities: vec![Severity::Critical],
                     channels: vec![ChannelKind::Email, ChannelKind::Slack],
-                    recipients: vec!["admin@company.com".into(), "security@company.com".into()],
+                    recipients: vec!["admin@example.com".into(), "security@example.com".into()],
                     ..RouteConfig::default()
                 },
                 RouteConfig {

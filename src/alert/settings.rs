@@ -54,6 +54,10 @@ pub struct AlertSettings {
     /// Replay guard and frequency state kept this long (longer than the rule-matches topic's
     /// retention, so no replay can reach past it).
     pub match_retention_hours: u64,
+    /// Slack and webhook URLs must be `https://` unless this is true (a receiver on localhost
+    /// or in tests): an alert carries event data, and a webhook's signature is no secret from
+    /// whoever reads the wire. `AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP`.
+    pub allow_insecure_http: bool,
     pub retry: RetryConfig,
     pub email: EmailConfig,
     pub slack: SlackConfig,
@@ -73,6 +77,7 @@ impl Default for AlertSettings {
             max_evidence: 100,
             max_field_chars: 2000,
             match_retention_hours: 8 * 24,
+            allow_insecure_http: false,
             retry: RetryConfig::default(),
             email: EmailConfig::default(),
             slack: SlackConfig::default(),
@@ -207,23 +212,23 @@ pub struct RouteConfig {
     /// The rule carries one of these tags (empty: any).
     pub tags: Vec<String>,
     pub channels: Vec<ChannelKind>,
-    /// E-mail recipients.
+    /// E-mail recipients. None are built in: an e-mail route without any (here or from
+    /// `AUDITFLOW_ALERT_RECIPIENTS`) stops alerting at start once e-mail is configured.
     pub recipients: Vec<String>,
 }
 
+/// The built-in routes carry no recipients: alerts must never go to an address nobody chose.
 fn default_routes() -> Vec<RouteConfig> {
     vec![
         RouteConfig {
             name: "security-team".into(),
             channels: vec![ChannelKind::Email],
-            recipients: vec!["security@company.com".into()],
             ..RouteConfig::default()
         },
         RouteConfig {
             name: "admins".into(),
             severities: vec![Severity::Critical],
             channels: vec![ChannelKind::Email],
-            recipients: vec!["admin@company.com".into()],
             ..RouteConfig::default()
         },
         RouteConfig {
@@ -427,7 +432,7 @@ impl Default for OpsConfig {
     fn default() -> Self {
         OpsConfig {
             enabled: true,
-            recipients: vec!["admin@company.com".into()],
+            recipients: Vec::new(),
             stall_seconds: 300,
             dlq_spike_count: 100,
             dlq_window_seconds: 300,
@@ -489,6 +494,9 @@ impl AlertSettings {
         if let Some(v) = env.get("AUDITFLOW_WEBHOOK_SECRET") {
             self.webhook.secret = if v.is_empty() { None } else { Some(Secret(v.clone())) };
         }
+        if let Some(v) = parse(env, "AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP")? {
+            self.allow_insecure_http = v;
+        }
         if let Some(v) = parse(env, "AUDITFLOW_ALERT_GROUP_WAIT_SECONDS")? {
             self.group_wait_seconds = v;
         }
@@ -501,9 +509,19 @@ impl AlertSettings {
         if let Some(v) = parse(env, "AUDITFLOW_ALERT_RETRY_MAX_BACKOFF_MS")? {
             self.retry.max_backoff_ms = v;
         }
+        let list = |v: Option<String>| -> Vec<String> {
+            v.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+        };
+        if let Some(v) = text(env, "AUDITFLOW_ALERT_RECIPIENTS") {
+            // Fills the e-mail routes that name no recipients (the built-in ones, typically);
+            // a route with its own list keeps it.
+            let to = list(v);
+            for r in self.routes.iter_mut().filter(|r| r.channels.contains(&ChannelKind::Email) && r.recipients.is_empty()) {
+                r.recipients = to.clone();
+            }
+        }
         if let Some(v) = text(env, "AUDITFLOW_OPS_RECIPIENTS") {
-            self.ops.recipients =
-                v.unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+            self.ops.recipients = list(v);
         }
         Ok(())
     }
@@ -565,12 +583,32 @@ impl AlertSettings {
             if self.email.password.is_some() && self.email.username.is_none() {
                 return Err(ConfigError::new("AUDITFLOW_SMTP_USERNAME", "a password is set but no user name"));
             }
+            // With e-mail on, a route or ops alert without recipients would drop its alerts
+            // silently: refuse to start instead.
+            for (i, r) in self.routes.iter().enumerate() {
+                if r.channels.contains(&ChannelKind::Email) && r.recipients.is_empty() {
+                    return Err(ConfigError::new(
+                        format!("alert.routes[{i}].recipients"),
+                        format!(
+                            "route {:?} sends e-mail but has no recipients; list them in the route or set AUDITFLOW_ALERT_RECIPIENTS",
+                            r.name
+                        ),
+                    ));
+                }
+            }
+            if self.ops.enabled && self.ops.recipients.is_empty() {
+                return Err(ConfigError::new(
+                    "AUDITFLOW_OPS_RECIPIENTS",
+                    "operational alerts are on but have no recipients; set it (or alert.ops.recipients), or alert.ops.enabled = false",
+                ));
+            }
         }
         if let Some(url) = &self.slack.webhook_url {
-            check_http_url(url.expose()).map_err(|e| ConfigError::new("AUDITFLOW_SLACK_WEBHOOK_URL", e))?;
+            check_http_url(url.expose(), self.allow_insecure_http)
+                .map_err(|e| ConfigError::new("AUDITFLOW_SLACK_WEBHOOK_URL", e))?;
         }
         if let Some(url) = &self.webhook.url {
-            check_http_url(url).map_err(|e| ConfigError::new("AUDITFLOW_WEBHOOK_URL", e))?;
+            check_http_url(url, self.allow_insecure_http).map_err(|e| ConfigError::new("AUDITFLOW_WEBHOOK_URL", e))?;
             if self.webhook.secret.is_none() {
                 return Err(ConfigError::new("AUDITFLOW_WEBHOOK_SECRET", "a webhook needs a signing secret"));
             }
@@ -630,12 +668,20 @@ impl AlertSettings {
     }
 }
 
-fn check_http_url(url: &str) -> Result<(), String> {
+fn check_http_url(url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    // The parse error alone: the URL may embed a token.
     let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
-    if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() {
-        return Err("expected an http:// or https:// URL".into());
+    if u.host_str().is_none() {
+        return Err("expected an https:// URL with a host".into());
     }
-    Ok(())
+    match u.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http => Ok(()),
+        "http" => Err("must be https:// (plain http:// only with alert.allow_insecure_http = true, \
+                       AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP=true)"
+            .into()),
+        _ => Err("expected an https:// URL".into()),
+    }
 }
 
 #[cfg(test)]
@@ -720,8 +766,62 @@ recipients = ["soc@example.com"]
         );
         let e = Config::from_sources(None, &env(&[("AUDITFLOW_SMTP_TLS", "ssl3")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_SMTP_TLS");
-        let e = Config::from_sources(None, &env(&[("AUDITFLOW_WEBHOOK_URL", "http://h/x")])).unwrap_err();
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_WEBHOOK_URL", "https://h/x")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_WEBHOOK_SECRET");
+    }
+
+    #[test]
+    fn http_targets_must_be_https_unless_plain_http_is_allowed() {
+        let with = |pairs: &[(&str, &str)]| Config::from_sources(None, &env(pairs));
+        let hook = [("AUDITFLOW_WEBHOOK_URL", "http://127.0.0.1:8080/hook"), ("AUDITFLOW_WEBHOOK_SECRET", "s")];
+        let e = with(&hook).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_WEBHOOK_URL");
+        assert!(e.reason.contains("https://") && e.reason.contains("allow_insecure_http"), "{e}");
+        let e = with(&[("AUDITFLOW_SLACK_WEBHOOK_URL", "http://hooks.example.com/services/T/B/token-xyz")]).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_SLACK_WEBHOOK_URL");
+        assert!(!e.reason.contains("token-xyz"), "{e}");
+        let e = with(&[("AUDITFLOW_WEBHOOK_URL", "ftp://h/x"), ("AUDITFLOW_WEBHOOK_SECRET", "s")]).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_WEBHOOK_URL");
+        assert!(with(&[("AUDITFLOW_WEBHOOK_URL", "https://siem.example.com/hook"), ("AUDITFLOW_WEBHOOK_SECRET", "s")]).is_ok());
+        let allowed = with(&[hook[0], hook[1], ("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP", "true")]).unwrap();
+        assert!(allowed.alert.allow_insecure_http);
+        let file = "[alert]\nallow_insecure_http = true\n[alert.slack]\nwebhook_url = \"http://127.0.0.1:9/slack\"\n";
+        assert!(Config::from_sources(Some(file), &HashMap::new()).is_ok());
+        let e = with(&[("AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP", "sure")]).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP");
+    }
+
+    #[test]
+    fn no_recipient_is_built_in_and_e_mail_without_recipients_refuses_to_start() {
+        let d = AlertSettings::default();
+        assert!(d.routes.iter().all(|r| r.recipients.is_empty()), "{:?}", d.routes);
+        assert!(d.ops.recipients.is_empty());
+        // No e-mail channel: nothing could be sent, so nothing is missing.
+        assert!(Config::from_sources(None, &HashMap::new()).is_ok());
+        let smtp = [("AUDITFLOW_SMTP_HOST", "mail.example.com")];
+        let e = Config::from_sources(None, &env(&smtp)).unwrap_err();
+        assert_eq!(e.setting, "alert.routes[0].recipients");
+        assert!(e.reason.contains("security-team") && e.reason.contains("AUDITFLOW_ALERT_RECIPIENTS"), "{e}");
+        let e = Config::from_sources(None, &env(&[smtp[0], ("AUDITFLOW_ALERT_RECIPIENTS", "soc@example.com")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_OPS_RECIPIENTS");
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                smtp[0],
+                ("AUDITFLOW_ALERT_RECIPIENTS", "soc@example.com, cso@example.com"),
+                ("AUDITFLOW_OPS_RECIPIENTS", "sre@example.org"),
+            ]),
+        )
+        .unwrap();
+        let team = c.alert.routes.iter().find(|r| r.name == "security-team").unwrap();
+        assert_eq!(team.recipients, ["soc@example.com", "cso@example.com"]);
+        assert!(c.alert.routes.iter().find(|r| r.name == "chatops").unwrap().recipients.is_empty(), "no e-mail there");
+        // A route's own list wins over the fallback; ops alerts can be turned off instead.
+        let file = "[alert.ops]\nenabled = false\n[[alert.routes]]\nname = \"security-team\"\nchannels = [\"email\"]\nrecipients = [\"own@example.com\"]\n[[alert.routes]]\nname = \"admins\"\n[[alert.routes]]\nname = \"chatops\"\n";
+        let c = Config::from_sources(Some(file), &env(&[smtp[0], ("AUDITFLOW_ALERT_RECIPIENTS", "x@example.com")]))
+            .unwrap();
+        assert_eq!(c.alert.routes[0].recipients, ["own@example.com"]);
     }
 
     #[test]
@@ -732,6 +832,8 @@ recipients = ["soc@example.com"]
                 ("AUDITFLOW_SMTP_HOST", "mail.example.com"),
                 ("AUDITFLOW_SMTP_USERNAME", "alerts"),
                 ("AUDITFLOW_SMTP_PASSWORD", "smtp-hunter2"),
+                ("AUDITFLOW_ALERT_RECIPIENTS", "soc@example.com"),
+                ("AUDITFLOW_OPS_RECIPIENTS", "sre@example.com"),
                 ("AUDITFLOW_SLACK_WEBHOOK_URL", "https://hooks.slack.com/services/T0/B0/slack-token-xyz"),
                 ("AUDITFLOW_WEBHOOK_URL", "https://siem.example.com/hook?token=url-token-abc"),
                 ("AUDITFLOW_WEBHOOK_SECRET", "hmac-key-123"),

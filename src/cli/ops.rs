@@ -22,12 +22,15 @@ pub struct DeadLetter {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
-    pub headers: Vec<(String, String)>,
+    /// Header values as written: bytes, not necessarily UTF-8 (anyone who can write the DLQ
+    /// chooses them).
+    pub headers: Vec<(String, Vec<u8>)>,
 }
 
 impl DeadLetter {
+    /// A header's value, when it is UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
     /// `partition:offset`, how operators name a dead letter.
     pub fn position(&self) -> String {
@@ -76,7 +79,7 @@ pub fn read_all(config: &Config, topic: &str) -> anyhow::Result<Vec<DeadLetter>>
                     .headers()
                     .map(|h| {
                         h.iter()
-                            .map(|x| (x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned()))
+                            .map(|x| (x.key.to_string(), x.value.unwrap_or_default().to_vec()))
                             .collect()
                     })
                     .unwrap_or_default();
@@ -125,24 +128,86 @@ pub struct ReplayOutcome {
     pub replayed: usize,
     pub already_replayed: usize,
     pub not_replayable: usize,
+    /// Refused for their destination: an unknown stage, or a source topic that is not the
+    /// stage's input (without `--to`).
+    pub refused: usize,
 }
 
-/// Send chosen dead letters back to their source topic, each at most once: every replay is
-/// recorded in `dlq_replays`, so running the same replay twice sends nothing the second time.
-pub async fn replay(config: &Config, pool: &PgPool, letters: &[&DeadLetter], dry_run: bool) -> anyhow::Result<ReplayOutcome> {
+/// Why a dead letter is not sent back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplayRefusal {
+    #[error("no or unknown dlq.stage header {0:?} (enrich, persist, rules, alert, compliance)")]
+    UnknownStage(Option<String>),
+    #[error("dlq.source.topic {header:?} is not the input topic {input:?} of stage {stage}; pass --to to choose")]
+    SourceMismatch { stage: String, header: String, input: String },
+}
+
+/// `--to TOPIC` is accepted only when it is one of the stages' input topics: a replay must not
+/// become a way to write anywhere.
+pub fn check_replay_target(config: &Config, to: &str) -> Result<(), String> {
+    let inputs = stage_inputs(config);
+    if inputs.iter().any(|s| s.topic == to) {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = inputs.iter().map(|s| s.topic.as_str()).collect();
+    names.dedup();
+    Err(format!("--to {to:?} is not a stage's input topic ({})", names.join(", ")))
+}
+
+/// Where a dead letter goes back to: its stage's input topic from the configuration, never a
+/// topic named by the message itself (whoever can write the DLQ could name any topic). A
+/// `dlq.source.topic` that disagrees is refused unless the operator chose `to` (already
+/// checked by [`check_replay_target`]).
+pub fn replay_destination(config: &Config, d: &DeadLetter, to: Option<&str>) -> Result<String, ReplayRefusal> {
+    let stage = d.header(crate::runtime::dlq::H_STAGE);
+    let input = stage_inputs(config)
+        .into_iter()
+        .find(|s| Some(s.stage) == stage)
+        .ok_or_else(|| ReplayRefusal::UnknownStage(stage.map(str::to_string)))?;
+    if let Some(to) = to {
+        return Ok(to.to_string());
+    }
+    match d.header(crate::runtime::dlq::H_SOURCE_TOPIC) {
+        Some(header) if header != input.topic => Err(ReplayRefusal::SourceMismatch {
+            stage: input.stage.to_string(),
+            header: header.to_string(),
+            input: input.topic,
+        }),
+        _ => Ok(input.topic),
+    }
+}
+
+/// Send chosen dead letters back to their stage's input topic (see [`replay_destination`]),
+/// each at most once: every replay is recorded in `dlq_replays`, so running the same replay
+/// twice sends nothing the second time. Refusals are reported through `on_refused`.
+pub async fn replay(
+    config: &Config,
+    pool: &PgPool,
+    letters: &[&DeadLetter],
+    to: Option<&str>,
+    dry_run: bool,
+    mut on_refused: impl FnMut(&DeadLetter, &ReplayRefusal),
+) -> anyhow::Result<ReplayOutcome> {
+    if let Some(to) = to {
+        check_replay_target(config, to).map_err(|e| anyhow::Error::new(crate::cli::emit::InputError(e)))?;
+    }
     let dlq_topic = config.topics.dlq.name.clone();
     let mut outcome = ReplayOutcome::default();
     let mut todo = Vec::new();
     for d in letters {
-        let Some(source) = d.header(crate::runtime::dlq::H_SOURCE_TOPIC) else {
-            outcome.not_replayable += 1;
-            continue;
-        };
         if d.header(crate::runtime::dlq::H_TRUNCATED).is_some() {
             // The original bytes are gone; sending a cut payload would only fail again.
             outcome.not_replayable += 1;
             continue;
         }
+        let destination = match replay_destination(config, d, to) {
+            Ok(t) => t,
+            Err(refusal) => {
+                on_refused(d, &refusal);
+                outcome.refused += 1;
+                continue;
+            }
+        };
         let done: Option<i64> = sqlx::query_scalar(
             "SELECT dlq_offset FROM dlq_replays WHERE dlq_topic = $1 AND dlq_partition = $2 AND dlq_offset = $3",
         )
@@ -154,7 +219,7 @@ pub async fn replay(config: &Config, pool: &PgPool, letters: &[&DeadLetter], dry
         if done.is_some() {
             outcome.already_replayed += 1;
         } else {
-            todo.push((source.to_string(), *d));
+            todo.push((destination, *d));
         }
     }
     if dry_run || todo.is_empty() {
@@ -361,4 +426,90 @@ pub async fn rewind_stage(
         tx.commit().await?;
     }
     Ok(offsets)
+}
+
+/// Bytes from the DLQ made safe for a terminal: anyone who can write the topic chooses them,
+/// and an escape sequence could rewrite the screen or the operator's clipboard. Invalid UTF-8
+/// becomes `\xNN`; control characters (ESC, CR, DEL, C1) and bidirectional overrides become
+/// `\u{..}`. `multiline` keeps line feeds and tabs (payloads); header lines escape them too.
+pub fn printable(bytes: &[u8], multiline: bool) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            let keep = multiline && matches!(c, '\n' | '\t');
+            if !keep && (c.is_control() || is_bidi_control(c)) {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Characters that reorder how text is displayed (the "Trojan Source" ones).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::dlq::{H_SOURCE_TOPIC, H_STAGE};
+    use std::collections::HashMap;
+
+    fn letter(headers: &[(&str, &[u8])]) -> DeadLetter {
+        DeadLetter {
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: b"{}".to_vec(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+        }
+    }
+
+    #[test]
+    fn terminal_escapes_and_invalid_utf8_are_shown_escaped() {
+        let ansi = b"\x1b[2J\x1b]52;c;ZXZpbA==\x07{\"ok\":1}\r\nnext\tline";
+        let shown = printable(ansi, true);
+        assert!(!shown.chars().any(|c| c == '\u{1b}' || c == '\u{7}' || c == '\r'), "{shown:?}");
+        assert_eq!(shown, "\\u{1b}[2J\\u{1b}]52;c;ZXZpbA==\\u{7}{\"ok\":1}\\u{d}\nnext\tline");
+        assert_eq!(printable(b"a\nb\tc", false), "a\\u{a}b\\u{9}c", "header lines stay one line");
+        assert_eq!(printable(b"caf\xc3\xa9 \xff\xfe end", true), "café \\xff\\xfe end");
+        assert_eq!(printable("x\u{202e}gnp.exe\u{9b}".as_bytes(), true), "x\\u{202e}gnp.exe\\u{9b}");
+        assert_eq!(printable(b"plain {\"json\": true}", true), "plain {\"json\": true}");
+    }
+
+    #[test]
+    fn replay_goes_to_the_stage_input_never_to_a_topic_the_message_names() {
+        let c = Config::from_sources(None, &HashMap::new()).unwrap();
+        let to = |headers: &[(&str, &[u8])], to: Option<&str>| replay_destination(&c, &letter(headers), to);
+        for (stage, input) in [
+            ("enrich", "audit-raw"),
+            ("persist", "audit-enriched"),
+            ("rules", "audit-enriched"),
+            ("compliance", "audit-enriched"),
+            ("alert", "audit-rule-matches"),
+        ] {
+            assert_eq!(to(&[(H_STAGE, stage.as_bytes()), (H_SOURCE_TOPIC, input.as_bytes())], None).as_deref(), Ok(input));
+            assert_eq!(to(&[(H_STAGE, stage.as_bytes())], None).as_deref(), Ok(input), "no source header: the stage decides");
+        }
+        // An injected source topic is refused, whatever the stage.
+        let forged = [(H_STAGE, b"enrich".as_slice()), (H_SOURCE_TOPIC, b"security-actions".as_slice())];
+        assert!(matches!(to(&forged, None), Err(ReplayRefusal::SourceMismatch { .. })));
+        // Unknown or missing stages are refused, even with --to.
+        assert_eq!(to(&[(H_STAGE, b"evil")], None), Err(ReplayRefusal::UnknownStage(Some("evil".into()))));
+        assert_eq!(to(&[(H_SOURCE_TOPIC, b"audit-raw")], Some("audit-raw")), Err(ReplayRefusal::UnknownStage(None)));
+        assert!(to(&[(H_STAGE, b"enr\xffich")], None).is_err(), "a non-UTF-8 stage is unknown");
+        // The operator may choose, but only among the stages' input topics.
+        assert_eq!(to(&forged, Some("audit-raw")).as_deref(), Ok("audit-raw"));
+        assert!(check_replay_target(&c, "audit-raw").is_ok());
+        assert!(check_replay_target(&c, "audit-rule-matches").is_ok());
+        let e = check_replay_target(&c, "security-actions").unwrap_err();
+        assert!(e.contains("audit-raw") && e.contains("audit-enriched"), "{e}");
+        assert!(check_replay_target(&c, "audit-dlq").is_err());
+    }
 }

@@ -51,7 +51,10 @@ pub async fn start(stage: &str, config_file: Option<PathBuf>) -> anyhow::Result<
     )
     .await
     .map_err(|e| anyhow::anyhow!("cannot serve http on {}: {e}", config.http.listen))?;
-    tracing::info!(stage, config = ?config, "starting");
+    // A few readable lines, not the whole configuration: it is long, and secrets stay out.
+    for (key, value) in config.summary(stage) {
+        tracing::info!(stage, "starting: {key}: {value}");
+    }
     Ok(StageProcess { config, metrics, health, shutdown: Shutdown::on_signals() })
 }
 

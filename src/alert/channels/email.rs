@@ -115,7 +115,7 @@ mod tests {
         let mut m = rule_match("failed-login-attempts\r\nX-Rule: 1", Severity::High, RuleAction::Alert, ev);
         m.rule_name = "Brute force\r\nReply-To: attacker@example.com".into();
         let notice = Notice::new(record_for(&m), 2000);
-        let to: Vec<Mailbox> = vec!["security@company.com".parse().unwrap()];
+        let to: Vec<Mailbox> = vec!["security@example.com".parse().unwrap()];
         let raw = String::from_utf8(channel().alert_message(&notice, &to).unwrap().formatted()).unwrap();
         let names = header_names(&raw);
         for bad in ["bcc", "x-injected", "reply-to", "x-rule", "content-type: text/html"] {

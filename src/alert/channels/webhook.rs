@@ -1,7 +1,11 @@
-//! Generic webhooks: the alert record as JSON, signed.
+//! Generic webhooks: the alert record as JSON, signed so that a captured request cannot be
+//! replayed later.
 //!
-//! `X-Auditflow-Signature: sha256=<hex HMAC-SHA256 of the exact body bytes>` with the
-//! configured secret; receivers recompute it and compare in constant time.
+//! `X-Auditflow-Timestamp: <unix seconds>` and
+//! `X-Auditflow-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "<t>.<body>">` under the
+//! configured secret. Receivers recompute the HMAC over the timestamp, a dot and the exact body
+//! bytes, compare in constant time, and refuse a timestamp older than their tolerance (300 s
+//! recommended). Each attempt is signed afresh, so retries stay within it.
 //! `X-Auditflow-Alert-Id` lets them drop duplicates (delivery is at least once).
 
 use hmac::{Hmac, Mac};
@@ -12,27 +16,68 @@ use super::{http_status_error, DeliveryError};
 use crate::alert::policy::hex;
 
 pub const SIGNATURE_HEADER: &str = "X-Auditflow-Signature";
+pub const TIMESTAMP_HEADER: &str = "X-Auditflow-Timestamp";
 pub const ALERT_ID_HEADER: &str = "X-Auditflow-Alert-Id";
+/// How far from the receiver's clock a timestamp may be; what the README recommends.
+pub const RECOMMENDED_TOLERANCE_SECS: i64 = 300;
 
-/// `sha256=<hex>` of `body` under `secret`.
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
+fn mac(secret: &[u8], timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret).expect("HMAC accepts keys of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
-    format!("sha256={}", hex(&mac.finalize().into_bytes()))
+    mac
 }
 
-/// Check a received signature in constant time.
-pub fn verify(secret: &[u8], body: &[u8], header: &str) -> bool {
-    let Some(hex_sig) = header.strip_prefix("sha256=") else { return false };
-    let Some(bytes) = (0..hex_sig.len() / 2)
-        .map(|i| u8::from_str_radix(hex_sig.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()
-    else {
-        return false;
+/// The signature header value for `body` sent at `timestamp` (unix seconds):
+/// `t=<timestamp>,v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`.
+pub fn signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    format!("t={timestamp},v1={}", hex(&mac(secret, timestamp, body).finalize().into_bytes()))
+}
+
+/// Why a received signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("the signature header is not t=<unix seconds>,v1=<hex>")]
+    Malformed,
+    #[error("the timestamp is further than the tolerance from now")]
+    Stale,
+    #[error("no v1 signature matches")]
+    Mismatch,
+}
+
+/// Check a received signature header as a receiver should: the timestamp within `tolerance_secs`
+/// of `now` (unix seconds), and one `v1` (several are allowed, for secret rotation) equal in
+/// constant time to the HMAC of `"<t>.<body>"`.
+pub fn verify(secret: &[u8], body: &[u8], header: &str, now: i64, tolerance_secs: i64) -> Result<(), VerifyError> {
+    let mut timestamp = None;
+    let mut candidates = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => timestamp = Some(v.parse::<i64>().map_err(|_| VerifyError::Malformed)?),
+            Some(("v1", v)) => candidates.push(v),
+            Some(_) => {} // other schemes: ignored, so new ones can be added beside v1
+            None => return Err(VerifyError::Malformed),
+        }
+    }
+    let t = timestamp.ok_or(VerifyError::Malformed)?;
+    if candidates.is_empty() {
+        return Err(VerifyError::Malformed);
+    }
+    if now.abs_diff(t) > tolerance_secs.unsigned_abs() {
+        return Err(VerifyError::Stale);
+    }
+    let matches = |hex_sig: &str| {
+        let bytes: Option<Vec<u8>> = (0..hex_sig.len() / 2)
+            .map(|i| u8::from_str_radix(hex_sig.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        hex_sig.len() == 64 && bytes.is_some_and(|b| mac(secret, t, body).verify_slice(&b).is_ok())
     };
-    let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret) else { return false };
-    mac.update(body);
-    hex_sig.len() == 64 && mac.verify_slice(&bytes).is_ok()
+    if candidates.into_iter().any(matches) {
+        Ok(())
+    } else {
+        Err(VerifyError::Mismatch)
+    }
 }
 
 pub struct WebhookChannel {
@@ -48,11 +93,13 @@ impl WebhookChannel {
     }
 
     pub async fn send(&self, body: &[u8], alert_id: &str) -> Result<(), DeliveryError> {
+        let now = chrono::Utc::now().timestamp();
         let response = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature(&self.secret, body))
+            .header(TIMESTAMP_HEADER, now.to_string())
+            .header(SIGNATURE_HEADER, signature(&self.secret, now, body))
             .header(ALERT_ID_HEADER, alert_id)
             .body(body.to_vec())
             .send()
@@ -72,23 +119,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signature_matches_the_rfc_4231_vector() {
-        // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?"
-        assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
-        );
+    fn signature_is_the_hmac_of_timestamp_dot_body() {
+        // The signed string is exactly the timestamp, a dot and the body bytes.
+        let sig = signature(b"Jefe", 42, b"body");
+        let mut reference = <Hmac<Sha256> as Mac>::new_from_slice(b"Jefe").unwrap();
+        reference.update(b"42.body");
+        assert_eq!(sig, format!("t=42,v1={}", hex(&reference.finalize().into_bytes())));
     }
 
     #[test]
-    fn verification_rejects_tampering() {
+    fn verification_rejects_tampering_staleness_and_malformed_headers() {
         let body = br#"{"alertId":"x","suppressedCount":11}"#;
-        let sig = signature(b"s3cret", body);
-        assert!(verify(b"s3cret", body, &sig));
-        assert!(!verify(b"other", body, &sig));
-        assert!(!verify(b"s3cret", br#"{"alertId":"x","suppressedCount":0}"#, &sig));
-        assert!(!verify(b"s3cret", body, "sha256=zz"));
-        assert!(!verify(b"s3cret", body, &sig.replace("sha256=", "sha1=")));
+        let t = 1_700_000_000;
+        let sig = signature(b"s3cret", t, body);
+        let ok = |h: &str, now: i64| verify(b"s3cret", body, h, now, RECOMMENDED_TOLERANCE_SECS);
+        assert_eq!(ok(&sig, t), Ok(()));
+        assert_eq!(ok(&sig, t + 300), Ok(()));
+        assert_eq!(ok(&sig, t + 301), Err(VerifyError::Stale), "a replay after the tolerance is refused");
+        assert_eq!(ok(&sig, t - 301), Err(VerifyError::Stale), "so is a timestamp from the future");
+        assert_eq!(verify(b"other", body, &sig, t, 300), Err(VerifyError::Mismatch));
+        let other_body = br#"{"alertId":"x","suppressedCount":0}"#;
+        assert_eq!(verify(b"s3cret", other_body, &sig, t, 300), Err(VerifyError::Mismatch));
+        // Moving the timestamp forward to pass the freshness check breaks the signature.
+        assert_eq!(ok(&sig.replace(&format!("t={t}"), &format!("t={}", t + 1000)), t + 1000), Err(VerifyError::Mismatch));
+        // Rotation: any v1 may match.
+        let rotated = format!("{},v1={}", signature(b"old", t, body), &sig[sig.find("v1=").unwrap() + 3..]);
+        assert_eq!(ok(&rotated, t), Ok(()));
+        for bad in ["", "v1=00", &format!("t={t}"), "t=x,v1=00", "sha256=ab", &format!("t={t},v1=zz")] {
+            assert_ne!(ok(bad, t), Ok(()), "{bad:?}");
+        }
     }
 
     #[test]
