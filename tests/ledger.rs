@@ -173,6 +173,33 @@ async fn erasure_makes_a_subject_unreadable_and_the_ledger_still_verifies() {
         .execute(&env.pool)
         .await
         .expect("release");
+    // So does a range hold covering one of the subject's events (and only while it is active).
+    sqlx::query(
+        r#"INSERT INTO legal_holds (from_ts, to_ts, reason, created_by)
+           SELECT min("timestamp"), min("timestamp") + interval '1 millisecond', 'regulator inquiry', 'test'
+             FROM audit_events WHERE subject_pseudonym = $1"#,
+    )
+    .bind(&pseudonym)
+    .execute(&env.pool)
+    .await
+    .expect("range hold");
+    // A range hold over a time when the subject did nothing does not block.
+    sqlx::query(
+        "INSERT INTO legal_holds (from_ts, to_ts, reason, created_by)
+         VALUES ('1990-01-01Z', '1990-02-01Z', 'old case', 'test')",
+    )
+    .execute(&env.pool)
+    .await
+    .expect("unrelated range hold");
+    let out = auditflow(&env, &["erase", "--subject", &subject, "--reason", "GDPR Art. 17 request"]);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("regulator inquiry"), "{}", String::from_utf8_lossy(&out.stderr));
+    let released = sqlx::query("UPDATE legal_holds SET released_at = now() WHERE reason = 'regulator inquiry'")
+        .execute(&env.pool)
+        .await
+        .expect("release range hold")
+        .rows_affected();
+    assert_eq!(released, 1);
 
     // An alert about the subject keeps a copy of the event: erasure must reach it too.
     sqlx::query(
@@ -181,7 +208,9 @@ async fn erasure_makes_a_subject_unreadable_and_the_ledger_still_verifies() {
                                      suppressed_count, trigger_match, dispatch_after)
            VALUES (gen_random_uuid(), 'fp', 'p', 'P', 'r', 'R', 'HIGH', jsonb_build_object('user_id', $1::text), 'h',
                    now(), now(), now(), now(), 1, 0,
-                   jsonb_build_object('event', jsonb_build_object('userId', $1::text, 'ipAddress', '10.0.0.1', 'action', 'login')),
+                   jsonb_build_object('groupKey', jsonb_build_object('user_id', $1::text),
+                                      'evidenceEventIds', jsonb_build_array('e1'),
+                                      'event', jsonb_build_object('userId', $1::text, 'ipAddress', '10.0.0.1', 'action', 'login')),
                    now())"#,
     )
     .bind(&subject)
@@ -195,6 +224,9 @@ async fn erasure_makes_a_subject_unreadable_and_the_ledger_still_verifies() {
         sqlx::query_as("SELECT group_key, trigger_match FROM audit_alerts").fetch_one(&env.pool).await.expect("alert");
     assert!(!group_key.to_string().contains(&subject) && !trigger.to_string().contains(&subject), "{group_key} {trigger}");
     assert!(trigger["event"]["ipAddress"].is_null() && trigger["event"]["action"] == "login", "{trigger}");
+    assert_eq!(trigger["groupKey"]["user_id"], "[erased]", "{trigger}");
+    assert_eq!(group_key["user_id"], "[erased]", "{group_key}");
+    assert_eq!(trigger["evidenceEventIds"], serde_json::json!(["e1"]), "evidence ids are not personal");
     let receipts: i64 = sqlx::query_scalar("SELECT count(*) FROM erasure_receipts WHERE subject_pseudonym = $1")
         .bind(&pseudonym)
         .fetch_one(&env.pool)

@@ -46,8 +46,18 @@ pub async fn erase(
     let pseudonym = keys.pseudonym(kind, subject);
     let mut tx = pool.begin().await?;
     if table_exists(pool, "legal_holds").await? {
+        // A hold naming the subject, or a range hold covering any of the subject's events (the
+        // events stay, but their personal fields are part of what the range hold preserves).
         let hold: Option<String> = sqlx::query_scalar(
-            "SELECT reason FROM legal_holds WHERE subject_pseudonym = $1 AND released_at IS NULL LIMIT 1",
+            r#"SELECT h.reason FROM legal_holds h
+                WHERE h.released_at IS NULL
+                  AND (h.subject_pseudonym = $1
+                       OR (h.subject_pseudonym IS NULL AND EXISTS (
+                             SELECT 1 FROM audit_events e
+                              WHERE e.subject_pseudonym = $1
+                                AND (h.from_ts IS NULL OR e."timestamp" >= h.from_ts)
+                                AND (h.to_ts IS NULL OR e."timestamp" < h.to_ts))))
+                ORDER BY h.id LIMIT 1"#,
         )
         .bind(&pseudonym)
         .fetch_optional(&mut *tx)
@@ -68,28 +78,33 @@ pub async fn erase(
         .bind(&pseudonym)
         .fetch_one(&mut *tx)
         .await?;
-    // Alerts keep a copy of their triggering event and group key in clear: redact the subject there.
+    // Alerts keep a copy of their triggering match (event and group key) in clear: redact the
+    // subject there. Rows are few; redaction is done here so one function covers every copy.
     let alerts_redacted = if table_exists(pool, "audit_alerts").await? {
-        sqlx::query(
-            r#"UPDATE audit_alerts
-                  SET trigger_match = CASE WHEN trigger_match ? 'event' AND jsonb_typeof(trigger_match->'event') = 'object'
-                        THEN jsonb_set(trigger_match, '{event}',
-                               ((trigger_match->'event') - 'userId' - 'sessionId' - 'ipAddress' - 'userAgent'
-                                 - 'location' - 'metadata') || '{"personalDataErased": true}'::jsonb)
-                        ELSE trigger_match END,
-                      group_key = COALESCE((SELECT jsonb_object_agg(k, CASE WHEN v = to_jsonb($1::text)
-                                                 THEN to_jsonb('[erased]'::text) ELSE v END)
-                                              FROM jsonb_each(group_key) AS g(k, v)), '{}'::jsonb),
-                      updated_at = now()
+        let rows: Vec<(uuid::Uuid, serde_json::Value, serde_json::Value)> = sqlx::query_as(
+            r#"SELECT id, group_key, trigger_match FROM audit_alerts
                 WHERE trigger_match->'event'->>'userId' = $1
                    OR trigger_match->'event'->>'ipAddress' = $1
                    OR trigger_match->'event'->>'sessionId' = $1
-                   OR EXISTS (SELECT 1 FROM jsonb_each_text(group_key) g WHERE g.value = $1)"#,
+                   OR EXISTS (SELECT 1 FROM jsonb_each_text(group_key) g WHERE g.value = $1)
+                   OR (jsonb_typeof(trigger_match->'groupKey') = 'object'
+                       AND EXISTS (SELECT 1 FROM jsonb_each_text(trigger_match->'groupKey') g WHERE g.value = $1))
+                FOR UPDATE"#,
         )
         .bind(subject)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected() as i64
+        .fetch_all(&mut *tx)
+        .await?;
+        for (id, mut group_key, mut trigger) in rows.iter().cloned() {
+            redact_group_key(&mut group_key, subject);
+            redact_match(&mut trigger, subject);
+            sqlx::query("UPDATE audit_alerts SET group_key = $2, trigger_match = $3, updated_at = now() WHERE id = $1")
+                .bind(id)
+                .bind(&group_key)
+                .bind(&trigger)
+                .execute(&mut *tx)
+                .await?;
+        }
+        rows.len() as i64
     } else {
         0
     };
@@ -133,6 +148,36 @@ pub async fn erase(
         statement,
         signature_hex: hex::encode(signature),
     })
+}
+
+/// What replaces an erased identifier in stored group keys.
+pub const ERASED: &str = "[erased]";
+
+/// Fields of a stored event that are personal: removed from alert copies by erasure.
+const PERSONAL_EVENT_FIELDS: [&str; 6] = ["userId", "sessionId", "ipAddress", "userAgent", "location", "metadata"];
+
+/// Replace every group key value equal to `subject` with [`ERASED`].
+pub fn redact_group_key(group_key: &mut serde_json::Value, subject: &str) {
+    if let Some(map) = group_key.as_object_mut() {
+        for v in map.values_mut() {
+            if v.as_str() == Some(subject) {
+                *v = serde_json::Value::String(ERASED.into());
+            }
+        }
+    }
+}
+
+/// Redact a stored rule match: the subject in its group key, and the personal fields of its
+/// event copy when that event is about the subject (or names it in its group key).
+pub fn redact_match(m: &mut serde_json::Value, subject: &str) {
+    if let Some(g) = m.get_mut("groupKey") {
+        redact_group_key(g, subject);
+    }
+    let Some(event) = m.get_mut("event").and_then(|e| e.as_object_mut()) else { return };
+    for f in PERSONAL_EVENT_FIELDS {
+        event.remove(f);
+    }
+    event.insert("personalDataErased".into(), serde_json::Value::Bool(true));
 }
 
 /// Every stored event about the subject, personal fields decrypted where the key still exists.
@@ -209,4 +254,27 @@ pub async fn export(
         }));
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stored_match_loses_the_subject_everywhere() {
+        let mut m = json!({
+            "ruleId": "r",
+            "groupKey": {"user_id": "alice", "ip": "10.0.0.1"},
+            "evidenceEventIds": ["e1", "e2"],
+            "event": {"id": "e2", "action": "login", "userId": "alice", "ipAddress": "10.0.0.1",
+                      "sessionId": "s", "userAgent": "ua", "location": {"country": "DE"}, "metadata": {"k": 1}},
+        });
+        redact_match(&mut m, "alice");
+        assert_eq!(m["groupKey"], json!({"user_id": ERASED, "ip": "10.0.0.1"}));
+        assert_eq!(m["event"], json!({"id": "e2", "action": "login", "personalDataErased": true}));
+        assert_eq!(m["evidenceEventIds"], json!(["e1", "e2"]));
+        let mut g = json!({"user_id": "bob"});
+        redact_group_key(&mut g, "alice");
+        assert_eq!(g, json!({"user_id": "bob"}));
+    }
 }
