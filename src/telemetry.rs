@@ -49,8 +49,8 @@ pub struct Metrics {
     pub batch_size: HistogramVec,
     /// Wall time from the first message of a batch to its commit.
     pub batch_seconds: HistogramVec,
-    /// From each message's Kafka timestamp (the event's time for events) to the commit of the
-    /// batch that processed it: how far behind real time a stage's output is.
+    /// From each message's Kafka timestamp (when the previous hop wrote it: records carry
+    /// produce time) to the commit of the batch that processed it.
     pub end_to_end_seconds: HistogramVec,
     /// Batches committed / aborted / retried.
     pub commits: IntCounterVec,
