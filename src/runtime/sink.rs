@@ -350,7 +350,8 @@ fn find_refused<S: SinkStage>(
     backoff: &mut Backoff,
 ) -> Result<Option<Vec<(usize, String)>>, RuntimeError> {
     let mut refused = Vec::new();
-    let mut ranges = vec![0..items.len()];
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::with_capacity(16);
+    ranges.push(0..items.len());
     while let Some(range) = ranges.pop() {
         if range.is_empty() {
             continue;
