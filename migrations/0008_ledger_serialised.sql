@@ -3,7 +3,16 @@
 
 -- At most one row per chain position. A chain lives inside one month, so a unique index on
 -- each month partition is unique for the whole chain (PostgreSQL cannot have a unique index on
--- the partitioned parent without the partition key). New months get it from the function.
+-- the partitioned parent without the partition key).
+CREATE FUNCTION audit_events_index_month(part TEXT) RETURNS VOID
+LANGUAGE plpgsql SET search_path = public, pg_temp AS $$
+BEGIN
+    EXECUTE format('CREATE UNIQUE INDEX IF NOT EXISTS %I ON %I (chain_id, chain_seq)', part || '_chain_seq', part);
+END;
+$$;
+REVOKE EXECUTE ON FUNCTION audit_events_index_month(TEXT) FROM PUBLIC;
+
+-- As in 0001, and each new month gets the index.
 CREATE OR REPLACE FUNCTION audit_events_ensure_month(at TIMESTAMPTZ) RETURNS TEXT
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
 DECLARE
@@ -15,8 +24,7 @@ BEGIN
             EXECUTE format(
                 'CREATE TABLE IF NOT EXISTS %I PARTITION OF audit_events FOR VALUES FROM (%L) TO (%L)',
                 name, month_start, month_start + INTERVAL '1 month');
-            EXECUTE format('CREATE UNIQUE INDEX IF NOT EXISTS %I ON %I (chain_id, chain_seq)',
-                name || '_chain_seq', name);
+            PERFORM audit_events_index_month(name);
         EXCEPTION WHEN duplicate_table OR unique_violation THEN
             NULL; -- another instance created it first
         END;
@@ -36,8 +44,7 @@ BEGIN
          WHERE p.relname = 'audit_events'
     LOOP
         BEGIN
-            EXECUTE format('CREATE UNIQUE INDEX IF NOT EXISTS %I ON %I (chain_id, chain_seq)',
-                part.relname || '_chain_seq', part.relname);
+            PERFORM audit_events_index_month(part.relname);
         EXCEPTION WHEN unique_violation THEN
             -- A chain forked before this migration: keep the evidence, let `auditflow verify` name it.
             RAISE WARNING 'partition % holds two rows at one chain position; run auditflow verify', part.relname;

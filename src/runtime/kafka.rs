@@ -105,6 +105,17 @@ pub fn start_offset(config: &Config) -> Offset {
 pub type OffsetLoader =
     Box<dyn Fn(&[(String, i32)]) -> Result<HashMap<(String, i32), i64>, String> + Send + Sync + 'static>;
 
+/// librdkafka's log lines as `tracing` events, at the matching level.
+fn forward_log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+            tracing::error!(target: "librdkafka", fac, "{log_message}")
+        }
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+        _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+    }
+}
+
 /// Consumer context: counts rebalances (so the loop can drop a batch that straddles one),
 /// optionally assigns partitions at offsets kept in a sink, and turns statistics into metrics.
 pub struct StageContext {
@@ -143,11 +154,6 @@ impl StageContext {
         }
     }
 
-    /// Report lag to `health` (input waiting), from librdkafka's statistics.
-    pub fn with_health(mut self, health: Arc<Health>) -> StageContext {
-        self.health = Some(health);
-        self
-    }
 
     /// Changes at every assignment or revocation.
     pub fn generation(&self) -> u64 {
@@ -200,13 +206,7 @@ impl ClientContext for StageContext {
     }
 
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        forward_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -272,6 +272,32 @@ impl ConsumerContext for StageContext {
     }
 }
 
+/// The consumer of a stage, subscribed to its input topics: rebalances, statistics and lag
+/// reach `metrics` and `health` (which also learns the stage's name and stall timeout), and a
+/// sink's `offset_loader` places newly assigned partitions.
+pub fn stage_consumer(
+    config: &Config,
+    stage: &'static str,
+    topics: &[String],
+    offset_loader: Option<OffsetLoader>,
+    metrics: &Arc<Metrics>,
+    health: &Arc<Health>,
+    shutdown: &Shutdown,
+) -> Result<BaseConsumer<StageContext>, KafkaError> {
+    health.configure(stage, std::time::Duration::from_secs(config.stage.stall_timeout_secs));
+    let mut context = StageContext::new(
+        stage,
+        metrics.clone(),
+        offset_loader,
+        start_offset(config),
+        shutdown.clone(),
+        config.stage.retry_max_backoff_ms,
+    );
+    context.health = Some(health.clone());
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    subscribed_consumer(&consumer_config(config, &config.group_id(stage)), context, &topics)
+}
+
 /// Build a consumer subscribed to `topics`.
 pub fn subscribed_consumer(
     client_config: &ClientConfig,
@@ -326,13 +352,7 @@ impl TransactionDeliveries {
 
 impl ClientContext for TransactionDeliveries {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", fac, "{log_message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            _ => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
+        forward_log(level, fac, log_message);
     }
 }
 

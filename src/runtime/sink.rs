@@ -6,6 +6,7 @@
 //! Transient store failures are retried with backoff while the batch is held; nothing is lost
 //! and, because offsets commit with the rows, nothing is written twice.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use rdkafka::producer::{BaseProducer, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use super::dlq::dead_letter;
-use super::kafka::{consumer_config, subscribed_consumer, OffsetLoader, StageContext, TransactionDeliveries};
+use super::kafka::{OffsetLoader, StageContext, TransactionDeliveries};
 use super::offsets::OffsetAdvance;
 use super::transform::{as_inputs, poll_batch, send_record, BatchOffsets};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
@@ -129,20 +130,17 @@ pub fn run_sink<S: SinkStage>(
     let name = sink.name();
     let sink_name = sink.sink_name();
     let group_id = config.group_id(name);
-    health.configure(name, Duration::from_secs(config.stage.stall_timeout_secs));
     let dlq_topic: Arc<str> = Arc::from(config.topics.dlq.name.as_str());
-    let context = StageContext::new(
-        name,
-        metrics.clone(),
-        Some(sink.offset_loader()),
-        super::kafka::start_offset(config),
-        shutdown.clone(),
-        config.stage.retry_max_backoff_ms,
-    )
-    .with_health(health.clone());
     let inputs = sink.input_topics();
-    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let consumer = subscribed_consumer(&consumer_config(config, &group_id), context, &input_refs)?;
+    let consumer = super::kafka::stage_consumer(
+        config,
+        name,
+        &inputs,
+        Some(sink.offset_loader()),
+        &metrics,
+        &health,
+        &shutdown,
+    )?;
 
     // Dead letters of a sink stage are delivered (at least once) before the batch's offsets
     // commit. message.timeout.ms=0: librdkafka retries delivery until the broker is back.
@@ -217,116 +215,113 @@ pub fn run_sink<S: SinkStage>(
         }
         let mut dead_letters = dead.len();
 
-        let advances: Vec<OffsetAdvance> = {
-            let stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
-            offsets
-                .iter()
-                .map(|(topic, partition, range)| OffsetAdvance {
-                    topic: topic.to_string(),
-                    partition,
-                    expected: stored.get(&(topic.to_string(), partition)).copied().flatten(),
-                    next: range.last + 1,
-                })
-                .collect()
-        };
-
-        let outcome = loop {
-            match handle.block_on(sink.write(&items, &advances)) {
-                Ok(outcome) => break Some(outcome),
+        // The batch is written as spans of messages, each with its rows and its offsets in one
+        // store transaction. Normally one span is the whole batch; rows the store refuses are
+        // dead-lettered and their span written again without them, and a span refused as a
+        // whole though no row is refused alone is split in two.
+        let mut spans: std::collections::VecDeque<(usize, usize)> = std::collections::VecDeque::from([(0, consumed)]);
+        let mut written = 0usize;
+        let mut fenced = false;
+        let mut stopped = false;
+        while let Some(&(m0, m1)) = spans.front() {
+            let k = item_inputs.partition_point(|&i| i < m0);
+            let l = item_inputs.partition_point(|&i| i < m1);
+            let advances = span_advances(&consumer, &inputs[m0..m1]);
+            match handle.block_on(sink.write(&items[k..l], &advances)) {
+                Ok(WriteOutcome::Committed) => {
+                    record_committed(&consumer, &advances, name);
+                    written += l - k;
+                    spans.pop_front();
+                }
+                Ok(WriteOutcome::Fenced) => {
+                    fenced = true;
+                    break;
+                }
                 Err(e) if e.kind == SinkErrorKind::Fatal => {
                     tracing::error!(stage = name, sink = sink_name, error = %e, "sink cannot go on; stopping");
                     return Err(RuntimeError::Sink(e.message));
                 }
                 Err(e) if e.kind == SinkErrorKind::Refused => {
                     metrics.retries.with_label_values(&[name, "sink_refused"]).inc();
-                    tracing::warn!(stage = name, sink = sink_name, error = %e, rows = items.len(), "sink refused the batch; finding the rows it refuses");
-                    let Some(refused) = find_refused(&mut sink, &items, &handle, &health, &shutdown, &mut backoff)? else {
-                        break None;
+                    tracing::warn!(stage = name, sink = sink_name, error = %e, rows = l - k, "sink refused the batch; finding the rows it refuses");
+                    let Some(refused) = find_refused(&mut sink, &items[k..l], &handle, &health, &shutdown, &mut backoff)? else {
+                        stopped = true;
+                        break;
                     };
                     if refused.is_empty() {
-                        // Every part is accepted alone but not the whole: nothing to single out.
-                        tracing::warn!(stage = name, "no single row is refused; retrying the batch");
-                        std::thread::sleep(backoff.next_delay());
+                        if l - k < 2 {
+                            // One row, refused with its offsets but accepted alone: retry.
+                            std::thread::sleep(backoff.next_delay());
+                        } else {
+                            // Accepted in parts but not as a whole: write the parts apart.
+                            let split = item_inputs[k + (l - k) / 2];
+                            tracing::warn!(stage = name, rows = l - k, "no single row is refused; writing the batch in two parts");
+                            spans.pop_front();
+                            spans.push_front((split, m1));
+                            spans.push_front((m0, split));
+                        }
                         continue;
                     }
                     let mut letters: Vec<OutputRecord> = Vec::with_capacity(refused.len());
                     for (item, reason) in &refused {
-                        let Some(input) = item_inputs.get(*item).and_then(|i| inputs.get(*i)) else { continue };
+                        let Some(input) = item_inputs.get(k + item).and_then(|i| inputs.get(*i)) else { continue };
                         let rejection = Rejection::new(RejectionKind::RefusedByStore, reason.clone());
                         metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
                         tracing::warn!(stage = name, partition = input.partition, offset = input.offset, %rejection, "row refused by the store; dead-lettered");
                         letters.push(dead_letter(&dlq_topic, name, input, &rejection));
                     }
                     if !deliver_dead_letters(&dlq_producer, &mut letters, &shutdown, &health, name, &metrics)? {
-                        break None;
+                        stopped = true;
+                        break;
                     }
                     dead_letters += letters.len();
-                    let refused_items: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+                    let refused: HashSet<usize> = refused.iter().map(|(i, _)| k + i).collect();
                     let mut index = 0;
                     items.retain(|_| {
-                        let keep = !refused_items.contains(&index);
                         index += 1;
-                        keep
+                        !refused.contains(&(index - 1))
                     });
                     let mut index = 0;
                     item_inputs.retain(|_| {
-                        let keep = !refused_items.contains(&index);
                         index += 1;
-                        keep
+                        !refused.contains(&(index - 1))
                     });
                 }
                 Err(e) => {
                     metrics.retries.with_label_values(&[name, "sink"]).inc();
-                    tracing::warn!(stage = name, sink = sink_name, error = %e, rows = items.len(), "sink write failed; retrying");
+                    tracing::warn!(stage = name, sink = sink_name, error = %e, rows = l - k, "sink write failed; retrying");
                     if shutdown.is_triggered() {
-                        break None;
+                        stopped = true;
+                        break;
                     }
                     health.heartbeat();
                     std::thread::sleep(backoff.next_delay());
                 }
             }
-        };
-        match outcome {
-            None => break,
-            Some(WriteOutcome::Committed) => {
-                backoff.reset();
-                health.progressed();
-                metrics.last_commit.with_label_values(&[name]).set(crate::telemetry::now_ms() / 1000);
-                {
-                    let mut stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
-                    for a in &advances {
-                        stored.insert((a.topic.clone(), a.partition), Some(a.next));
-                    }
-                }
-                // Informational copy for lag tooling; the store's offsets are authoritative.
-                let mut tpl = TopicPartitionList::with_capacity(advances.len());
-                for a in &advances {
-                    let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.next));
-                }
-                if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
-                    tracing::debug!(stage = name, error = %e, "informational offset commit failed");
-                }
-                metrics.commits.with_label_values(&[name, "committed"]).inc();
-                let positions: Vec<(String, i32, i64)> =
-                    advances.iter().map(|a| (a.topic.clone(), a.partition, a.next)).collect();
-                super::kafka::store_committed(&consumer, &positions);
-                for (topic, n) in &consumed_per_topic {
-                    metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
-                }
-                metrics.sunk.with_label_values(&[name, sink_name]).inc_by(items.len() as u64);
-                metrics.produced.with_label_values(&[name, &dlq_topic]).inc_by(dead_letters as u64);
-                metrics.batch_size.with_label_values(&[name]).observe(consumed as f64);
-                metrics.batch_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
-                metrics.observe_end_to_end(name, timestamps.iter().copied());
-                // Judged after the commit, so a restart does not fail on the same batch again.
-                check_invalid_ratio(name, &config.stage, invalid, consumed, last_rejection.as_ref())?;
-            }
-            Some(WriteOutcome::Fenced) => {
-                metrics.commits.with_label_values(&[name, "fenced"]).inc();
-                tracing::warn!(stage = name, "stored offsets moved under us; reloading them");
-                resync_offsets(&consumer, &sink.offset_loader());
-            }
         }
+        if stopped {
+            break; // shutting down mid-outage: what is not committed is re-read later
+        }
+        if fenced {
+            metrics.commits.with_label_values(&[name, "fenced"]).inc();
+            tracing::warn!(stage = name, "stored offsets moved under us; reloading them");
+            resync_offsets(&consumer, &sink.offset_loader());
+            continue;
+        }
+        backoff.reset();
+        health.progressed();
+        metrics.last_commit.with_label_values(&[name]).set(crate::telemetry::now_ms() / 1000);
+        metrics.commits.with_label_values(&[name, "committed"]).inc();
+        for (topic, n) in &consumed_per_topic {
+            metrics.consumed.with_label_values(&[name, topic]).inc_by(*n);
+        }
+        metrics.sunk.with_label_values(&[name, sink_name]).inc_by(written as u64);
+        metrics.produced.with_label_values(&[name, &dlq_topic]).inc_by(dead_letters as u64);
+        metrics.batch_size.with_label_values(&[name]).observe(consumed as f64);
+        metrics.batch_seconds.with_label_values(&[name]).observe(started.elapsed().as_secs_f64());
+        metrics.observe_end_to_end(name, timestamps.iter().copied());
+        // Judged after the commit, so a restart does not fail on the same batch again.
+        check_invalid_ratio(name, &config.stage, invalid, consumed, last_rejection.as_ref())?;
     }
 
     tracing::info!(stage = name, "shutting down: leaving the consumer group");
@@ -337,6 +332,46 @@ pub fn run_sink<S: SinkStage>(
     consumer.unsubscribe();
     drop(consumer);
     Ok(())
+}
+
+/// The offset advance of each partition in `inputs`: from what the store holds now to just
+/// past the span's last message.
+fn span_advances(consumer: &BaseConsumer<StageContext>, inputs: &[InputMessage<'_>]) -> Vec<OffsetAdvance> {
+    let mut offsets = BatchOffsets::default();
+    for i in inputs {
+        super::transform::track_offset(&mut offsets, i.topic, i.partition, i.offset);
+    }
+    let stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
+    offsets
+        .iter()
+        .map(|(topic, partition, range)| OffsetAdvance {
+            topic: topic.to_string(),
+            partition,
+            expected: stored.get(&(topic.to_string(), partition)).copied().flatten(),
+            next: range.last + 1,
+        })
+        .collect()
+}
+
+/// After a span committed: what the store now holds becomes what the next write expects, and
+/// the consumer's informational offsets and lag follow.
+fn record_committed(consumer: &BaseConsumer<StageContext>, advances: &[OffsetAdvance], stage: &str) {
+    {
+        let mut stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
+        for a in advances {
+            stored.insert((a.topic.clone(), a.partition), Some(a.next));
+        }
+    }
+    // Informational copy for lag tooling; the store's offsets are authoritative.
+    let mut tpl = TopicPartitionList::with_capacity(advances.len());
+    for a in advances {
+        let _ = tpl.add_partition_offset(&a.topic, a.partition, Offset::Offset(a.next));
+    }
+    if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+        tracing::debug!(stage, error = %e, "informational offset commit failed");
+    }
+    let positions: Vec<(String, i32, i64)> = advances.iter().map(|a| (a.topic.clone(), a.partition, a.next)).collect();
+    super::kafka::store_committed(consumer, &positions);
 }
 
 /// Bisect `items` with [`SinkStage::probe`] to find the ones the store refuses, with its

@@ -7,7 +7,7 @@
 //! transactions; a batch that straddles a rebalance is dropped and re-read from the committed
 //! offsets. On a failed commit the transaction is aborted and the partitions rewound.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::dlq::dead_letter;
-use super::kafka::{consumer_config, subscribed_consumer, StageContext, TransactionDeliveries};
+use super::kafka::{StageContext, TransactionDeliveries};
 use super::{check_invalid_ratio, Backoff, InputMessage, OutputRecord, RuntimeError, Shutdown};
 use crate::config::Config;
 use crate::error::{Rejection, RejectionKind, TransientError};
@@ -227,15 +227,8 @@ pub(crate) fn track_offset(offsets: &mut BatchOffsets, topic: &str, partition: i
 /// A transactional producer that remembers which records the broker refused.
 type TxnProducer = BaseProducer<TransactionDeliveries>;
 
-/// Create the stage's transactional producer and register its transactional id, retrying
-/// while the broker is unreachable. `None` when shutdown came first.
-fn transactional_producer(
-    config: &Config,
-    name: &'static str,
-    transactional_id: &str,
-    metrics: &Metrics,
-    shutdown: &Shutdown,
-) -> Result<Option<TxnProducer>, RuntimeError> {
+/// The settings of the stage's transactional producer.
+fn transactional_config(config: &Config, transactional_id: &str) -> rdkafka::ClientConfig {
     let mut producer_config = super::kafka::producer_config(config);
     producer_config
         .set("transactional.id", transactional_id)
@@ -247,8 +240,21 @@ fn transactional_producer(
     for (k, v) in &config.kafka.librdkafka {
         producer_config.set(k, v);
     }
+    producer_config
+}
+
+/// Create a transactional producer and register its transactional id (which fences any
+/// earlier producer with the same id), retrying while the broker is unreachable. `None` when
+/// shutdown came first.
+fn transactional_producer(
+    producer_config: &rdkafka::ClientConfig,
+    name: &'static str,
+    retry_max_backoff_ms: u64,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<Option<TxnProducer>, RuntimeError> {
     let producer: TxnProducer = producer_config.create_with_context(TransactionDeliveries::default())?;
-    let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
+    let mut backoff = Backoff::new(retry_max_backoff_ms);
     loop {
         // Short attempts: librdkafka's logs and errors (e.g. a failed authentication) are only
         // delivered between calls, and shutdown is only noticed between them too.
@@ -282,24 +288,26 @@ pub fn run_transform<S: TransformStage>(
 ) -> Result<(), RuntimeError> {
     let name = stage.name();
     let group_id = config.group_id(name);
-    health.configure(name, Duration::from_secs(config.stage.stall_timeout_secs));
     let dlq_topic: Arc<str> = Arc::from(config.topics.dlq.name.as_str());
-    let context = StageContext::new(
-        name,
-        metrics.clone(),
-        None,
-        super::kafka::start_offset(config),
-        shutdown.clone(),
-        config.stage.retry_max_backoff_ms,
-    )
-    .with_health(health.clone());
     let inputs = stage.input_topics();
-    let input_refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
-    let consumer = subscribed_consumer(&consumer_config(config, &group_id), context, &input_refs)?;
+    let consumer = super::kafka::stage_consumer(config, name, &inputs, None, &metrics, &health, &shutdown)?;
 
     let transactional_id = format!("{group_id}-{}", config.instance_id());
-    let Some(mut producer) = transactional_producer(config, name, &transactional_id, &metrics, &shutdown)? else {
+    let producer_config = transactional_config(config, &transactional_id);
+    let retry_max_backoff_ms = config.stage.retry_max_backoff_ms;
+    let Some(producer) = transactional_producer(&producer_config, name, retry_max_backoff_ms, &metrics, &shutdown)? else {
         return Ok(());
+    };
+    let mut txns = Transactions {
+        producer,
+        producer_config,
+        retry_max_backoff_ms,
+        stage: name,
+        dlq_topic: dlq_topic.clone(),
+        timeout: Duration::from_millis(config.stage.transaction_timeout_ms),
+        health: health.clone(),
+        shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
     };
     let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
     tracing::info!(stage = name, group = %group_id, %transactional_id, topics = ?inputs, "stage running");
@@ -307,7 +315,6 @@ pub fn run_transform<S: TransformStage>(
 
     let max_messages = config.stage.batch_max_messages;
     let max_wait = Duration::from_millis(config.stage.batch_max_wait_ms);
-    let txn = TxnSettings { stage: name, dlq_topic: dlq_topic.clone(), timeout: Duration::from_millis(config.stage.transaction_timeout_ms) };
     let mut output = BatchOutput::default();
     let mut offsets = BatchOffsets::default();
     let mut producer_restarts = 0u32;
@@ -317,7 +324,7 @@ pub fn run_transform<S: TransformStage>(
         health.heartbeat();
         if last_tick.elapsed() >= TICK_INTERVAL {
             last_tick = Instant::now();
-            tick(&mut stage, &producer, &metrics, &health, &shutdown, &txn, &mut backoff)?;
+            tick(&mut stage, &mut txns, &mut backoff)?;
         }
         output.clear();
         offsets.clear();
@@ -370,35 +377,7 @@ pub fn run_transform<S: TransformStage>(
             continue;
         }
 
-        // Records the broker refuses for good are replaced by dead letters of their inputs and
-        // the transaction is tried again at once: one bad record never holds up its batch.
-        // Inputs whose records are sent one message set each, to tell which one is refused.
-        let mut suspects: std::collections::HashSet<usize> = std::collections::HashSet::new();
-        let outcome = loop {
-            let isolated: Vec<bool> = if suspects.is_empty() {
-                Vec::new()
-            } else {
-                (0..output.records.len()).map(|i| output.origin(i).is_some_and(|o| suspects.contains(&o))).collect()
-            };
-            match commit_transaction(&producer, Some(&consumer), &output.records, Some(&offsets), &isolated, &txn, &health, &shutdown) {
-                TxnOutcome::Refused { records, certain: false } => {
-                    metrics.commits.with_label_values(&[name, "aborted"]).inc();
-                    let before = suspects.len();
-                    suspects.extend(records.iter().filter_map(|(i, _)| output.origin(*i)));
-                    if suspects.len() == before {
-                        break TxnOutcome::Retry("a refused record has no input to dead-letter".into());
-                    }
-                }
-                TxnOutcome::Refused { records, certain: true } => {
-                    metrics.commits.with_label_values(&[name, "aborted"]).inc();
-                    if !output.dead_letter_refused(&records, &inputs, &txn, &metrics) {
-                        break TxnOutcome::Retry("a refused record has no input to dead-letter".into());
-                    }
-                }
-                other => break other,
-            }
-        };
-        match outcome {
+        match txns.commit(Some(&consumer), &mut output, Some(&offsets), &inputs) {
             TxnOutcome::Committed => {
                 backoff.reset();
                 producer_restarts = 0;
@@ -434,10 +413,8 @@ pub fn run_transform<S: TransformStage>(
                 producer_restarts += 1;
                 tracing::error!(stage = name, error = %e, attempt = producer_restarts, "producer hit a fatal error; replacing it");
                 std::thread::sleep(backoff.next_delay());
-                // The new producer's init fences the old one, which is dropped on assignment.
-                match transactional_producer(config, name, &transactional_id, &metrics, &shutdown)? {
-                    Some(p) => producer = p,
-                    None => break,
+                if !txns.renew()? {
+                    break;
                 }
             }
             TxnOutcome::Retry(e) => {
@@ -446,7 +423,7 @@ pub fn run_transform<S: TransformStage>(
                 rewind(&consumer, &offsets);
                 std::thread::sleep(backoff.next_delay());
             }
-            TxnOutcome::Refused { .. } => unreachable!("refusals are resolved above"),
+            TxnOutcome::Refused { .. } => unreachable!("Transactions::commit resolves refusals"),
         }
     }
 
@@ -454,63 +431,40 @@ pub fn run_transform<S: TransformStage>(
     health.set_ready(false);
     consumer.unsubscribe();
     drop(consumer);
-    drop(producer);
+    drop(txns);
     Ok(())
 }
 
 const TICK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Run the stage's timer hook and commit what it produced (no input offsets involved).
-fn tick<S: TransformStage>(
-    stage: &mut S,
-    producer: &TxnProducer,
-    metrics: &Metrics,
-    health: &Health,
-    shutdown: &Shutdown,
-    txn: &TxnSettings,
-    backoff: &mut Backoff,
-) -> Result<(), RuntimeError> {
+fn tick<S: TransformStage>(stage: &mut S, txns: &mut Transactions, backoff: &mut Backoff) -> Result<(), RuntimeError> {
     let name = stage.name();
     let mut out = BatchOutput::default();
     if let Err(e) = stage.on_tick(chrono::Utc::now(), &mut out) {
-        metrics.retries.with_label_values(&[name, e.cause]).inc();
+        txns.metrics.retries.with_label_values(&[name, e.cause]).inc();
         tracing::warn!(stage = name, error = %e, "tick failed; will try again");
         return Ok(());
     }
-    while !out.records.is_empty() {
-        match commit_transaction::<StageContext>(producer, None, &out.records, None, &[], txn, health, shutdown) {
-            TxnOutcome::Committed => {
-                for r in &out.records {
-                    metrics.produced.with_label_values(&[name, &r.topic]).inc();
-                }
-                return Ok(());
-            }
-            TxnOutcome::Refused { records: refused, .. } => {
-                // Timer output has no input to dead-letter: drop what the broker refuses.
-                let mut drop_idx: Vec<usize> = refused.iter().map(|(i, _)| *i).collect();
-                drop_idx.sort_unstable();
-                drop_idx.dedup();
-                for (i, e) in &refused {
-                    metrics.dlq.with_label_values(&[name, RejectionKind::RefusedByBroker.as_str()]).inc();
-                    if let Some(r) = out.records.get(*i) {
-                        tracing::error!(stage = name, topic = %r.topic, bytes = r.payload.len(), error = %e, "broker refused a timer record; dropped");
-                    }
-                }
-                for i in drop_idx.into_iter().rev() {
-                    if i < out.records.len() {
-                        out.records.remove(i);
-                    }
-                }
-            }
-            TxnOutcome::Fatal(e) => return Err(RuntimeError::FatalKafka(e.to_string())),
-            TxnOutcome::Retry(e) => {
-                tracing::warn!(stage = name, error = %e, "tick transaction failed; will try again");
-                std::thread::sleep(backoff.next_delay());
-                return Ok(());
-            }
-        }
+    out.close_attribution();
+    if out.records.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    match txns.commit::<StageContext>(None, &mut out, None, &[]) {
+        TxnOutcome::Committed => {
+            for r in &out.records {
+                txns.metrics.produced.with_label_values(&[name, &r.topic]).inc();
+            }
+            Ok(())
+        }
+        TxnOutcome::Fatal(e) => Err(RuntimeError::FatalKafka(e.to_string())),
+        TxnOutcome::Retry(e) => {
+            tracing::warn!(stage = name, error = %e, "tick transaction failed; will try again");
+            std::thread::sleep(backoff.next_delay());
+            Ok(())
+        }
+        TxnOutcome::Refused { .. } => unreachable!("Transactions::commit resolves refusals"),
+    }
 }
 
 fn is_fatal(e: &KafkaError) -> bool {
@@ -530,6 +484,18 @@ fn is_recoverable_fatal(e: &KafkaError) -> bool {
     !fenced && !super::kafka::is_authorization_failure(e)
 }
 
+/// A transaction error caused by the broker refusing a record for good: that record, when
+/// `culprit` names it, or some record to be found (`certain: false`).
+fn refusal(e: &KafkaError, culprit: Option<usize>) -> Option<TxnOutcome> {
+    if !super::kafka::is_record_refusal(e) {
+        return None;
+    }
+    Some(match culprit {
+        Some(i) => TxnOutcome::Refused { records: vec![(i, e.clone())], certain: true, by_broker: true },
+        None => TxnOutcome::Refused { records: Vec::new(), certain: false, by_broker: true },
+    })
+}
+
 fn is_retriable(e: &KafkaError) -> bool {
     match e {
         KafkaError::Transaction(rd) => rd.is_retriable(),
@@ -537,199 +503,294 @@ fn is_retriable(e: &KafkaError) -> bool {
     }
 }
 
-/// What the transactions of one stage share.
-struct TxnSettings {
-    stage: &'static str,
-    dlq_topic: Arc<str>,
-    timeout: Duration,
-}
-
-/// How one attempt at a transaction ended. Every outcome but `Committed` left the
-/// transaction aborted (or the producer unusable, for `Fatal`).
+/// How a transaction ended. Every outcome but `Committed` left it aborted (or the producer
+/// unusable, for `Fatal`).
 #[derive(Debug)]
 enum TxnOutcome {
     Committed,
-    /// The broker refused these records (index in the transaction). `certain` when each was
-    /// refused on its own; a broker refuses a whole message set for one bad record in it, so
-    /// records refused together are sent again one by one before any is called bad.
-    Refused { records: Vec<(usize, KafkaError)>, certain: bool },
+    /// These records (index in the transaction) were refused for good: by librdkafka before
+    /// sending, or `by_broker`. Not `certain` when the broker refused a whole message set for
+    /// one bad record in it, not known yet.
+    /// Only [`Transactions::attempt`] reports this; [`Transactions::commit`] resolves it.
+    Refused { records: Vec<(usize, KafkaError)>, certain: bool, by_broker: bool },
     /// Transient: re-read and try again after a backoff.
     Retry(String),
     /// The producer cannot go on.
     Fatal(KafkaError),
 }
 
-/// One attempt to produce `outputs` (and commit `offsets`, when given) atomically.
-///
-/// librdkafka's rules: a retriable error from a transactional call means "call it again" (an
-/// abort then would conflict with the commit still in progress); an abortable one means
-/// "abort, then start over"; a fatal one means the producer is finished.
-#[allow(clippy::too_many_arguments)] // one attempt's whole context; split, it would hide the protocol
-fn commit_transaction<C: rdkafka::consumer::ConsumerContext>(
-    producer: &TxnProducer,
-    consumer: Option<&BaseConsumer<C>>,
-    outputs: &[OutputRecord],
-    offsets: Option<&BatchOffsets>,
-    isolated: &[bool],
-    txn: &TxnSettings,
-    health: &Health,
-    shutdown: &Shutdown,
-) -> TxnOutcome {
-    // Calls block for at most this long, so shutdown and liveness are seen between them.
-    let step = txn.timeout.min(Duration::from_secs(10));
-    let _ = producer.context().take_failures();
-    if let Err(e) = producer.begin_transaction() {
-        return if is_fatal(&e) { TxnOutcome::Fatal(e) } else { TxnOutcome::Retry(e.to_string()) };
-    }
-    let mut refused: Vec<(usize, KafkaError)> = Vec::new();
-    for (i, record) in outputs.iter().enumerate() {
-        match send_record(producer, record, i) {
-            // librdkafka checks the size itself, before anything is sent.
-            Err(e) if super::kafka::is_record_refusal(&e) => refused.push((i, e)),
-            Ok(()) if isolated.get(i).copied().unwrap_or(false) => {
-                // Alone in its message set: a refusal now is this record's own.
-                while super::kafka::await_deliveries(producer, step).is_err() {
-                    if shutdown.is_triggered() {
-                        return abort(producer, TxnOutcome::Retry("shutting down".into()), health, shutdown);
-                    }
-                    health.heartbeat();
-                }
-            }
-            Ok(()) => {}
-            Err(e) => return abort(producer, TxnOutcome::Retry(format!("produce: {e}")), health, shutdown),
-        }
-    }
-    if !refused.is_empty() {
-        return abort(producer, TxnOutcome::Refused { records: refused, certain: true }, health, shutdown);
-    }
-    if let (Some(consumer), Some(offsets)) = (consumer, offsets) {
-        let mut tpl = TopicPartitionList::with_capacity(offsets.len());
-        for (topic, partition, range) in offsets.iter() {
-            if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(range.last + 1)) {
-                return abort(producer, TxnOutcome::Retry(e.to_string()), health, shutdown);
-            }
-        }
-        // Only absent before the consumer joined a group.
-        let Some(group) = consumer.group_metadata() else {
-            return abort(producer, TxnOutcome::Retry("no group metadata yet".into()), health, shutdown);
-        };
-        loop {
-            match producer.send_offsets_to_transaction(&tpl, &group, step) {
-                Ok(()) => break,
-                Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
-                Err(e) if is_retriable(&e) && !shutdown.is_triggered() => health.heartbeat(),
-                Err(e) => return abort(producer, TxnOutcome::Retry(format!("send offsets: {e}")), health, shutdown),
-            }
-        }
-    }
-    let deadline = Instant::now() + txn.timeout;
-    loop {
-        match super::kafka::await_deliveries(producer, step) {
-            Ok(()) => break,
-            Err(_) if Instant::now() < deadline && !shutdown.is_triggered() => health.heartbeat(),
-            Err(e) => return abort(producer, TxnOutcome::Retry(format!("deliveries: {e}")), health, shutdown),
-        }
-    }
-    let failures = producer.context().take_failures();
-    if !failures.is_empty() {
-        if let Some((_, e)) = failures.iter().find(|(_, e)| super::kafka::is_authorization_failure(e)) {
-            return TxnOutcome::Fatal(e.clone());
-        }
-        let outcome = if failures.iter().all(|(_, e)| super::kafka::is_record_refusal(e)) {
-            let certain = failures.iter().all(|(i, _)| isolated.get(*i).copied().unwrap_or(false));
-            TxnOutcome::Refused { records: failures, certain }
-        } else {
-            TxnOutcome::Retry(format!("delivery: {}", failures[0].1))
-        };
-        return abort(producer, outcome, health, shutdown);
-    }
-    loop {
-        match producer.commit_transaction(step) {
-            Ok(()) => return TxnOutcome::Committed,
-            Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
-            // The commit is still under way (slow or failing-over coordinator): call it again.
-            Err(e) if is_retriable(&e) && !shutdown.is_triggered() => {
-                tracing::warn!(stage = txn.stage, error = %e, "commit not confirmed yet; retrying the commit");
-                health.heartbeat();
-            }
-            Err(e) => {
-                let failures = producer.context().take_failures();
-                let outcome = if !failures.is_empty() && failures.iter().all(|(_, e)| super::kafka::is_record_refusal(e)) {
-                    let certain = failures.iter().all(|(i, _)| isolated.get(*i).copied().unwrap_or(false));
-                    TxnOutcome::Refused { records: failures, certain }
-                } else {
-                    TxnOutcome::Retry(format!("commit: {e}"))
-                };
-                return abort(producer, outcome, health, shutdown);
-            }
-        }
-    }
+/// A stage's transactional producer and what each of its transactions needs.
+struct Transactions {
+    producer: TxnProducer,
+    producer_config: rdkafka::ClientConfig,
+    retry_max_backoff_ms: u64,
+    stage: &'static str,
+    dlq_topic: Arc<str>,
+    timeout: Duration,
+    health: Arc<Health>,
+    shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 }
 
-/// Abort the open transaction (retrying while librdkafka says so), then report `outcome`.
-fn abort(producer: &TxnProducer, outcome: TxnOutcome, health: &Health, shutdown: &Shutdown) -> TxnOutcome {
-    loop {
-        match producer.abort_transaction(Duration::from_secs(10)) {
-            Ok(()) => return outcome,
-            Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
-            Err(e) if is_retriable(&e) && !shutdown.is_triggered() => {
-                tracing::warn!(error = %e, "abort not confirmed yet; retrying the abort");
-                health.heartbeat();
+impl Transactions {
+    /// Replace the producer by a fresh one with the same transactional id: its init fences
+    /// the old one and starts a new producer epoch. False when shutdown came first.
+    fn renew(&mut self) -> Result<bool, RuntimeError> {
+        match transactional_producer(&self.producer_config, self.stage, self.retry_max_backoff_ms, &self.metrics, &self.shutdown)? {
+            Some(p) => {
+                self.producer = p;
+                Ok(true)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "abort_transaction failed");
-                return outcome;
+            None => Ok(false),
+        }
+    }
+
+    /// Commit `output` (and `offsets`) atomically. A record the broker refuses for good is
+    /// replaced by its input's dead letter (or its own, for timer output) and the transaction
+    /// is tried again at once, so one bad record never holds up its batch.
+    fn commit<C: rdkafka::consumer::ConsumerContext>(
+        &mut self,
+        consumer: Option<&BaseConsumer<C>>,
+        output: &mut BatchOutput,
+        offsets: Option<&BatchOffsets>,
+        inputs: &[InputMessage<'_>],
+    ) -> TxnOutcome {
+        let mut one_by_one = false;
+        loop {
+            match self.attempt(consumer, &output.records, offsets, one_by_one) {
+                TxnOutcome::Refused { records, certain, by_broker } => {
+                    self.metrics.commits.with_label_values(&[self.stage, "aborted"]).inc();
+                    if certain {
+                        output.dead_letter_refused(&records, inputs, self);
+                        one_by_one = false;
+                    } else if one_by_one {
+                        return TxnOutcome::Retry("the broker refused records sent one by one, none alone".into());
+                    } else {
+                        // The broker refused a message set: find the record by sending them
+                        // one message set each.
+                        tracing::warn!(stage = self.stage, records = output.records.len(), "broker refused a record; finding it");
+                        one_by_one = true;
+                    }
+                    // After the broker refuses a record, librdkafka's sequence numbers stay
+                    // broken into the next transaction: go on with a fresh producer.
+                    if by_broker {
+                        match self.renew() {
+                            Ok(true) => {}
+                            Ok(false) => return TxnOutcome::Retry("shutting down".into()),
+                            Err(e) => return TxnOutcome::Retry(e.to_string()),
+                        }
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt at a transaction. With `one_by_one`, each record waits for the one before
+    /// it to be acknowledged, so a refusal can only be the last record sent.
+    ///
+    /// librdkafka's rules: a retriable error from a transactional call means "call it again" (an
+    /// abort then would conflict with the commit still in progress); an abortable one means
+    /// "abort, then start over"; a fatal one means the producer is finished.
+    fn attempt<C: rdkafka::consumer::ConsumerContext>(
+        &self,
+        consumer: Option<&BaseConsumer<C>>,
+        outputs: &[OutputRecord],
+        offsets: Option<&BatchOffsets>,
+        one_by_one: bool,
+    ) -> TxnOutcome {
+        let producer = &self.producer;
+        // Calls block for at most this long, so shutdown and liveness are seen between them.
+        let step = self.timeout.min(Duration::from_secs(10));
+        let _ = producer.context().take_failures();
+        if let Err(e) = producer.begin_transaction() {
+            return if is_fatal(&e) { TxnOutcome::Fatal(e) } else { TxnOutcome::Retry(e.to_string()) };
+        }
+        let mut refused: Vec<(usize, KafkaError)> = Vec::new();
+        for (i, record) in outputs.iter().enumerate() {
+            match send_record(producer, record, i) {
+                // librdkafka checks the size itself, before anything is sent.
+                Err(e) if super::kafka::is_record_refusal(&e) => refused.push((i, e)),
+                // The transaction failed on an earlier record: its cause says whether one was
+                // refused, and one by one, which.
+                Err(e) => return self.failed(i.checked_sub(1).filter(|_| one_by_one), format!("produce: {e}")),
+                Ok(()) if one_by_one => {
+                    if let Err(e) = self.await_deliveries(step) {
+                        return self.abort(TxnOutcome::Retry(e));
+                    }
+                }
+                Ok(()) => {}
+            }
+        }
+        if !refused.is_empty() {
+            return self.abort(TxnOutcome::Refused { records: refused, certain: true, by_broker: false });
+        }
+        if let (Some(consumer), Some(offsets)) = (consumer, offsets) {
+            let mut tpl = TopicPartitionList::with_capacity(offsets.len());
+            for (topic, partition, range) in offsets.iter() {
+                if let Err(e) = tpl.add_partition_offset(topic, partition, Offset::Offset(range.last + 1)) {
+                    return self.abort(TxnOutcome::Retry(e.to_string()));
+                }
+            }
+            // Only absent before the consumer joined a group.
+            let Some(group) = consumer.group_metadata() else {
+                return self.abort(TxnOutcome::Retry("no group metadata yet".into()));
+            };
+            loop {
+                match producer.send_offsets_to_transaction(&tpl, &group, step) {
+                    Ok(()) => break,
+                    Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+                    Err(e) if is_retriable(&e) && !self.shutdown.is_triggered() => self.health.heartbeat(),
+                    Err(e) => return self.failed(outputs.len().checked_sub(1).filter(|_| one_by_one), format!("send offsets: {e}")),
+                }
+            }
+        }
+        if let Err(e) = self.await_deliveries(step) {
+            return self.abort(TxnOutcome::Retry(e));
+        }
+        if let Some(outcome) = self.delivery_failures() {
+            return self.abort(outcome);
+        }
+        loop {
+            match producer.commit_transaction(step) {
+                Ok(()) => return TxnOutcome::Committed,
+                Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+                // The commit is still under way (slow or failing-over coordinator): call it again.
+                Err(e) if is_retriable(&e) && !self.shutdown.is_triggered() => {
+                    tracing::warn!(stage = self.stage, error = %e, "commit not confirmed yet; retrying the commit");
+                    self.health.heartbeat();
+                }
+                Err(e) => {
+                    let last = outputs.len().checked_sub(1).filter(|_| one_by_one);
+                    return self.abort(refusal(&e, last).unwrap_or_else(|| TxnOutcome::Retry(format!("commit: {e}"))));
+                }
+            }
+        }
+    }
+
+    /// The transaction failed while records were still being sent: ask librdkafka for the
+    /// cause (a commit of a failed transaction reports it), abort, and tell a refused record
+    /// (`culprit`, when known) from a transient failure.
+    fn failed(&self, culprit: Option<usize>, context: String) -> TxnOutcome {
+        let step = self.timeout.min(Duration::from_secs(10));
+        let _ = super::kafka::await_deliveries(&self.producer, step);
+        let outcome = match self.producer.commit_transaction(step) {
+            Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+            Err(e) => refusal(&e, culprit).unwrap_or_else(|| TxnOutcome::Retry(format!("{context}: {e}"))),
+            // Cannot happen after a failed send; a commit that went through is still a commit.
+            Ok(()) => return TxnOutcome::Retry(format!("{context}; committed without it")),
+        };
+        self.abort(outcome)
+    }
+
+    /// Serve delivery reports until every record sent is acknowledged or failed, for at most
+    /// the transaction timeout.
+    fn await_deliveries(&self, step: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match super::kafka::await_deliveries(&self.producer, step) {
+                Ok(()) => return Ok(()),
+                Err(_) if Instant::now() < deadline && !self.shutdown.is_triggered() => self.health.heartbeat(),
+                Err(e) => return Err(format!("deliveries: {e}")),
+            }
+        }
+    }
+
+    /// What the failed deliveries of this transaction mean, if any failed. A record refused
+    /// alone (librdkafka reports it so outside a failed message set) is certain.
+    fn delivery_failures(&self) -> Option<TxnOutcome> {
+        let failures = self.producer.context().take_failures();
+        failures.first()?;
+        if let Some((_, e)) = failures.iter().find(|(_, e)| super::kafka::is_authorization_failure(e)) {
+            return Some(TxnOutcome::Fatal(e.clone()));
+        }
+        let refusals: Vec<(usize, KafkaError)> =
+            failures.iter().filter(|(_, e)| super::kafka::is_record_refusal(e)).cloned().collect();
+        Some(match refusals.len() {
+            0 => {
+                let mut kinds: Vec<String> = failures.iter().map(|(_, e)| e.to_string()).collect();
+                kinds.sort();
+                kinds.dedup();
+                TxnOutcome::Retry(format!("{} deliveries failed: {}", failures.len(), kinds.join("; ")))
+            }
+            1 => TxnOutcome::Refused { records: refusals, certain: true, by_broker: true },
+            _ => TxnOutcome::Refused { records: refusals, certain: false, by_broker: true },
+        })
+    }
+
+    /// Abort the open transaction (retrying while librdkafka says so), then report `outcome`.
+    fn abort(&self, outcome: TxnOutcome) -> TxnOutcome {
+        loop {
+            // An abort waits for every record still in flight; with a BaseProducer their
+            // delivery reports are only served by polling, so serve them first.
+            let _ = super::kafka::await_deliveries(&self.producer, Duration::from_secs(10));
+            match self.producer.abort_transaction(Duration::from_secs(10)) {
+                Ok(()) => {
+                    let _ = super::kafka::await_deliveries(&self.producer, Duration::from_secs(10));
+                    return outcome;
+                }
+                Err(e) if is_fatal(&e) => return TxnOutcome::Fatal(e),
+                Err(e) if is_retriable(&e) && !self.shutdown.is_triggered() => {
+                    tracing::warn!(stage = self.stage, error = %e, "abort not confirmed yet; retrying the abort");
+                    self.health.heartbeat();
+                }
+                Err(e) => {
+                    tracing::warn!(stage = self.stage, error = %e, "abort_transaction failed");
+                    return outcome;
+                }
             }
         }
     }
 }
 
 impl BatchOutput {
-    /// Replace the refused records by dead letters of the inputs they came from. False when a
-    /// refused record cannot be traced to an input.
-    fn dead_letter_refused(
-        &mut self,
-        refused: &[(usize, KafkaError)],
-        inputs: &[InputMessage<'_>],
-        txn: &TxnSettings,
-        metrics: &Metrics,
-    ) -> bool {
-        let mut culprits: Vec<(usize, String, bool)> = Vec::new();
-        for (record, e) in refused {
-            let Some(origin) = self.origin(*record) else { return false };
-            let Some(r) = self.records.get(*record) else { return false };
-            let was_dead_letter = *r.topic == *txn.dlq_topic;
-            let reason = format!("{} refused a {}-byte record: {e}", r.topic, r.payload.len());
-            if !culprits.iter().any(|(o, _, _)| *o == origin) {
-                culprits.push((origin, reason, was_dead_letter));
+    /// Replace the refused records by dead letters: of the inputs they came from, or of the
+    /// record itself when it came from no input (timer output).
+    fn dead_letter_refused(&mut self, refused: &[(usize, KafkaError)], inputs: &[InputMessage<'_>], txns: &Transactions) {
+        let mut culprit_inputs: HashSet<usize> = HashSet::new();
+        let mut refused_records: HashSet<usize> = HashSet::new();
+        let mut letters: Vec<(Option<usize>, OutputRecord)> = Vec::new();
+        for (index, e) in refused {
+            let Some(r) = self.records.get(*index) else { continue };
+            let origin = self.origin(*index);
+            refused_records.insert(*index);
+            if origin.is_some_and(|o| !culprit_inputs.insert(o)) {
+                continue; // this input is dead-lettered already
             }
-        }
-        let drop: std::collections::HashSet<usize> = culprits.iter().map(|(o, _, _)| *o).collect();
-        let mut kept = Vec::with_capacity(self.records.len());
-        let mut kept_origins = Vec::with_capacity(self.records.len());
-        for (r, o) in std::mem::take(&mut self.records).into_iter().zip(std::mem::take(&mut self.origins)) {
-            if o.is_some_and(|o| drop.contains(&o)) {
-                continue;
-            }
-            kept.push(r);
-            kept_origins.push(o);
-        }
-        self.records = kept;
-        self.origins = kept_origins;
-        for (origin, reason, was_dead_letter) in culprits {
-            let Some(input) = inputs.get(origin) else { return false };
-            let rejection = Rejection::new(RejectionKind::RefusedByBroker, reason);
-            metrics.dlq.with_label_values(&[txn.stage, rejection.kind.as_str()]).inc();
-            tracing::warn!(stage = txn.stage, partition = input.partition, offset = input.offset, %rejection, "output refused; dead-lettered");
-            let mut letter = dead_letter(&txn.dlq_topic, txn.stage, input, &rejection);
-            if was_dead_letter {
+            let rejection = Rejection::new(
+                RejectionKind::RefusedByBroker,
+                format!("{} refused a {}-byte record: {e}", r.topic, r.payload.len()),
+            );
+            let own = InputMessage { topic: &r.topic, partition: -1, offset: -1, timestamp_ms: None, key: r.key.as_deref(), payload: &r.payload };
+            let input = origin.and_then(|o| inputs.get(o)).unwrap_or(&own);
+            txns.metrics.dlq.with_label_values(&[txns.stage, rejection.kind.as_str()]).inc();
+            tracing::warn!(stage = txns.stage, partition = input.partition, offset = input.offset, %rejection, "output refused; dead-lettered");
+            let mut letter = dead_letter(&txns.dlq_topic, txns.stage, input, &rejection);
+            if *r.topic == *txns.dlq_topic {
                 // Even the dead letter was refused: keep where it came from and why, not the bytes.
                 letter.payload.clear();
                 letter.headers.push((super::dlq::H_TRUNCATED, b"true".to_vec()));
             }
-            self.push_attributed(origin, letter);
+            letters.push((origin, letter));
         }
-        true
+        let records = std::mem::take(&mut self.records);
+        let origins = std::mem::take(&mut self.origins);
+        for (index, (r, o)) in records.into_iter().zip(origins).enumerate() {
+            let dropped = refused_records.contains(&index) || o.is_some_and(|o| culprit_inputs.contains(&o));
+            if !dropped {
+                self.records.push(r);
+                self.origins.push(o);
+            }
+        }
+        for (origin, letter) in letters {
+            match origin {
+                Some(o) => self.push_attributed(o, letter),
+                None => {
+                    self.records.push(letter);
+                    self.origins.push(None);
+                }
+            }
+        }
     }
 }
 
