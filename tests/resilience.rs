@@ -42,6 +42,17 @@ fn dead_letter_kinds(env: &TestEnv) -> Vec<String> {
     kinds
 }
 
+/// The dead letters' kinds, once the first ones have arrived (or after 30 s).
+fn wait_for_dead_letters(env: &TestEnv) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let kinds = dead_letter_kinds(env);
+        if !kinds.is_empty() || start.elapsed() > Duration::from_secs(30) {
+            return kinds;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_two_hours_ahead_and_a_one_megabyte_event_flow_with_the_rest() {
     let _g = STACK.lock().await;
@@ -65,6 +76,50 @@ async fn an_event_two_hours_ahead_and_a_one_megabyte_event_flow_with_the_rest() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_record_the_broker_refuses_is_dead_lettered_and_the_rest_flow() {
+    let _g = STACK.lock().await;
+    let env = TestEnv::new("refused_out", 3).await;
+    // The topic was made (or later changed) smaller than the configuration says: the broker,
+    // not librdkafka, refuses the large record, together with the rest of its message set.
+    let status = std::process::Command::new(repo_root().join("scripts/stack"))
+        .args([
+            "kafka-run",
+            "kafka.admin.ConfigCommand",
+            "--bootstrap-server",
+            &brokers(),
+            "--alter",
+            "--entity-type",
+            "topics",
+            "--entity-name",
+            &env.enriched,
+            "--add-config",
+            "max.message.bytes=200000",
+        ])
+        .status()
+        .expect("run ConfigCommand");
+    assert!(status.success(), "alter topic config");
+    let mut records = normal_events(1_000, "n");
+    // Incompressible, so that even lz4-compressed it exceeds the topic's limit.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let blob: String = (0..600_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(x % 62) as usize])
+        })
+        .collect();
+    records.insert(500, event("big", chrono::Utc::now(), "user-big", json!({ "blob": blob })));
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _persist = env.start_stage("audit-persist", "p1");
+    env.produce_raw(&records);
+    env.wait_for_rows(1_000, Duration::from_secs(120)).await;
+    let kinds = wait_for_dead_letters(&env);
+    assert_eq!(kinds, ["refused_by_broker"], "exactly the refused event is a dead letter");
+    assert_eq!(env.row_count().await + kinds.len() as i64, records.len() as i64, "rows + dead letters = input");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_are_stored() {
     let _g = STACK.lock().await;
     let env = TestEnv::new("refused_row", 3).await;
@@ -80,11 +135,7 @@ async fn a_row_the_database_refuses_is_dead_lettered_and_the_rest_are_stored() {
     let _persist = env.start_stage("audit-persist", "p1");
     env.produce_raw(&records);
     env.wait_for_rows(500, Duration::from_secs(120)).await;
-    let start = Instant::now();
-    let mut kinds = dead_letter_kinds(&env);
-    while kinds.is_empty() && start.elapsed() < Duration::from_secs(30) {
-        kinds = dead_letter_kinds(&env);
-    }
+    let kinds = wait_for_dead_letters(&env);
     assert_eq!(kinds, ["refused_by_store"]);
     assert_eq!(env.row_count().await + 1, records.len() as i64, "rows + dead letters = input");
     let (ok, report) = verify_ledger(&env);

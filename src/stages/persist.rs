@@ -436,6 +436,9 @@ impl PersistStage {
         let due = force || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
         if due {
             let mut tx = self.pool.begin().await?;
+            // Signing is background work: it gives up on a lock held elsewhere rather than
+            // hold the stage's loop (the next round signs the same heads).
+            sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
             let heads: Vec<(String, i64, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
                 "SELECT chain_id, last_seq, last_hash, month_start FROM ledger_chain_heads
                   WHERE last_seq > checkpointed_seq ORDER BY chain_id FOR UPDATE SKIP LOCKED",
