@@ -11,16 +11,22 @@ use crate::config::{redact_url, DatabaseConfig};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connect, retrying while the database comes up (a fleet often starts before it is ready).
+///
+/// TLS follows `sslmode` / `sslrootcert` (URL or `[database]`): with `verify-full` the server
+/// must present a certificate for the URL's host signed by the CA file (or the OS trust store).
+/// A refused certificate is not retried: no amount of waiting makes it valid.
 pub async fn connect(config: &DatabaseConfig, attempts: u32) -> Result<PgPool, sqlx::Error> {
+    let options = config.connect_options().map_err(|e| sqlx::Error::Configuration(Box::new(e)))?;
     let mut last = None;
     for attempt in 1..=attempts.max(1) {
         match PgPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(Duration::from_secs(5))
-            .connect(&config.url)
+            .connect_with(options.clone())
             .await
         {
             Ok(pool) => return Ok(pool),
+            Err(e @ (sqlx::Error::Tls(_) | sqlx::Error::Configuration(_))) => return Err(e),
             Err(e) => {
                 tracing::warn!(url = %redact_url(&config.url), attempt, error = %e, "database not reachable yet");
                 last = Some(e);
