@@ -26,7 +26,7 @@ pub async fn connect(config: &DatabaseConfig, attempts: u32) -> Result<PgPool, s
             .await
         {
             Ok(pool) => return Ok(pool),
-            Err(e @ (sqlx::Error::Tls(_) | sqlx::Error::Configuration(_))) => return Err(e),
+            Err(e) if is_final(&e) => return Err(e),
             Err(e) => {
                 tracing::warn!(url = %redact_url(&config.url), attempt, error = %e, "database not reachable yet");
                 last = Some(e);
@@ -35,6 +35,16 @@ pub async fn connect(config: &DatabaseConfig, attempts: u32) -> Result<PgPool, s
         }
     }
     Err(last.unwrap_or(sqlx::Error::PoolTimedOut))
+}
+
+/// Errors no retry can cure: bad settings, or a TLS handshake that refused the server's
+/// certificate (rustls reports that as invalid data on the socket).
+fn is_final(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => true,
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    }
 }
 
 /// Fail fast with a clear message when the schema has not been migrated.
