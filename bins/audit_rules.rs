@@ -40,8 +40,9 @@ async fn main() -> anyhow::Result<()> {
     // Redis may come up after the stage: wait for it rather than exit.
     let timeout = Duration::from_millis(settings.redis_timeout_ms);
     let mut backoff = Backoff::new(p.config.stage.retry_max_backoff_ms);
+    let client = auditflow::redis_conn::client(&p.config.redis)?;
     let store = loop {
-        match RedisWindowStore::connect(&p.config.redis.url, &settings.key_prefix, timeout).await {
+        match RedisWindowStore::connect_client(client.clone(), &settings.key_prefix, timeout).await {
             Ok(s) => break s,
             Err(e) => {
                 if p.shutdown.is_triggered() {

@@ -270,31 +270,146 @@ impl TopicsConfig {
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
+    /// `redis://host:6379/0`, or `rediss://host:6380/0` for TLS (certificate and host name are
+    /// always verified). `AUDITFLOW_REDIS_URL`.
     pub url: String,
+    /// PEM file with the CA certificate(s) that sign the Redis server's certificate, instead of
+    /// the OS trust store; needs a `rediss://` URL. `AUDITFLOW_REDIS_CA_FILE`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: "redis://127.0.0.1:6379/0".into() }
+        RedisConfig { url: "redis://127.0.0.1:6379/0".into(), ca_file: None }
     }
 }
 
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConfig").field("url", &crate::redact::url(&self.url)).finish()
+        f.debug_struct("RedisConfig").field("url", &crate::redact::url(&self.url)).field("ca_file", &self.ca_file).finish()
+    }
+}
+
+impl RedisConfig {
+    /// Whether the URL asks for TLS (`rediss://`).
+    pub fn tls(&self) -> bool {
+        self.url.starts_with("rediss://")
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("redis://") || self.tls()) {
+            return Err(ConfigError::new(
+                "AUDITFLOW_REDIS_URL",
+                format!("expected redis://… or rediss://…, got {}", crate::redact::url(&self.url)),
+            ));
+        }
+        // redis-rs reads `#insecure` as "skip certificate verification": never accepted.
+        if self.url.contains('#') {
+            return Err(ConfigError::new(
+                "AUDITFLOW_REDIS_URL",
+                "a URL fragment (e.g. #insecure) is not accepted: the server certificate is always verified",
+            ));
+        }
+        if let Some(path) = &self.ca_file {
+            if !self.tls() {
+                return Err(ConfigError::new(
+                    "AUDITFLOW_REDIS_CA_FILE",
+                    "set, but AUDITFLOW_REDIS_URL is redis:// (plaintext); use rediss:// for TLS",
+                ));
+            }
+            read_ca_file("AUDITFLOW_REDIS_CA_FILE", path)?;
+        }
+        Ok(())
+    }
+}
+
+/// PostgreSQL `sslmode`, with libpq's names and meanings (sqlx's default is `prefer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Plaintext only.
+    Disable,
+    /// Plaintext, TLS if the server insists.
+    Allow,
+    /// TLS if the server offers it, else plaintext; the certificate is not checked.
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS, the certificate must chain to a trusted CA (`sslrootcert` or the OS store).
+    VerifyCa,
+    /// `verify-ca`, and the certificate must name the host connected to.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const ALL: [SslMode; 6] =
+        [SslMode::Disable, SslMode::Allow, SslMode::Prefer, SslMode::Require, SslMode::VerifyCa, SslMode::VerifyFull];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow => "allow",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate is checked against a CA.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+
+    fn to_sqlx(self) -> sqlx::postgres::PgSslMode {
+        use sqlx::postgres::PgSslMode as M;
+        match self {
+            SslMode::Disable => M::Disable,
+            SslMode::Allow => M::Allow,
+            SslMode::Prefer => M::Prefer,
+            SslMode::Require => M::Require,
+            SslMode::VerifyCa => M::VerifyCa,
+            SslMode::VerifyFull => M::VerifyFull,
+        }
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        SslMode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
+            format!("unknown sslmode {s:?}; one of disable, allow, prefer, require, verify-ca, verify-full")
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// `postgres://user:password@host:5432/db`; may carry `?sslmode=…&sslrootcert=…` itself.
     pub url: String,
     pub max_connections: u32,
+    /// Overrides the URL's `sslmode`. `AUDITFLOW_DATABASE_SSLMODE`.
+    pub sslmode: Option<SslMode>,
+    /// PEM file with the CA certificate(s) of the server, instead of the OS trust store;
+    /// overrides the URL's `sslrootcert`. `AUDITFLOW_DATABASE_SSLROOTCERT`.
+    pub sslrootcert: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
-        DatabaseConfig { url: "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into(), max_connections: 8 }
+        DatabaseConfig {
+            url: "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into(),
+            max_connections: 8,
+            sslmode: None,
+            sslrootcert: None,
+        }
     }
 }
 
@@ -303,8 +418,118 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &crate::redact::url(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
             .finish()
     }
+}
+
+impl DatabaseConfig {
+    /// The URL's `sslmode` / `sslrootcert` (libpq and sqlx spellings), percent-decoded.
+    fn url_tls_params(&self) -> (Option<String>, Option<String>) {
+        let (mut mode, mut root) = (None, None);
+        let query = self.url.split_once('?').map(|(_, q)| q.split('#').next().unwrap_or(q)).unwrap_or("");
+        for pair in query.split('&') {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            match k {
+                "sslmode" | "ssl-mode" => mode = Some(percent_decode(v)),
+                "sslrootcert" | "ssl-root-cert" | "ssl-ca" => root = Some(percent_decode(v)),
+                _ => {}
+            }
+        }
+        (mode, root)
+    }
+
+    /// The `sslmode` in effect: the setting, else the URL's, else sqlx's default `prefer`.
+    pub fn effective_sslmode(&self) -> Result<SslMode, ConfigError> {
+        if let Some(m) = self.sslmode {
+            return Ok(m);
+        }
+        match self.url_tls_params().0 {
+            Some(m) => m.parse().map_err(|e| ConfigError::new("AUDITFLOW_DATABASE_URL", e)),
+            None => Ok(SslMode::Prefer),
+        }
+    }
+
+    /// The CA file in effect: the setting, else the URL's `sslrootcert`.
+    pub fn effective_sslrootcert(&self) -> Option<PathBuf> {
+        self.sslrootcert.clone().or_else(|| self.url_tls_params().1.map(PathBuf::from))
+    }
+
+    /// Connection options: the URL with the typed TLS settings applied on top.
+    pub fn connect_options(&self) -> Result<sqlx::postgres::PgConnectOptions, ConfigError> {
+        let mut options = sqlx::postgres::PgConnectOptions::from_str(&self.url).map_err(|e| {
+            ConfigError::new("AUDITFLOW_DATABASE_URL", format!("{e} (in {})", crate::redact::url(&self.url)))
+        })?;
+        options = options.ssl_mode(self.effective_sslmode()?.to_sqlx());
+        if let Some(root) = &self.sslrootcert {
+            options = options.ssl_root_cert(root);
+        }
+        Ok(options)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.url.starts_with("postgres://") || self.url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "AUDITFLOW_DATABASE_URL",
+                format!("expected postgres://…, got {}", crate::redact::url(&self.url)),
+            ));
+        }
+        if self.max_connections == 0 {
+            return Err(ConfigError::new("AUDITFLOW_DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        self.connect_options()?;
+        let mode = self.effective_sslmode()?;
+        if let Some(root) = self.effective_sslrootcert() {
+            let setting = if self.sslrootcert.is_some() { "AUDITFLOW_DATABASE_SSLROOTCERT" } else { "AUDITFLOW_DATABASE_URL" };
+            // Unlike libpq, sqlx checks no certificate below verify-ca: a CA file would give a
+            // false sense of protection.
+            if !mode.verifies() {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("sslrootcert is only used with sslmode=verify-ca or verify-full (sslmode is {mode})"),
+                ));
+            }
+            read_ca_file(setting, &root)?;
+        }
+        Ok(())
+    }
+}
+
+/// A readable PEM file holding at least one certificate, or an error naming the setting.
+fn read_ca_file(setting: &str, path: &std::path::Path) -> Result<(), ConfigError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::CertificateDer;
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::new(setting, format!("cannot read CA file {}: {e}", path.display())))?;
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(&bytes) {
+        cert.map_err(|e| ConfigError::new(setting, format!("{}: not a PEM certificate file: {e}", path.display())))?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(ConfigError::new(setting, format!("{}: no PEM certificate in the file", path.display())));
+    }
+    Ok(())
+}
+
+/// `%2F` → `/` (URL query values); malformed escapes are kept as they are.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Some(b) = std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +695,9 @@ impl Config {
         set(env, "AUDITFLOW_TOPIC_COMPLIANCE_EVENTS", &mut self.topics.compliance_events.name)?;
         set(env, "AUDITFLOW_TOPIC_CHECKPOINTS", &mut self.topics.checkpoints.name)?;
         set(env, "AUDITFLOW_REDIS_URL", &mut self.redis.url)?;
+        if let Some(v) = env.get("AUDITFLOW_REDIS_CA_FILE") {
+            self.redis.ca_file = if v.trim().is_empty() { None } else { Some(PathBuf::from(v.trim())) };
+        }
         if env.contains_key("AUDITFLOW_TOPIC_PARTITIONS") {
             let mut n = 0i32;
             set(env, "AUDITFLOW_TOPIC_PARTITIONS", &mut n)?;
@@ -480,6 +708,16 @@ impl Config {
         set(env, "AUDITFLOW_TOPIC_REPLICATION_FACTOR", &mut self.topics.replication_factor)?;
         set(env, "AUDITFLOW_DATABASE_URL", &mut self.database.url)?;
         set(env, "AUDITFLOW_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
+        if let Some(v) = env.get("AUDITFLOW_DATABASE_SSLMODE") {
+            self.database.sslmode = if v.trim().is_empty() {
+                None
+            } else {
+                Some(v.trim().parse().map_err(|e: String| ConfigError::new("AUDITFLOW_DATABASE_SSLMODE", e))?)
+            };
+        }
+        if let Some(v) = env.get("AUDITFLOW_DATABASE_SSLROOTCERT") {
+            self.database.sslrootcert = if v.trim().is_empty() { None } else { Some(PathBuf::from(v.trim())) };
+        }
         set(env, "AUDITFLOW_HTTP_LISTEN", &mut self.http.listen)?;
         set(env, "AUDITFLOW_HTTP_LIVENESS_TIMEOUT_SECS", &mut self.http.liveness_timeout_secs)?;
         set(env, "AUDITFLOW_GROUP_PREFIX", &mut self.stage.group_prefix)?;
@@ -554,21 +792,8 @@ impl Config {
         if self.topics.replication_factor < 1 {
             return Err(ConfigError::new("AUDITFLOW_TOPIC_REPLICATION_FACTOR", "must be at least 1"));
         }
-        if !(self.database.url.starts_with("postgres://") || self.database.url.starts_with("postgresql://")) {
-            return Err(ConfigError::new(
-                "AUDITFLOW_DATABASE_URL",
-                format!("expected postgres://…, got {}", crate::redact::url(&self.database.url)),
-            ));
-        }
-        if !(self.redis.url.starts_with("redis://") || self.redis.url.starts_with("rediss://")) {
-            return Err(ConfigError::new(
-                "AUDITFLOW_REDIS_URL",
-                format!("expected redis://…, got {}", crate::redact::url(&self.redis.url)),
-            ));
-        }
-        if self.database.max_connections == 0 {
-            return Err(ConfigError::new("AUDITFLOW_DATABASE_MAX_CONNECTIONS", "must be at least 1"));
-        }
+        self.database.validate()?;
+        self.redis.validate()?;
         self.http
             .listen
             .parse::<SocketAddr>()
@@ -817,5 +1042,92 @@ mod tests {
         for secret in ["pw-secret", "query-secret", "redis-secret", "key-pw"] {
             assert!(!printed.contains(secret), "{secret} leaked: {printed}");
         }
+    }
+
+    #[test]
+    fn database_tls_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        // Any well-formed certificate will do for the parse check: make a minimal PEM block.
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n").unwrap();
+        let ca_s = ca.to_str().unwrap();
+
+        // Typed settings win over the URL's.
+        let c = Config::from_sources(
+            None,
+            &env(&[
+                ("AUDITFLOW_DATABASE_URL", "postgres://u:p@h/db?sslmode=require"),
+                ("AUDITFLOW_DATABASE_SSLMODE", "verify-full"),
+                ("AUDITFLOW_DATABASE_SSLROOTCERT", ca_s),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.database.effective_sslmode().unwrap(), SslMode::VerifyFull);
+        assert_eq!(c.database.effective_sslrootcert().as_deref(), Some(ca.as_path()));
+        assert!(matches!(c.database.connect_options().unwrap().get_ssl_mode(), sqlx::postgres::PgSslMode::VerifyFull));
+
+        // In the URL alone, percent-encoded.
+        let url = format!("postgres://u:p@h/db?sslmode=verify-ca&sslrootcert={}", ca_s.replace('/', "%2F"));
+        let c = Config::from_sources(None, &env(&[("AUDITFLOW_DATABASE_URL", &url)])).unwrap();
+        assert_eq!(c.database.effective_sslmode().unwrap(), SslMode::VerifyCa);
+        assert_eq!(c.database.effective_sslrootcert().as_deref(), Some(ca.as_path()));
+
+        // Default: sqlx's prefer.
+        let c = Config::from_sources(None, &HashMap::new()).unwrap();
+        assert_eq!(c.database.effective_sslmode().unwrap(), SslMode::Prefer);
+
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_DATABASE_SSLMODE", "verify")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_DATABASE_SSLMODE");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_DATABASE_URL", "postgres://h/db?sslmode=strict")]))
+            .unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_DATABASE_URL");
+        // A CA file is refused where sqlx would not check the certificate with it.
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_DATABASE_SSLROOTCERT", ca_s)])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_DATABASE_SSLROOTCERT");
+        assert!(e.reason.contains("verify-ca"), "{}", e.reason);
+        // Unreadable and non-PEM CA files fail at start, naming the setting.
+        let missing = dir.path().join("missing.pem");
+        let e = Config::from_sources(
+            None,
+            &env(&[("AUDITFLOW_DATABASE_SSLMODE", "verify-full"), ("AUDITFLOW_DATABASE_SSLROOTCERT", missing.to_str().unwrap())]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_DATABASE_SSLROOTCERT");
+        assert!(e.reason.contains("cannot read CA file"), "{}", e.reason);
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let url = format!("postgres://h/db?sslmode=verify-full&sslrootcert={}", junk.display());
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_DATABASE_URL", &url)])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_DATABASE_URL");
+        assert!(e.reason.contains("no PEM certificate"), "{}", e.reason);
+    }
+
+    #[test]
+    fn redis_tls_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n").unwrap();
+        let ca_s = ca.to_str().unwrap();
+        let c = Config::from_sources(
+            None,
+            &env(&[("AUDITFLOW_REDIS_URL", "rediss://127.0.0.1:6380/0"), ("AUDITFLOW_REDIS_CA_FILE", ca_s)]),
+        )
+        .unwrap();
+        assert!(c.redis.tls());
+        assert_eq!(c.redis.ca_file.as_deref(), Some(ca.as_path()));
+
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_CA_FILE", ca_s)])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_REDIS_CA_FILE");
+        assert!(e.reason.contains("rediss://"), "{}", e.reason);
+        let e = Config::from_sources(
+            None,
+            &env(&[("AUDITFLOW_REDIS_URL", "rediss://h:6380/0"), ("AUDITFLOW_REDIS_CA_FILE", "/nonexistent/ca.pem")]),
+        )
+        .unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_REDIS_CA_FILE");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_URL", "rediss://h:6380/0#insecure")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_REDIS_URL");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_URL", "http://h")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_REDIS_URL");
     }
 }

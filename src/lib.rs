@@ -7,8 +7,8 @@
 //!   stored in sinks, rebalances, dead letters, retries, shutdown.
 //! - [`stages`]: each stage's logic plugged into the runtime.
 //! - [`alert`]: alert policies, deduplication state, notification channels and their dispatcher.
-//! - [`config`], [`telemetry`], [`db`], [`cli`]: configuration, logs/metrics/health, database,
-//!   and the `auditflow` operator command.
+//! - [`config`], [`telemetry`], [`db`], [`redis_conn`], [`cli`]: configuration, logs/metrics/health,
+//!   database and Redis connections, and the `auditflow` operator command.
 //! - [`bench`]: the benchmark of every stage and the whole fleet (`auditflow-bench`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -27,6 +27,7 @@ pub mod event;
 pub mod ledger;
 pub mod privacy;
 pub mod redact;
+pub mod redis_conn;
 pub mod retention;
 pub mod rule_match;
 pub mod rules;

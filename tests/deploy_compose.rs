@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -255,3 +255,78 @@ fn prometheus_scrapes_every_stage_and_mounted_files_exist() {
     }
 }
 
+
+/// No key ships in the file: a one-shot service generates them with `auditflow keys generate`
+/// into a volume that only the stages needing them mount; they connect as their own logins.
+#[test]
+fn compose_generates_keys_and_connects_stages_as_least_privilege_logins() {
+    let doc = compose();
+    let all = services(&doc);
+    for (name, service) in all {
+        for (var, value) in environment(service) {
+            assert!(
+                !matches!(var.as_str(), "AUDITFLOW_MASTER_KEY" | "AUDITFLOW_PSEUDONYM_KEY" | "AUDITFLOW_SIGNING_KEY"),
+                "{name} sets {var}={value}: keys must be generated at first start, not shipped"
+            );
+        }
+    }
+    let keys = &all["keys"];
+    assert_eq!(command(keys).expect("keys command"), ["auditflow", "keys", "generate"]);
+    let keys_volume = |s: &Json| {
+        s["volumes"].as_array().into_iter().flatten().filter_map(Json::as_str).find(|v| v.starts_with("keys:")).map(str::to_string)
+    };
+    assert_eq!(keys_volume(keys).as_deref(), Some("keys:/run/auditflow-keys"), "keys writes into the named volume");
+    assert!(doc["volumes"].get("keys").is_some(), "the keys volume is declared");
+    let init = read("deploy/compose/keys-init.sh");
+    assert!(init.contains("if [ -s \"$out\" ]"), "keys-init.sh must never overwrite existing keys");
+
+    // Stages with a database: their own login, their keys from the volume, after the logins exist.
+    let roles = read("migrations/0006_stage_roles.sql");
+    let logins = read("deploy/compose/db-logins.sh");
+    assert!(logins.contains("GRANT :\"grp\" TO :\"login\""), "db-logins.sh grants each login its stage's role");
+    for stage in ["audit-persist", "audit-compliance", "audit-alert"] {
+        let s = &all[stage];
+        let env: HashMap<String, String> = environment(s).into_iter().collect();
+        assert!(!env.contains_key("AUDITFLOW_DATABASE_URL"), "{stage} must not get the owner's database URL");
+        let login = env.get("STAGE_DB_LOGIN").unwrap_or_else(|| panic!("{stage}: no STAGE_DB_LOGIN"));
+        assert!(roles.contains(&format!("'auditflow_{login}'")), "{stage}: migration 0006 has no role auditflow_{login}");
+        assert!(logins.contains(login.as_str()), "db-logins.sh does not create the {login} login");
+        assert_eq!(keys_volume(s).as_deref(), Some("keys:/run/auditflow-keys:ro"), "{stage} reads the keys read-only");
+        assert_eq!(s["depends_on"]["db-logins"]["condition"], "service_completed_successfully", "{stage} waits for its login");
+        let entry = s["entrypoint"].as_array().expect("entrypoint").iter().filter_map(Json::as_str).collect::<Vec<_>>().join(" ");
+        assert!(entry.contains("auditflow_$${STAGE_DB_LOGIN}_login") || entry.contains("auditflow_${STAGE_DB_LOGIN}_login"), "{stage}: {entry}");
+    }
+    // Stages without a database see neither the keys nor a database URL.
+    for stage in ["audit-enrich", "audit-rules"] {
+        assert!(keys_volume(&all[stage]).is_none(), "{stage} has no use for the keys");
+        assert!(!environment(&all[stage]).iter().any(|(k, _)| k == "AUDITFLOW_DATABASE_URL"), "{stage}");
+    }
+
+    // The schema owner runs the migrations and is not the cluster's superuser.
+    let pg_env: HashMap<String, String> = environment(&all["postgres"]).into_iter().collect();
+    let superuser = pg_env.get("POSTGRES_USER").cloned().unwrap_or_else(|| "postgres".into());
+    let migrate_env: HashMap<String, String> = environment(&all["migrate"]).into_iter().collect();
+    let url = migrate_env.get("AUDITFLOW_DATABASE_URL").expect("migrate has a database URL");
+    let user = url.trim_start_matches("postgres://").split(':').next().unwrap_or_default();
+    assert_eq!(user, "auditflow", "migrate runs as the schema owner");
+    assert_ne!(user, superuser, "the schema owner must not be the superuser");
+    let pg_init = read("deploy/compose/postgres-init.sh");
+    assert!(pg_init.contains("CREATE ROLE auditflow LOGIN CREATEROLE NOSUPERUSER"), "{pg_init}");
+    assert!(
+        all["postgres"]["volumes"].as_array().expect("volumes").iter().any(|v| v.as_str().is_some_and(|v| v.contains("docker-entrypoint-initdb.d"))),
+        "postgres-init.sh is mounted as an init script"
+    );
+}
+
+#[test]
+fn compose_redis_keeps_window_state_across_restarts() {
+    let doc = compose();
+    let redis = &services(&doc)["redis"];
+    let cmd = command(redis).expect("redis command");
+    let pos = cmd.iter().position(|w| w == "--appendonly").expect("--appendonly");
+    assert_eq!(cmd.get(pos + 1).map(String::as_str), Some("yes"), "{cmd:?}");
+    assert!(
+        redis["volumes"].as_array().into_iter().flatten().filter_map(Json::as_str).any(|v| v.ends_with(":/data")),
+        "the append-only file lives on a volume"
+    );
+}

@@ -365,3 +365,108 @@ fn chart_configuration_is_accepted_by_the_binaries() {
         }
     }
 }
+
+/// Start the real `audit-persist` with exactly the environment its rendered Deployment gets
+/// (Secret references filled with valid generated values, the database at a closed port) and
+/// tell whether it got past its configuration checks: `Ok` once it tries the database,
+/// `Err(message)` if it refused a setting.
+fn persist_starts_with(env: &[(String, String)], config_file: &Path) -> Result<(), String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_path = dir.path().join("persist.log");
+    let log = std::fs::File::create(&log_path).expect("log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-persist"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("AUDITFLOW_CONFIG", config_file)
+        .env("AUDITFLOW_HTTP_LISTEN", "127.0.0.1:0")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("audit-persist starts");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let outcome = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if text.contains("database not reachable yet") {
+            break Ok(());
+        }
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Err(format!("exited ({status}):\n{text}"));
+        }
+        if std::time::Instant::now() > deadline {
+            break Err(format!("neither refused nor reached the database in 30 s:\n{text}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome
+}
+
+/// The persist Deployment as rendered gets every variable audit-persist needs to start. The
+/// list is not written down here: the real binary, given only that environment, must get past
+/// all of its configuration checks; and each secret it is given is shown to be needed.
+#[test]
+fn persist_deployment_gets_everything_persist_needs_to_start() {
+    for extra in [&[][..], &["-f", FULL][..]] {
+        let docs = render(extra);
+        let toml_text = of_kind(&docs, "ConfigMap")
+            .into_iter()
+            .find_map(|c| c["data"]["auditflow.toml"].as_str())
+            .expect("a ConfigMap with auditflow.toml")
+            .to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_file = dir.path().join("auditflow.toml");
+        std::fs::write(&config_file, &toml_text).expect("write config");
+        let deployment = for_stage(&docs, "Deployment", "persist");
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut from_secrets: Vec<String> = Vec::new();
+        for e in container["env"].as_array().expect("env") {
+            let name = e["name"].as_str().expect("name").to_string();
+            if name == "AUDITFLOW_CONFIG" || name == "AUDITFLOW_HTTP_LISTEN" {
+                continue;
+            }
+            let value = if let Some(v) = e["value"].as_str() {
+                v.to_string()
+            } else if e["valueFrom"]["secretKeyRef"].is_object() {
+                from_secrets.push(name.clone());
+                if name == "AUDITFLOW_DATABASE_URL" {
+                    // A closed port: the stage gets as far as connecting, and no further.
+                    "postgres://persist:unused@127.0.0.1:9/auditflow".to_string()
+                } else {
+                    hex::encode(rand_bytes())
+                }
+            } else if e["valueFrom"]["fieldRef"].is_object() {
+                "persist-test-pod".to_string()
+            } else {
+                panic!("persist env {name}: neither a value nor a Secret/field reference: {e}");
+            };
+            env.push((name, value));
+        }
+        assert!(from_secrets.iter().any(|n| n == "AUDITFLOW_DATABASE_URL"), "{extra:?}: no database URL from a Secret");
+        assert!(
+            !container["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"].as_str().unwrap_or("").contains("secrets")),
+            "{extra:?}: secrets are mounted as files that nothing reads"
+        );
+        persist_starts_with(&env, &config_file)
+            .unwrap_or_else(|e| panic!("{extra:?}: audit-persist does not start as rendered: {e}"));
+        // Each key from a Secret is one persist refuses to start without (Kafka credentials are
+        // only checked by the broker, and the database URL has a default).
+        for missing in from_secrets.iter().filter(|n| *n != "AUDITFLOW_DATABASE_URL" && !n.starts_with("AUDITFLOW_LIBRDKAFKA_")) {
+            let fewer: Vec<(String, String)> = env.iter().filter(|(k, _)| k != missing).cloned().collect();
+            let err = persist_starts_with(&fewer, &config_file)
+                .err()
+                .unwrap_or_else(|| panic!("{extra:?}: persist started without {missing}; why does the chart give it?"));
+            assert!(err.contains(missing.as_str()), "{extra:?}: without {missing}, persist failed for another reason: {err}");
+        }
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    for (i, x) in uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).enumerate() {
+        b[i] = *x;
+    }
+    b
+}

@@ -134,7 +134,16 @@ impl RedisWindowStore {
     /// Connect (retrying in the background if Redis is not there yet is the connection
     /// manager's job; this fails only if the URL is unusable or the first connection fails).
     pub async fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<RedisWindowStore, TransientError> {
-        let client = redis::Client::open(url).map_err(transient)?;
+        RedisWindowStore::connect_client(redis::Client::open(url).map_err(transient)?, prefix, timeout).await
+    }
+
+    /// [`RedisWindowStore::connect`] with a client already built (TLS settings, see
+    /// [`crate::redis_conn::client`]).
+    pub async fn connect_client(
+        client: redis::Client,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<RedisWindowStore, TransientError> {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))

@@ -103,9 +103,12 @@ partition count get nothing and sit idle, so scaling past it adds cost, not thro
 {{- if le (mul $grace 1000) $drainMs -}}
 {{- fail (printf "stages.%s: terminationGracePeriodSeconds (%d) must exceed the drain time, config.stage.batchMaxWaitMs + transactionTimeoutMs (%d ms)" .name $grace $drainMs) -}}
 {{- end -}}
-{{- range .stage.mountSecrets | default list -}}
-{{- if not (has . (list "smtp" "signingKey" "masterKey")) -}}
-{{- fail (printf "stages.%s.mountSecrets: unknown secret %q (smtp, signingKey, masterKey)" $.name .) -}}
+{{- if hasKey .stage "mountSecrets" -}}
+{{- fail (printf "stages.%s.mountSecrets: no longer supported; list secrets.env entries in secretEnv" .name) -}}
+{{- end -}}
+{{- range .stage.secretEnv | default list -}}
+{{- if not (hasKey ($.root.Values.secrets.env | default dict) .) -}}
+{{- fail (printf "stages.%s.secretEnv: %q is not an entry of secrets.env" $.name .) -}}
 {{- end -}}
 {{- end -}}
 {{- end -}}
@@ -137,6 +140,32 @@ capabilities:
     secretKeyRef:
       name: {{ required "secrets.database.existingSecret is required" .Values.secrets.database.existingSecret }}
       key: {{ .Values.secrets.database.key }}
+{{- end -}}
+
+{{/* A stage's database URL: its own login's Secret when set, else secrets.database. Context: {root, stage}. */}}
+{{- define "auditflow.env.stageDatabase" -}}
+{{- $own := .stage.databaseSecret | default dict -}}
+{{- if $own.existingSecret -}}
+- name: AUDITFLOW_DATABASE_URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ $own.existingSecret }}
+      key: {{ $own.key | default "url" }}
+{{- else -}}
+{{- include "auditflow.env.database" .root -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The stage's secretEnv entries as secretKeyRef variables. Context: {root, stage}. */}}
+{{- define "auditflow.env.secrets" -}}
+{{- range .stage.secretEnv | default list }}
+{{- $s := index $.root.Values.secrets.env . }}
+- name: {{ required (printf "secrets.env.%s.env is required" .) $s.env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ required (printf "secrets.env.%s.existingSecret is required" .) $s.existingSecret }}
+      key: {{ required (printf "secrets.env.%s.key is required" .) $s.key }}
+{{- end }}
 {{- end -}}
 
 {{/* Kafka SASL credentials from their Secret (when kafka.sasl.enabled): for Kafka clients. */}}
