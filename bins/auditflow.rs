@@ -365,7 +365,10 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<()> {
+async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    // Operator commands (migrate, verify, retention, reports) may rightly run long statements,
+    // and an operator is there to interrupt them: the stages' statement timeout is not for them.
+    config.database.statement_timeout_ms = 0;
     match command {
         Command::Emit(args) => run_emit(*args, config).await,
         Command::Topics { command: TopicsCommand::Create } => {

@@ -395,6 +395,10 @@ pub struct DatabaseConfig {
     /// `postgres://user:password@host:5432/db`; may carry `?sslmode=…&sslrootcert=…` itself.
     pub url: String,
     pub max_connections: u32,
+    /// Longest a single statement may run before PostgreSQL cancels it (0 = no limit). A write
+    /// blocked behind a lock then fails and is retried with backoff, counted and visible,
+    /// instead of hanging the stage. `AUDITFLOW_DATABASE_STATEMENT_TIMEOUT_MS`.
+    pub statement_timeout_ms: u64,
     /// Overrides the URL's `sslmode`. `AUDITFLOW_DATABASE_SSLMODE`.
     pub sslmode: Option<SslMode>,
     /// PEM file with the CA certificate(s) of the server, instead of the OS trust store;
@@ -407,6 +411,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into(),
             max_connections: 8,
+            statement_timeout_ms: 30_000,
             sslmode: None,
             sslrootcert: None,
         }
@@ -418,6 +423,7 @@ impl fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &crate::redact::url(&self.url))
             .field("max_connections", &self.max_connections)
+            .field("statement_timeout_ms", &self.statement_timeout_ms)
             .field("sslmode", &self.sslmode)
             .field("sslrootcert", &self.sslrootcert)
             .finish()
@@ -464,6 +470,9 @@ impl DatabaseConfig {
         options = options.ssl_mode(self.effective_sslmode()?.to_sqlx());
         if let Some(root) = &self.sslrootcert {
             options = options.ssl_root_cert(root);
+        }
+        if self.statement_timeout_ms > 0 {
+            options = options.options([("statement_timeout", format!("{}ms", self.statement_timeout_ms))]);
         }
         Ok(options)
     }
@@ -708,6 +717,7 @@ impl Config {
         set(env, "AUDITFLOW_TOPIC_REPLICATION_FACTOR", &mut self.topics.replication_factor)?;
         set(env, "AUDITFLOW_DATABASE_URL", &mut self.database.url)?;
         set(env, "AUDITFLOW_DATABASE_MAX_CONNECTIONS", &mut self.database.max_connections)?;
+        set(env, "AUDITFLOW_DATABASE_STATEMENT_TIMEOUT_MS", &mut self.database.statement_timeout_ms)?;
         if let Some(v) = env.get("AUDITFLOW_DATABASE_SSLMODE") {
             self.database.sslmode = if v.trim().is_empty() {
                 None

@@ -295,7 +295,11 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
     let _cleanup = DropDatabase(id.clone());
     sqlx::query(&format!("CREATE DATABASE \"{id}\"")).execute(&admin).await.expect("create database");
-    sqlx::query(&format!("CREATE ROLE \"{id}\" LOGIN PASSWORD '{password}'")).execute(&admin).await.expect("create role");
+    // Like the Compose schema owner: no superuser, but CREATEROLE for the stages' group roles.
+    sqlx::query(&format!("CREATE ROLE \"{id}\" LOGIN CREATEROLE NOSUPERUSER PASSWORD '{password}'"))
+        .execute(&admin)
+        .await
+        .expect("create role");
     // As in production, the stages use the credentials the schema was migrated with: persist
     // creates month partitions of audit_events, which only the table's owner may do.
     let test_db_url = with_db(&support::admin_database_url(), &id);
@@ -319,6 +323,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         ("AUDITFLOW_LOG_FORMAT", "json".into()),
         ("AUDITFLOW_LOG", "info,librdkafka=warn".into()),
         ("AUDITFLOW_RETRY_MAX_BACKOFF_MS", "500".into()),
+        ("AUDITFLOW_DATABASE_STATEMENT_TIMEOUT_MS", "1000".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -340,8 +345,10 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         wait_ready(addr);
     }
 
-    // The sink table away: persist's first write fails and is retried (auditflow_retries_total).
-    sqlx::query("ALTER TABLE audit_events RENAME TO audit_events_away").execute(&pool).await.expect("rename");
+    // The sink table locked: persist's write outlasts its statement timeout, fails and is
+    // retried (auditflow_retries_total) until the lock goes.
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE audit_events IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.expect("lock");
 
     // One valid event, one invalid: counters with labels appear on first increment.
     let valid = serde_json::to_vec(&support::sample_events(1, 11)[0]).expect("event JSON");
@@ -350,7 +357,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     scrape_until(&persist_addr, Duration::from_secs(60), "a retried sink write", |m| {
         has_help(m, "auditflow_retries_total")
     });
-    sqlx::query("ALTER TABLE audit_events_away RENAME TO audit_events").execute(&pool).await.expect("rename back");
+    lock.rollback().await.expect("unlock");
 
     let complete = |m: &str| {
         ["auditflow_consumed_total", "auditflow_dlq_total", "auditflow_produced_total"].iter().all(|n| has_help(m, n))
@@ -401,7 +408,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         assert!(!log.contains(&password), "{} logged the database password", stage.log_path.display());
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events").fetch_one(&pool).await.expect("count");
-    assert_eq!(rows, 1, "the valid event is persisted once the table is back");
+    assert_eq!(rows, 1, "the valid event is persisted once the lock is gone");
     pool.close().await;
     admin.close().await;
 }
