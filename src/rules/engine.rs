@@ -95,10 +95,43 @@ pub struct EventResult {
     pub trace: Vec<RuleTrace>,
 }
 
+/// Bounds that keep one group's window state small and its clock honest, whatever it sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowLimits {
+    /// How far an event's own time may be ahead of when enrich received it (`enrichedAt`)
+    /// and still be used as its window time; beyond that it is judged at its receive time, so
+    /// a clock set a day ahead cannot move its group's windows a day on and blind them.
+    pub max_future_skew_ms: i64,
+    /// Events kept per sequence step and group (the newest ones): a flood of first steps costs
+    /// bounded memory and bounded work per event.
+    pub sequence_keep: u32,
+}
+
+impl Default for WindowLimits {
+    fn default() -> Self {
+        WindowLimits { max_future_skew_ms: 5 * 60 * 1000, sequence_keep: 1000 }
+    }
+}
+
+impl WindowLimits {
+    /// The time `ev` is judged at: its own, unless that is further ahead of its receive time
+    /// than allowed. Both come from the event, so a replay judges it the same.
+    pub fn window_time_ms(&self, ev: &EnrichedEvent) -> i64 {
+        let t = ev.timestamp.timestamp_millis();
+        let received = ev.enriched_at.timestamp_millis();
+        if t > received.saturating_add(self.max_future_skew_ms) {
+            received
+        } else {
+            t
+        }
+    }
+}
+
 /// Compiled rules, ready to evaluate. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct RulesEngine {
     set: Arc<RuleSet>,
+    limits: WindowLimits,
 }
 
 /// Stateful operations handed to the store at a time: the first answer is not waited for long,
@@ -118,7 +151,16 @@ struct Pending {
 
 impl RulesEngine {
     pub fn new(set: RuleSet) -> RulesEngine {
-        RulesEngine { set: Arc::new(set) }
+        RulesEngine { set: Arc::new(set), limits: WindowLimits::default() }
+    }
+
+    pub fn with_limits(mut self, limits: WindowLimits) -> RulesEngine {
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> WindowLimits {
+        self.limits
     }
 
     /// Read and compile every rule file of `dir`.
@@ -151,14 +193,14 @@ impl RulesEngine {
             }
             self.set.patterns.scan(ev, &mut hits);
             let ip: Option<IpAddr> = ev.ip_address.as_deref().and_then(|s| s.parse().ok());
-            let t = ev.timestamp.timestamp_millis();
+            let t = self.limits.window_time_ms(ev);
             for (ri, rule) in rules.iter().enumerate() {
                 if !rule.cond.eval(ev, ip, &hits) {
                     continue;
                 }
                 let group_by = match &rule.state {
                     Stateful::Pattern => {
-                        pending.push(Pending { event: ei, rule: ri, group: None, op: None, made: Some(pattern_match(rule, ev)) });
+                        pending.push(Pending { event: ei, rule: ri, group: None, op: None, made: Some(pattern_match(rule, ev, t)) });
                         continue;
                     }
                     Stateful::Threshold { group_by, .. }
@@ -218,6 +260,7 @@ impl RulesEngine {
                         steps: steps.len() as u32,
                         within_ms: *within_ms,
                         lateness_ms: *lateness_ms,
+                        keep: self.limits.sequence_keep,
                     },
                     Stateful::Absence { window_ms, .. } => {
                         // Absence rules only record when the group was last seen.
@@ -273,7 +316,7 @@ impl RulesEngine {
                 Some(op) => match &outcomes[op] {
                     WindowOutcome::Fired { firing, .. } => {
                         let (_, map) = p.group.unwrap_or_default();
-                        Some(stateful_match(rule, ev, map, firing))
+                        Some(stateful_match(rule, ev, self.limits.window_time_ms(ev), map, firing))
                     }
                     _ => None,
                 },
@@ -407,8 +450,8 @@ fn base_match(rule: &CompiledRule, trigger: &str, matched_at: DateTime<Utc>) -> 
     }
 }
 
-fn pattern_match(rule: &CompiledRule, ev: &EnrichedEvent) -> RuleMatch {
-    let mut m = base_match(rule, &ev.id, ev.timestamp);
+fn pattern_match(rule: &CompiledRule, ev: &EnrichedEvent, at: i64) -> RuleMatch {
+    let mut m = base_match(rule, &ev.id, millis(at));
     m.evidence_event_ids = vec![ev.id.clone()];
     m.event = Some(ev.clone());
     m
@@ -418,13 +461,14 @@ fn millis(ms: i64) -> DateTime<Utc> {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default()
 }
 
-fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, map: BTreeMap<String, String>, f: &Firing) -> RuleMatch {
+/// `at`: the event's window time (its own time, or its receive time when that is far ahead).
+fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, at: i64, map: BTreeMap<String, String>, f: &Firing) -> RuleMatch {
     let window_ms = match &rule.state {
         Stateful::Threshold { window_ms, .. } | Stateful::Distinct { window_ms, .. } => *window_ms,
         Stateful::Sequence { within_ms, .. } => *within_ms,
         _ => f.end_ms - f.start_ms,
     };
-    let mut m = base_match(rule, &ev.id, ev.timestamp);
+    let mut m = base_match(rule, &ev.id, millis(at));
     m.group_key = map;
     m.window = Some(WindowFigures {
         start: millis(f.start_ms),

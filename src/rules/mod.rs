@@ -24,7 +24,7 @@ mod settings;
 pub mod store;
 
 pub use compile::{load_dir, RuleError, RuleErrors, RuleSet};
-pub use engine::{match_id, BlockDecision, EventResult, RuleTrace, RulesEngine, TraceOutcome};
+pub use engine::{match_id, BlockDecision, EventResult, RuleTrace, RulesEngine, TraceOutcome, WindowLimits};
 pub use redis_store::{RedisKeys, RedisWindowStore};
 pub use settings::RulesSettings;
 pub use store::{Firing, MemoryStore, Pending, WindowKey, WindowOp, WindowOutcome, WindowStore};

@@ -203,7 +203,7 @@ impl RedisWindowStore {
                         .arg(EVIDENCE_CAP)
                         .arg(state_ttl_ms(*window_ms, *lateness_ms));
                 }
-                WindowOp::Sequence { key, event_id, time_ms, steps_mask, steps, within_ms, lateness_ms } => {
+                WindowOp::Sequence { key, event_id, time_ms, steps_mask, steps, within_ms, lateness_ms, keep } => {
                     let WindowKey { rule, group } = key;
                     let c = pipe.cmd("EVALSHA").arg(self.scripts.sequence.get_hash()).arg(steps + 3);
                     for s in 1..=*steps {
@@ -218,7 +218,8 @@ impl RedisWindowStore {
                         .arg(steps)
                         .arg(within_ms)
                         .arg(lateness_ms)
-                        .arg(state_ttl_ms(*within_ms, *lateness_ms));
+                        .arg(state_ttl_ms(*within_ms, *lateness_ms))
+                        .arg(keep);
                 }
                 WindowOp::Seen { rule, group, time_ms, window_ms } => {
                     pipe.cmd("EVALSHA")

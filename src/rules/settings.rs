@@ -22,6 +22,11 @@ pub struct RulesSettings {
     pub absence_check_secs: u64,
     /// A Redis call slower than this fails the batch, which is retried. `AUDITFLOW_REDIS_TIMEOUT_MS`.
     pub redis_timeout_ms: u64,
+    /// An event more than this ahead of its receive time is judged at its receive time by the
+    /// stateful rules (see [`super::WindowLimits`]). `AUDITFLOW_RULES_MAX_FUTURE_SKEW_SECS`.
+    pub max_future_skew_secs: u64,
+    /// Newest events kept per sequence step and group. `AUDITFLOW_RULES_SEQUENCE_KEEP`.
+    pub sequence_keep: u32,
 }
 
 impl Default for RulesSettings {
@@ -32,11 +37,20 @@ impl Default for RulesSettings {
             key_prefix: "auditflow:".into(),
             absence_check_secs: 10,
             redis_timeout_ms: 2000,
+            max_future_skew_secs: 300,
+            sequence_keep: 1000,
         }
     }
 }
 
 impl RulesSettings {
+    pub fn window_limits(&self) -> super::WindowLimits {
+        super::WindowLimits {
+            max_future_skew_ms: (self.max_future_skew_secs * 1000) as i64,
+            sequence_keep: self.sequence_keep,
+        }
+    }
+
     pub(crate) fn apply_env(&mut self, env: &HashMap<String, String>) -> Result<(), ConfigError> {
         fn num(env: &HashMap<String, String>, name: &str, target: &mut u64) -> Result<(), ConfigError> {
             if let Some(v) = env.get(name) {
@@ -53,6 +67,13 @@ impl RulesSettings {
         num(env, "AUDITFLOW_RULES_RELOAD_SECS", &mut self.reload_interval_secs)?;
         num(env, "AUDITFLOW_RULES_ABSENCE_CHECK_SECS", &mut self.absence_check_secs)?;
         num(env, "AUDITFLOW_REDIS_TIMEOUT_MS", &mut self.redis_timeout_ms)?;
+        num(env, "AUDITFLOW_RULES_MAX_FUTURE_SKEW_SECS", &mut self.max_future_skew_secs)?;
+        if let Some(v) = env.get("AUDITFLOW_RULES_SEQUENCE_KEEP") {
+            self.sequence_keep = v
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::new("AUDITFLOW_RULES_SEQUENCE_KEEP", format!("{e} (got {v:?})")))?;
+        }
         Ok(())
     }
 
@@ -65,6 +86,13 @@ impl RulesSettings {
         }
         if !(50..=60_000).contains(&self.redis_timeout_ms) {
             return Err(ConfigError::new("AUDITFLOW_REDIS_TIMEOUT_MS", "must be between 50 and 60000"));
+        }
+        // Within a day: the enrich stage already refuses events further ahead than that.
+        if self.max_future_skew_secs > 86_400 {
+            return Err(ConfigError::new("AUDITFLOW_RULES_MAX_FUTURE_SKEW_SECS", "must be at most 86400"));
+        }
+        if !(1..=100_000).contains(&self.sequence_keep) {
+            return Err(ConfigError::new("AUDITFLOW_RULES_SEQUENCE_KEEP", "must be between 1 and 100000"));
         }
         if self.key_prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(ConfigError::new("AUDITFLOW_REDIS_PREFIX", "must not contain spaces or control characters"));
@@ -106,6 +134,10 @@ mod tests {
         assert_eq!(e.setting, "AUDITFLOW_RULES_RELOAD_SECS");
         let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_TIMEOUT_MS", "1")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_REDIS_TIMEOUT_MS");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_RULES_SEQUENCE_KEEP", "0")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_RULES_SEQUENCE_KEEP");
+        let e = Config::from_sources(None, &env(&[("AUDITFLOW_RULES_MAX_FUTURE_SKEW_SECS", "172800")])).unwrap_err();
+        assert_eq!(e.setting, "AUDITFLOW_RULES_MAX_FUTURE_SKEW_SECS");
         let e = Config::from_sources(None, &env(&[("AUDITFLOW_REDIS_PREFIX", "a b")])).unwrap_err();
         assert_eq!(e.setting, "AUDITFLOW_REDIS_PREFIX");
         let e = Config::from_sources(Some("[rules]\ndirectory = \"x\"\n"), &HashMap::new()).unwrap_err();

@@ -63,6 +63,8 @@ pub enum WindowOp {
         steps: u32,
         within_ms: i64,
         lateness_ms: i64,
+        /// Newest events kept per step (see [`super::WindowLimits::sequence_keep`]).
+        keep: u32,
     },
     /// An absence rule saw an event of `group`.
     Seen { rule: Arc<str>, group: String, time_ms: i64, window_ms: i64 },
@@ -210,6 +212,16 @@ impl ZSet {
         }
         self.range(min, max).count() as u64
     }
+    fn len(&self) -> usize {
+        self.order.len()
+    }
+    /// Keep only the `keep` highest-ranked members (Redis `ZREMRANGEBYRANK key 0 -(keep+1)`).
+    fn keep_newest(&mut self, keep: usize) {
+        while self.order.len() > keep {
+            let Some((_, m)) = self.order.pop_first() else { break };
+            self.scores.remove(&m);
+        }
+    }
     /// Remove members scored below `floor`; returns them.
     fn trim_below(&mut self, floor: i64) -> Vec<String> {
         let old: Vec<(i64, String)> = self.order.iter().take_while(|(s, _)| *s < floor).cloned().collect();
@@ -282,9 +294,10 @@ impl MemoryStore {
                 let g = self.groups.entry(key.clone()).or_default();
                 distinct(g, event_id, *time_ms, value, *window_ms, *lateness_ms, *more_than)
             }
-            WindowOp::Sequence { key, event_id, time_ms, steps_mask, steps, within_ms, lateness_ms } => {
+            WindowOp::Sequence { key, event_id, time_ms, steps_mask, steps, within_ms, lateness_ms, keep } => {
                 let g = self.groups.entry(key.clone()).or_default();
-                sequence(g, event_id, *time_ms, *steps_mask, *steps as usize, *within_ms, *lateness_ms)
+                let window = SequenceWindow { steps: *steps as usize, within: *within_ms, late: *lateness_ms, keep: *keep as usize };
+                sequence(g, event_id, *time_ms, *steps_mask, window)
             }
             WindowOp::Seen { rule, group, time_ms, .. } => {
                 if self.silent_fired.get(rule).and_then(|f| f.get(group)).is_some_and(|f| *f >= *time_ms) {
@@ -448,7 +461,16 @@ fn distinct(g: &mut GroupState, id: &str, t: i64, value: &str, w: i64, late: i64
     WindowOutcome::Fired { firing, replayed: false }
 }
 
-fn sequence(g: &mut GroupState, id: &str, t: i64, mask: u32, n: usize, within: i64, late: i64) -> WindowOutcome {
+/// Shape of a sequence rule's window, as its operation carries it.
+struct SequenceWindow {
+    steps: usize,
+    within: i64,
+    late: i64,
+    keep: usize,
+}
+
+fn sequence(g: &mut GroupState, id: &str, t: i64, mask: u32, w: SequenceWindow) -> WindowOutcome {
+    let SequenceWindow { steps: n, within, late, keep } = w;
     if let Some(f) = g.fired.figures.get(id) {
         return WindowOutcome::Fired { firing: f.clone(), replayed: true };
     }
@@ -468,13 +490,18 @@ fn sequence(g: &mut GroupState, id: &str, t: i64, mask: u32, n: usize, within: i
     let floor = newest - 2 * within - late;
     for step in g.steps.iter_mut() {
         step.trim_below(floor);
+        if step.len() > keep {
+            step.keep_newest(keep);
+        }
     }
     g.used.trim_below(floor);
     g.fired.trim_below(floor);
 
-    // Furthest any unused chain got, for the window state shown by `rules test`.
+    // A chain that completes now holds this event, so it starts within `within` before it.
+    // Members of fired chains leave the step sets, so the scans below skip almost nothing:
+    // per event, about (first steps in range) × (steps) range lookups.
     let mut best = 0u64;
-    let firsts: Vec<(i64, String)> = g.steps[0].order.iter().cloned().collect();
+    let firsts: Vec<(i64, String)> = g.steps[0].range(t - within, t).cloned().collect();
     for (t1, a1) in firsts {
         if g.used.score(&a1).is_some() {
             continue;
@@ -502,6 +529,9 @@ fn sequence(g: &mut GroupState, id: &str, t: i64, mask: u32, n: usize, within: i
         if complete {
             for (c, s) in &chain {
                 g.used.add(c, *s);
+                for step in g.steps.iter_mut() {
+                    step.remove(c);
+                }
             }
             let mut evidence: Vec<String> = chain.iter().map(|(c, _)| c.clone()).filter(|c| c != id).collect();
             evidence.push(id.to_string());

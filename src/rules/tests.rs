@@ -480,6 +480,47 @@ fn sequence_completed_by_a_late_first_step() {
     assert_eq!(r[1][0].evidence_event_ids, vec!["x", "g"], "chain in step order, the trigger last");
 }
 
+#[test]
+fn sequence_keeps_the_newest_steps_and_fires_from_them() {
+    let e = engine(SEQUENCE).with_limits(WindowLimits { sequence_keep: 3, ..WindowLimits::default() });
+    let mut store = MemoryStore::new();
+    let mut events: Vec<EnrichedEvent> = (0..10).map(|i| act(&format!("g{i}"), T0 + i * 1000, "grant_role")).collect();
+    events.push(act("x", T0 + 20_000, "data_export"));
+    let r = run(&e, &mut store, &events);
+    assert_eq!(fired_at(&r, "seq"), vec![10]);
+    assert_eq!(r[10][0].evidence_event_ids, vec!["g7", "x"], "the oldest first steps were let go");
+    // Without the bound the chain starts at the oldest grant.
+    let r = run(&engine(SEQUENCE), &mut MemoryStore::new(), &events);
+    assert_eq!(r[10][0].evidence_event_ids, vec!["g0", "x"]);
+}
+
+/// One event stamped a day ahead of its receive time must not move its group's clock a day on:
+/// then every current event of that user would be "too late" and the rule blind to them.
+#[test]
+fn a_future_dated_event_is_judged_at_its_receive_time() {
+    let e = engine(&threshold_rule(3, "1m", "user_id"));
+    let mut ahead = ev("ahead", T0 + 86_400_000);
+    ahead.enriched_at = Utc.timestamp_millis_opt(T0).unwrap();
+    let events = [ahead, ev("a", T0 + 1000), ev("b", T0 + 2000)];
+    let r = run(&e, &mut MemoryStore::new(), &events);
+    assert_eq!(fired_at(&r, "th"), vec![2], "the three count together in one minute");
+    assert_eq!(r[2][0].evidence_event_ids, vec!["ahead", "a", "b"]);
+    // Within the allowed skew an event keeps its own time.
+    let mut soon = ev("soon", T0 + 60_000);
+    soon.enriched_at = Utc.timestamp_millis_opt(T0).unwrap();
+    let limits = WindowLimits::default();
+    assert_eq!(limits.window_time_ms(&soon), T0 + 60_000);
+    assert_eq!(limits.window_time_ms(&events[0]), T0);
+    // A pattern match of a future-dated event is dated when it was received.
+    let p = engine(&pattern_rule("      success: false\n"));
+    let r = run(&p, &mut MemoryStore::new(), &events[..1]);
+    assert_eq!(r[0][0].matched_at, Utc.timestamp_millis_opt(T0).unwrap());
+    // Without the bound (as in `rules test`), the day-ahead event blinds the group.
+    let unbounded = e.with_limits(WindowLimits { max_future_skew_ms: i64::MAX, ..WindowLimits::default() });
+    let r = run(&unbounded, &mut MemoryStore::new(), &events);
+    assert!(fired_at(&r, "th").is_empty());
+}
+
 // ----------------------------------------------------------------------------------- absence
 
 const ABSENCE: &str = "rules:\n  - id: quiet\n    name: Quiet\n    severity: MEDIUM\n    action: ALERT\n    match:\n      metadata:\n        - { path: service, exists: true }\n    absence:\n      window: 15m\n      group_by: [metadata.service]\n";

@@ -21,7 +21,7 @@ use crate::event::EnrichedEvent;
 use crate::rule_match::RuleMatch;
 use crate::rules::engine::match_key;
 use crate::rules::reload::{Reload, RuleWatcher};
-use crate::rules::{BlockDecision, RulesEngine, WindowStore};
+use crate::rules::{BlockDecision, RulesEngine, WindowLimits, WindowStore};
 use crate::runtime::{BatchOutput, InputMessage, OutputRecord, TransformStage};
 use crate::telemetry::Metrics;
 
@@ -35,6 +35,7 @@ struct RuleMetrics {
     matches: IntCounterVec,
     reloads: IntCounterVec,
     loaded: IntGauge,
+    future_dated: prometheus::IntCounter,
 }
 
 impl RuleMetrics {
@@ -53,16 +54,26 @@ impl RuleMetrics {
             Opts::new("auditflow_rules_loaded", "Enabled rules in force").const_label("stage", STAGE),
         )
         .expect("static metric definition");
+        let future_dated = prometheus::IntCounter::with_opts(
+            Opts::new(
+                "auditflow_rules_future_events_total",
+                "Events whose time was too far ahead of their receive time, judged at receive time",
+            )
+            .const_label("stage", STAGE),
+        )
+        .expect("static metric definition");
         // Registering twice only happens in tests that build several stages in one process.
         let _ = metrics.registry.register(Box::new(matches.clone()));
         let _ = metrics.registry.register(Box::new(reloads.clone()));
         let _ = metrics.registry.register(Box::new(loaded.clone()));
-        RuleMetrics { matches, reloads, loaded }
+        let _ = metrics.registry.register(Box::new(future_dated.clone()));
+        RuleMetrics { matches, reloads, loaded, future_dated }
     }
 }
 
 pub struct RulesStage<S: WindowStore> {
     engine: RulesEngine,
+    limits: WindowLimits,
     watcher: Option<RuleWatcher>,
     store: S,
     input_topic: String,
@@ -83,8 +94,10 @@ impl<S: WindowStore + Send + 'static> RulesStage<S> {
     ) -> RulesStage<S> {
         let m = RuleMetrics::new(metrics);
         m.loaded.set(engine.rule_set().rule_count() as i64);
+        let limits = config.rules.window_limits();
         RulesStage {
-            engine,
+            engine: engine.with_limits(limits),
+            limits,
             watcher,
             store,
             input_topic: config.topics.enriched.name.clone(),
@@ -111,7 +124,7 @@ impl<S: WindowStore + Send + 'static> RulesStage<S> {
                 );
                 self.metrics.reloads.with_label_values(&[STAGE, "loaded"]).inc();
                 self.metrics.loaded.set(set.rule_count() as i64);
-                self.engine = engine;
+                self.engine = engine.with_limits(self.limits);
             }
             Some(Reload::Refused(errors)) => {
                 self.metrics.reloads.with_label_values(&[STAGE, "refused"]).inc();
@@ -174,6 +187,9 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
         for (i, input) in batch.iter().enumerate() {
             match decode_enriched(input.payload) {
                 Ok(ev) => {
+                    if self.limits.window_time_ms(&ev) != ev.timestamp.timestamp_millis() {
+                        self.metrics.future_dated.inc();
+                    }
                     events.push(ev);
                     event_inputs.push(i);
                 }

@@ -1,12 +1,15 @@
 -- KEYS: step 1..N (zset id -> time), used (zset), fired (zset), figures (hash)
--- ARGV: event id, time, steps mask, N, within, lateness, ttl
+-- ARGV: event id, time, steps mask, N, within, lateness, ttl, keep
 --
 -- Each step set and the used set are read once and the chain search runs on those copies:
 -- a handful of calls per event instead of one or more per candidate. Keys that do not exist are
--- neither trimmed nor given an expiry (both would be no-ops).
+-- neither trimmed nor given an expiry (both would be no-ops). Each step keeps its `keep` newest
+-- events, and members of a fired chain leave the step sets, so the work per event is about
+-- (first steps within `within` before it) × N binary searches.
 local id = ARGV[1]
 local t, mask, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local within, late, ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
+local keep = tonumber(ARGV[8])
 local used, fz, fh = KEYS[n + 1], KEYS[n + 2], KEYS[n + 3]
 
 local fired_oldest, prior = firings(fz, fh, id)
@@ -36,6 +39,24 @@ local function added(key, set)
   table.insert(set.s, at, t)
   return set
 end
+-- The copy without its `drop` lowest-ranked members.
+local function without_oldest(set, drop)
+  local ms, ss = {}, {}
+  for i = drop + 1, #set.m do
+    ms[#ms + 1] = set.m[i]
+    ss[#ss + 1] = set.s[i]
+  end
+  return {m = ms, s = ss}
+end
+-- First index whose score is >= x (#ss + 1 when none).
+local function lower_bound(ss, x)
+  local lo, hi = 1, #ss + 1
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if ss[mid] < x then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
 
 local steps = {}
 local newest = t
@@ -59,6 +80,11 @@ for k = 1, n do
     redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', '(' .. s(floor))
     steps[k] = load(KEYS[k])
   end
+  local over = #steps[k].m - keep
+  if over > 0 then
+    redis.call('ZREMRANGEBYRANK', KEYS[k], 0, over - 1)
+    steps[k] = without_oldest(steps[k], over)
+  end
 end
 -- Only membership matters here: trim first, then read the members without their scores.
 redis.call('ZREMRANGEBYSCORE', used, '-inf', '(' .. s(floor))
@@ -72,30 +98,30 @@ end
 if u.m[1] then redis.call('PEXPIRE', used, ttl) end
 if any_fired then expire(ttl, fz, fh) end
 
+-- A chain that completes now holds this event, so it starts within `within` before it.
 local best = 0
 local firsts = steps[1]
-for i = 1, #firsts.m do
+for i = lower_bound(firsts.s, t - within), #firsts.m do
   local a1, t1 = firsts.m[i], firsts.s[i]
+  if t1 > t then break end
   if not is_used[a1] then
     local chain, times = {a1}, {t1}
     local cur, complete = t1, true
     for k = 2, n do
       local cm, cs = steps[k].m, steps[k].s
       local found = nil
-      for j = 1, #cm do
+      for j = lower_bound(cs, cur), #cm do
         local sc = cs[j]
         if sc > t1 + within then break end
-        if sc >= cur then
-          local c = cm[j]
-          local taken = is_used[c]
-          if not taken then
-            for _, x in ipairs(chain) do if x == c then taken = true end end
-          end
-          if not taken then
-            found = c
-            cur = sc
-            break
-          end
+        local c = cm[j]
+        local taken = is_used[c]
+        if not taken then
+          for _, x in ipairs(chain) do if x == c then taken = true end end
+        end
+        if not taken then
+          found = c
+          cur = sc
+          break
         end
       end
       if not found then complete = false break end
@@ -104,7 +130,10 @@ for i = 1, #firsts.m do
     end
     if #chain > best then best = #chain end
     if complete then
-      for j = 1, #chain do redis.call('ZADD', used, times[j], chain[j]) end
+      for j = 1, #chain do
+        redis.call('ZADD', used, times[j], chain[j])
+        for k = 1, n do redis.call('ZREM', KEYS[k], chain[j]) end
+      end
       local evidence = {}
       for j = 1, #chain do
         if chain[j] ~= id then evidence[#evidence + 1] = chain[j] end
