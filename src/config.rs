@@ -67,6 +67,14 @@ impl fmt::Debug for PrivacySettings {
 }
 
 impl PrivacySettings {
+    /// The pseudonym key alone (stages that name subjects but never unseal them).
+    pub fn pseudonym_key(&self) -> Result<crate::privacy::SecretKey, ConfigError> {
+        let text = self.pseudonym_key.as_deref().ok_or_else(|| {
+            ConfigError::new("AUDITFLOW_PSEUDONYM_KEY", "required (generate with `auditflow keys generate`)")
+        })?;
+        crate::privacy::SecretKey::parse("AUDITFLOW_PSEUDONYM_KEY", text)
+    }
+
     /// Both keys, or a configuration error naming the missing one.
     pub fn keys(&self) -> Result<crate::privacy::PrivacyKeys, ConfigError> {
         let master = self

@@ -97,6 +97,15 @@ pub enum PrivacyError {
     Corrupt,
 }
 
+/// Keyed pseudonym of a subject under the pseudonym key (see [`PrivacyKeys::pseudonym`]).
+pub fn pseudonym(key: &SecretKey, kind: SubjectKind, id: &str) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC accepts any key length");
+    mac.update(kind.as_str().as_bytes());
+    mac.update(b":");
+    mac.update(id.as_bytes());
+    hex::encode(&mac.finalize().into_bytes()[..16])
+}
+
 /// Master key (wraps data keys) and pseudonym key (HMAC for searchable pseudonyms).
 #[derive(Clone, Debug)]
 pub struct PrivacyKeys {
@@ -107,11 +116,7 @@ pub struct PrivacyKeys {
 impl PrivacyKeys {
     /// Keyed pseudonym of a subject: stable, searchable, meaningless without the key.
     pub fn pseudonym(&self, kind: SubjectKind, id: &str) -> String {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.pseudonym.0).expect("HMAC accepts any key length");
-        mac.update(kind.as_str().as_bytes());
-        mac.update(b":");
-        mac.update(id.as_bytes());
-        hex::encode(&mac.finalize().into_bytes()[..16])
+        pseudonym(&self.pseudonym, kind, id)
     }
 
     /// A fresh data key, and its form wrapped by the master key (what the database stores).

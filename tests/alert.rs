@@ -302,11 +302,16 @@ async fn twelve_failed_logins_make_one_alert_and_replays_change_nothing() {
     let mail = &mails[0];
     assert_eq!(mail.meta["rcpt_tos"], serde_json::json!(["security@example.com"]));
     let subject = mail.header("subject").expect("subject");
-    assert!(subject.contains("Failed Authentication Attempts") && subject.contains("user456"), "{subject}");
+    // Users are named by their pseudonyms, everywhere an alert goes.
+    let user456 = alert_pseudonym("user456");
+    assert!(subject.contains("Failed Authentication Attempts") && subject.contains(&user456[..40]), "{subject}");
     assert_eq!(mail.header("message-id").as_deref(), Some(format!("<alert-{}@auditflow>", alert.id).as_str()));
     let plain = mail.part("text/plain");
     assert!(plain.contains("Matches: 12 (the first, and 11 suppressed)"), "{plain}");
-    assert!(mail.part("text/html").contains("user_id=user456"));
+    assert!(mail.part("text/html").contains(&format!("user_id={user456}")));
+    for part in [mail.part("text/plain"), mail.part("text/html"), subject.clone()] {
+        assert!(!part.contains("user456"), "the user id left in the clear: {part}");
+    }
 
     let records = security_alerts(&env);
     assert_eq!(records.len(), 1, "{records:?}");
@@ -315,7 +320,10 @@ async fn twelve_failed_logins_make_one_alert_and_replays_change_nothing() {
     assert_eq!(record["alertId"], alert.id.as_str());
     assert_eq!(record["matchCount"], 12);
     assert_eq!(record["suppressedCount"], 11);
-    assert_eq!(record["groupKey"], serde_json::json!({ "user_id": "user456" }));
+    assert_eq!(record["groupKey"], serde_json::json!({ "user_id": user456 }));
+    assert_eq!(record["trigger"]["event"]["userId"], user456.as_str());
+    assert!(!record.to_string().contains("user456"), "{record}");
+    assert_eq!(record["evidenceEventIds"].as_array().map(Vec::len), Some(12), "the evidence ids lead to the events");
     assert_eq!(record["policyId"], "failed-authentication");
     assert_eq!(record["trigger"]["ruleId"], "failed-login-attempts");
 
@@ -444,7 +452,7 @@ channels = ["webhook", "slack"]
         "privilege-escalation",
         event("esc-1", "eve <!channel>", "grant_role", true, Utc::now()),
     );
-    m.rule_name = "Privilege Escalation".into();
+    m.rule_name = "Privilege Escalation <!here>".into();
     m.severity = Severity::Critical;
     m.action = RuleAction::Block;
     produce_matches(&env, &[m]);
@@ -489,7 +497,9 @@ channels = ["webhook", "slack"]
     let slack = receiver.requests("/slack");
     assert_eq!(slack.len(), 1);
     let text = serde_json::from_slice::<serde_json::Value>(&slack[0].body).unwrap()["text"].as_str().unwrap().to_string();
-    assert!(text.contains("eve &lt;!channel&gt;") && !text.contains("<!channel>"), "{text}");
+    assert!(text.contains("Privilege Escalation &lt;!here&gt;") && !text.contains("<!here>"), "{text}");
+    assert!(!text.contains("eve &lt;") && text.contains(&alert_pseudonym("eve <!channel>")), "{text}");
+    assert!(!String::from_utf8_lossy(&ok.body).contains("eve <"), "the webhook body names the user by pseudonym");
 }
 
 /// (e) hostile event fields: `<script>`, CR/LF header injection attempts, 100 KB strings.
@@ -519,6 +529,8 @@ recipients = ["security@example.com"]
     );
     env.extra_env.push(("AUDITFLOW_CONFIG".into(), config.display().to_string()));
     env.extra_env.extend(smtp_env(port));
+    // Personal fields in the clear (the operator's opt-in): they must be escaped like the rest.
+    env.extra_env.push(("AUDITFLOW_ALERT_INCLUDE_PERSONAL_FIELDS".into(), "true".into()));
     let mut stage = env.start_stage("audit-alert", "e1");
 
     let user = "<script>alert('owned')</script>\r\nBcc: victim@evil.example\r\nX-Injected: yes";
@@ -728,7 +740,7 @@ async fn an_immediate_alert_goes_out_on_commit_not_at_the_next_poll() {
         .await;
         let records = security_alerts(&env);
         assert_eq!(records.len(), n + 1, "one record per alert (logs: {})", stage.log_path.display());
-        let record = records.iter().map(|(_, r)| r).find(|r| r["groupKey"]["user_id"] == user).expect("this user's alert");
+        let record = records.iter().map(|(_, r)| r).find(|r| r["groupKey"]["user_id"] == alert_pseudonym(user).as_str()).expect("this user's alert");
         assert_eq!(record["policyId"], "immediate", "{record}");
     }
     wait_until("both alerts marked dispatched", Duration::from_secs(10), || async {

@@ -21,7 +21,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use lettre::message::Mailbox;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -30,7 +30,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use super::channels::{Channels, Delivery, DeliveryError};
-use super::render::{Notice, RECORD_MAX_STRING};
+use super::disclose::Disclosure;
+use super::render::{truncate_chars, truncate_json, AlertRecord, Notice, RECORD_MAX_STRING};
 use super::retry::RetryPolicy;
 use super::settings::{AlertSettings, ChannelKind};
 use super::store::{self, AlertRow};
@@ -69,6 +70,7 @@ pub struct Alerting {
     alerts_topic: String,
     dlq_topic: String,
     retry: RetryPolicy,
+    disclosure: Disclosure,
     pub metrics: AlertMetrics,
     pub runtime_metrics: Arc<Metrics>,
     /// Hand a clone to the sink (`AlertStage::with_dispatch_wake`).
@@ -87,6 +89,12 @@ pub enum Outcome {
 impl Alerting {
     pub fn new(config: &Config, pool: PgPool, metrics: Arc<Metrics>, alert_metrics: AlertMetrics) -> Result<Arc<Alerting>, String> {
         let channels = Channels::from_settings(&config.alert)?;
+        let disclosure = if config.alert.include_personal_fields {
+            Disclosure::Plain
+        } else {
+            let key = config.privacy.pseudonym_key().map_err(|e| e.to_string())?;
+            Disclosure::pseudonymous(key, &config.privacy.personal_fields, &config.alert.clear_group_fields)
+        };
         let mut pc = crate::runtime::kafka::base_client_config(config);
         pc.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -108,6 +116,7 @@ impl Alerting {
             alerts_topic: config.topics.security_alerts.name.clone(),
             dlq_topic: config.topics.alert_dlq.name.clone(),
             retry: RetryPolicy::from(&config.alert.retry),
+            disclosure,
             metrics: alert_metrics,
             runtime_metrics: metrics,
             wake: DispatchWake::default(),
@@ -192,10 +201,24 @@ impl Alerting {
         route(&self.settings, names, severity, tags, |k| self.channels.configured(k))
     }
 
+    /// The alert as it may leave auditflow (see [`Disclosure`]).
+    fn record(&self, row: &AlertRow, now: DateTime<Utc>, max_string: usize) -> AlertRecord {
+        // Pseudonyms of whole values (as persist stores them), cut afterwards.
+        let mut record = row.to_record(now, usize::MAX);
+        self.disclosure.apply(&mut record);
+        if max_string < usize::MAX {
+            record.trigger = truncate_json(&record.trigger, max_string);
+            for v in record.group_key.values_mut() {
+                *v = truncate_chars(v, max_string).into_owned();
+            }
+        }
+        record
+    }
+
     async fn dispatch_one(&self, row: AlertRow, shutdown: &Shutdown) {
         let id = row.id.clone();
         let now = Utc::now();
-        let record_json = match serde_json::to_vec(&row.to_record(now, RECORD_MAX_STRING)) {
+        let record_json = match serde_json::to_vec(&self.record(&row, now, RECORD_MAX_STRING)) {
             Ok(j) => j,
             Err(e) => {
                 tracing::error!(stage = STAGE, alert = %id, error = %e, "alert record does not serialise");
@@ -211,7 +234,7 @@ impl Alerting {
                 return;
             }
         };
-        let notice = Notice::new(row.to_record(now, usize::MAX), self.settings.max_field_chars);
+        let notice = Notice::new(self.record(&row, now, usize::MAX), self.settings.max_field_chars);
         let (kinds, recipients) = self.route(&row.policy_id, notice.record.severity, &row.compliance);
 
         let mut failed: Vec<(String, String)> = Vec::new();

@@ -9,10 +9,12 @@
 //!   and to `security-alerts`, with retries, rate limits and a dead-letter topic.
 //! - [`channels`]: e-mail, Slack, signed webhooks.
 //! - [`render`]: what a notification says, escaped for where it goes.
+//! - [`disclose`]: personal fields replaced by pseudonyms before anything leaves.
 //! - [`retry`]: backoff schedule and token buckets.
 //! - [`ops`]: operational alerts about this process (stalls, dead-letter spikes).
 
 pub mod channels;
+pub mod disclose;
 pub mod dispatch;
 pub mod fold;
 pub mod ops;

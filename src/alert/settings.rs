@@ -58,6 +58,15 @@ pub struct AlertSettings {
     /// or in tests): an alert carries event data, and a webhook's signature is no secret from
     /// whoever reads the wire. `AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP`.
     pub allow_insecure_http: bool,
+    /// Send personal fields (the privacy settings' list) in the clear on `security-alerts` and
+    /// in every notification. Off by default: they go as pseudonyms or not at all, because a
+    /// copy outside auditflow is beyond the reach of `auditflow erase`.
+    /// `AUDITFLOW_ALERT_INCLUDE_PERSONAL_FIELDS`.
+    pub include_personal_fields: bool,
+    /// Group-key fields shown in the clear even when they come from a personal field (e.g.
+    /// `metadata.service`, which names a service, not a person).
+    /// `AUDITFLOW_ALERT_CLEAR_GROUP_FIELDS=metadata.service,…`.
+    pub clear_group_fields: Vec<String>,
     pub retry: RetryConfig,
     pub email: EmailConfig,
     pub slack: SlackConfig,
@@ -78,6 +87,8 @@ impl Default for AlertSettings {
             max_field_chars: 2000,
             match_retention_hours: 8 * 24,
             allow_insecure_http: false,
+            include_personal_fields: false,
+            clear_group_fields: vec!["metadata.service".into()],
             retry: RetryConfig::default(),
             email: EmailConfig::default(),
             slack: SlackConfig::default(),
@@ -496,6 +507,12 @@ impl AlertSettings {
         }
         if let Some(v) = parse(env, "AUDITFLOW_ALERT_ALLOW_INSECURE_HTTP")? {
             self.allow_insecure_http = v;
+        }
+        if let Some(v) = parse(env, "AUDITFLOW_ALERT_INCLUDE_PERSONAL_FIELDS")? {
+            self.include_personal_fields = v;
+        }
+        if let Some(v) = env.get("AUDITFLOW_ALERT_CLEAR_GROUP_FIELDS") {
+            self.clear_group_fields = v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
         }
         if let Some(v) = parse(env, "AUDITFLOW_ALERT_GROUP_WAIT_SECONDS")? {
             self.group_wait_seconds = v;

@@ -43,6 +43,12 @@ pub fn test_keys() -> auditflow::privacy::PrivacyKeys {
     }
 }
 
+/// How an alert names a user (see `auditflow::alert::disclose`): their pseudonym.
+pub fn alert_pseudonym(user: &str) -> String {
+    let p = test_keys().pseudonym(auditflow::privacy::SubjectKind::User, user);
+    format!("{}{p}", auditflow::alert::disclose::PSEUDONYM_PREFIX)
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
