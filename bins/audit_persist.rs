@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use auditflow::ledger::LedgerSigner;
 use auditflow::privacy::SecretKey;
-use auditflow::runtime::kafka::{producer_config, DeliveryTracker};
+use auditflow::runtime::kafka::producer_config;
+use auditflow::runtime::outbox::Outbox;
 use auditflow::runtime::{process, run_sink};
 use auditflow::stages::persist::{PersistSettings, PersistStage};
 
@@ -21,9 +22,7 @@ async fn main() -> anyhow::Result<()> {
     let pool = auditflow::db::connect(&p.config.database, 30).await?;
     auditflow::db::check_schema(&pool).await.map_err(anyhow::Error::msg)?;
     auditflow::stages::persist::verify_keys(&pool, &keys).await.map_err(anyhow::Error::msg)?;
-    let mut producer_config = producer_config(&p.config);
-    producer_config.set("enable.idempotence", "true");
-    let checkpoint_producer = producer_config.create_with_context(DeliveryTracker::default())?;
+    let outbox = Outbox::new(producer_config(&p.config), &p.config.topics.checkpoints.name)?;
     let handle = tokio::runtime::Handle::current();
     let settings = PersistSettings {
         input_topic: p.config.topics.enriched.name.clone(),
@@ -34,6 +33,6 @@ async fn main() -> anyhow::Result<()> {
         checkpoint_interval: Duration::from_secs(p.config.ledger.checkpoint_interval_secs),
         checkpoint_topic: p.config.topics.checkpoints.name.clone(),
     };
-    let stage = PersistStage::new(pool, settings, handle.clone(), Some(checkpoint_producer));
+    let stage = PersistStage::new(pool, settings, handle.clone(), Some(outbox));
     process::run_blocking(move || run_sink(&p.config, stage, p.metrics, p.health, p.shutdown, handle)).await
 }

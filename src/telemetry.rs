@@ -169,6 +169,8 @@ pub struct Health {
     ready: AtomicBool,
     /// Unix millis since which input has been waiting for a commit; 0 when none waits.
     waiting_since_ms: AtomicI64,
+    /// Unix millis since which the consumer has not been a member of its group; 0 when it is.
+    unjoined_since_ms: AtomicI64,
     stall_timeout_ms: AtomicI64,
     stage: std::sync::OnceLock<&'static str>,
 }
@@ -179,6 +181,7 @@ impl Default for Health {
             last_turn_ms: AtomicI64::new(0),
             ready: AtomicBool::new(false),
             waiting_since_ms: AtomicI64::new(0),
+            unjoined_since_ms: AtomicI64::new(0),
             stall_timeout_ms: AtomicI64::new(300_000),
             stage: std::sync::OnceLock::new(),
         }
@@ -219,10 +222,22 @@ impl Health {
     pub fn progressed(&self) {
         self.waiting_since_ms.store(0, Ordering::Relaxed);
     }
-    /// Whether input has waited longer than the stall timeout without a commit.
+    /// The consumer's group membership, as its statistics report it. A consumer that cannot
+    /// rejoin its group has no partitions, so no input ever "waits" for it: this is how such a
+    /// stall shows (librdkafka can stay stuck after a broker was fenced, until restarted).
+    pub fn group_joined(&self, joined: bool) {
+        if joined {
+            self.unjoined_since_ms.store(0, Ordering::Relaxed);
+        } else {
+            let _ = self.unjoined_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+    }
+    /// Whether input has waited longer than the stall timeout without a commit, or the
+    /// consumer has been out of its group that long.
     pub fn is_stalled(&self) -> bool {
-        let since = self.waiting_since_ms.load(Ordering::Relaxed);
-        since != 0 && now_ms() - since > self.stall_timeout_ms.load(Ordering::Relaxed)
+        let timeout = self.stall_timeout_ms.load(Ordering::Relaxed);
+        let over = |since: i64| since != 0 && now_ms() - since > timeout;
+        over(self.waiting_since_ms.load(Ordering::Relaxed)) || over(self.unjoined_since_ms.load(Ordering::Relaxed))
     }
 }
 

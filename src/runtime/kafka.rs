@@ -106,7 +106,7 @@ pub type OffsetLoader =
     Box<dyn Fn(&[(String, i32)]) -> Result<HashMap<(String, i32), i64>, String> + Send + Sync + 'static>;
 
 /// librdkafka's log lines as `tracing` events, at the matching level.
-fn forward_log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+pub(crate) fn forward_log(level: RDKafkaLogLevel, fac: &str, log_message: &str) {
     match level {
         RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
             tracing::error!(target: "librdkafka", fac, "{log_message}")
@@ -202,6 +202,9 @@ impl ClientContext for StageContext {
         }
         if let (true, Some(health)) = (lagging, &self.health) {
             health.input_waiting();
+        }
+        if let (Some(cgrp), Some(health)) = (&statistics.cgrp, &self.health) {
+            health.group_joined(cgrp.state == "up");
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod dlq;
 pub mod kafka;
 pub mod offsets;
+pub mod outbox;
 pub mod process;
 pub mod shutdown;
 pub mod sink;

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use crate::codec::decode_enriched;
@@ -22,7 +21,8 @@ use crate::error::Rejection;
 use crate::event::EnrichedEvent;
 use crate::ledger::{self, Checkpoint, Hash, LedgerSigner, StoredRow};
 use crate::privacy::{self, PersonalField, PersonalFields, PrivacyKeys, SecretKey, SubjectKind};
-use crate::runtime::kafka::{DeliveryTracker, OffsetLoader};
+use crate::runtime::kafka::OffsetLoader;
+use crate::runtime::outbox::Outbox;
 use crate::runtime::offsets::{self, Advance, OffsetAdvance};
 use crate::runtime::{InputMessage, SinkError, SinkStage, WriteOutcome};
 
@@ -41,7 +41,7 @@ pub struct PersistStage {
     pool: PgPool,
     settings: PersistSettings,
     handle: tokio::runtime::Handle,
-    checkpoint_producer: Option<BaseProducer<DeliveryTracker>>,
+    outbox: Option<Outbox>,
     /// Month partitions known to exist, so the DDL check runs once per month per process.
     known_months: HashSet<(i32, u32)>,
     last_checkpoint: Instant,
@@ -121,13 +121,13 @@ impl PersistStage {
         pool: PgPool,
         settings: PersistSettings,
         handle: tokio::runtime::Handle,
-        checkpoint_producer: Option<BaseProducer<DeliveryTracker>>,
+        outbox: Option<Outbox>,
     ) -> PersistStage {
         PersistStage {
             pool,
             settings,
             handle,
-            checkpoint_producer,
+            outbox,
             known_months: HashSet::new(),
             last_checkpoint: Instant::now(),
             key_failures: 0,
@@ -477,22 +477,27 @@ impl PersistStage {
         self.publish_checkpoints().await
     }
 
-    /// Deliver unpublished checkpoints to the topic, then mark them (at least once; consumers
-    /// key them by chain and seq).
+    /// Mark what the topic acknowledged, and hand it the checkpoints not yet published (at
+    /// least once; consumers key them by chain and seq). Never waits for the broker: a frozen
+    /// or unreachable broker delays publication, never the batches.
     async fn publish_checkpoints(&mut self) -> Result<(), sqlx::Error> {
-        let Some(producer) = &self.checkpoint_producer else { return Ok(()) };
+        let Some(outbox) = &mut self.outbox else { return Ok(()) };
+        let acked = outbox.poll();
+        self.mark_published(&acked).await?;
+        let Some(outbox) = &mut self.outbox else { return Ok(()) };
         let rows = sqlx::query(
             "SELECT id, chain_id, seq, head_hash, signed_at, key_id, signature FROM ledger_checkpoints
               WHERE published_at IS NULL ORDER BY id LIMIT 500",
         )
         .fetch_all(&self.pool)
         .await?;
-        if rows.is_empty() {
-            return Ok(());
-        }
         let public = self.settings.signer.verifying_key();
-        let mut ids = Vec::with_capacity(rows.len());
+        let mut records: Vec<(i64, String, String)> = Vec::with_capacity(rows.len());
         for r in &rows {
+            let id: i64 = r.get("id");
+            if outbox.in_flight(id) {
+                continue;
+            }
             let hash: Vec<u8> = r.get("head_hash");
             let mut h = [0u8; 32];
             if hash.len() == 32 {
@@ -506,24 +511,19 @@ impl PersistStage {
                 key_id: r.get("key_id"),
                 signature: r.get("signature"),
             };
-            let payload = cp.to_json(&public).to_string();
-            let key = format!("{}#{}", cp.chain_id, cp.seq);
-            if producer.send(BaseRecord::to(&self.settings.checkpoint_topic).key(&key).payload(&payload)).is_err() {
-                break;
-            }
-            ids.push(r.get::<i64, _>("id"));
+            records.push((id, format!("{}#{}", cp.chain_id, cp.seq), cp.to_json(&public).to_string()));
         }
-        let before = producer.context().failed.load(std::sync::atomic::Ordering::SeqCst);
-        if crate::runtime::kafka::await_deliveries(producer, Duration::from_secs(10)).is_err()
-            || producer.context().failed.load(std::sync::atomic::Ordering::SeqCst) != before
-        {
-            tracing::warn!("checkpoints not delivered to the topic yet; will retry");
-            return Ok(());
+        outbox.send(records.iter().map(|(id, key, payload)| (*id, key.as_str(), payload.as_bytes())));
+        Ok(())
+    }
+
+    async fn mark_published(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        if !ids.is_empty() {
+            sqlx::query("UPDATE ledger_checkpoints SET published_at = now() WHERE id = ANY($1)")
+                .bind(ids)
+                .execute(&self.pool)
+                .await?;
         }
-        sqlx::query("UPDATE ledger_checkpoints SET published_at = now() WHERE id = ANY($1)")
-            .bind(&ids)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 }
@@ -721,7 +721,10 @@ impl SinkStage for PersistStage {
     }
 
     async fn on_shutdown(&mut self) -> Result<(), SinkError> {
-        self.checkpoint(true).await.map_err(|e| SinkError::from_sqlx(&e))
+        self.checkpoint(true).await.map_err(|e| SinkError::from_sqlx(&e))?;
+        // What is in flight gets a few seconds; the rest is published by the next instance.
+        let acked = self.outbox.as_mut().map(|o| o.drain(Duration::from_secs(5))).unwrap_or_default();
+        self.mark_published(&acked).await.map_err(|e| SinkError::from_sqlx(&e))
     }
 
     fn offset_loader(&self) -> OffsetLoader {
