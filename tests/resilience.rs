@@ -100,14 +100,9 @@ async fn a_record_the_broker_refuses_is_dead_lettered_and_the_rest_flow() {
     assert!(status.success(), "alter topic config");
     let mut records = normal_events(1_000, "n");
     // Incompressible, so that even lz4-compressed it exceeds the topic's limit.
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let blob: String = (0..600_000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[(x % 62) as usize])
-        })
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.below(62) as usize]))
         .collect();
     records.insert(500, event("big", chrono::Utc::now(), "user-big", json!({ "blob": blob })));
     let _enrich = env.start_stage("audit-enrich", "e1");
@@ -356,21 +351,6 @@ async fn a_broker_frozen_across_transaction_commits_costs_nothing() {
         log.matches("re-reading the batch").count(),
         log.matches("replacing it").count()
     );
-}
-
-/// xorshift: a failing stream is reproduced from its seed (printed).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Odd but valid text: astral-plane emoji, combining marks, right-to-left and zero-width

@@ -387,21 +387,6 @@ fn http_addr(stage: &StageProcess) -> String {
 
 // ------------------------------------------------------- Redis scripts vs the in-memory store
 
-/// xorshift, so a failing stream can be reproduced from its seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 const DIFF_RULES: &str = r#"rules:
   - id: th
     name: Threshold

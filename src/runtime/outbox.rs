@@ -47,8 +47,6 @@ pub struct Outbox {
     in_flight: HashSet<i64>,
     /// Rounds in a row that saw failures and no acknowledgement.
     failing: u32,
-    /// Producers replaced after a fatal error, for the logs.
-    pub renewals: u64,
 }
 
 impl Outbox {
@@ -60,7 +58,7 @@ impl Outbox {
             config.set("message.timeout.ms", "30000");
         }
         let producer = config.create_with_context(OutboxReports::default())?;
-        Ok(Outbox { config, producer, topic: topic.to_string(), in_flight: HashSet::new(), failing: 0, renewals: 0 })
+        Ok(Outbox { config, producer, topic: topic.to_string(), in_flight: HashSet::new(), failing: 0 })
     }
 
     /// Whether row `id` was sent and not yet answered.
@@ -133,7 +131,6 @@ impl Outbox {
                 self.producer = p;
                 self.in_flight.clear();
                 self.failing = 0;
-                self.renewals += 1;
             }
             Err(e) => tracing::warn!(error = %e, topic = %self.topic, "cannot create a new outbox producer; keeping the old one"),
         }

@@ -49,6 +49,21 @@ pub fn alert_pseudonym(user: &str) -> String {
     format!("{}{p}", auditflow::alert::disclose::PSEUDONYM_PREFIX)
 }
 
+/// xorshift: a generated stream is reproduced from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
