@@ -25,6 +25,7 @@ pub mod enrich;
 pub mod error;
 pub mod event;
 pub mod ledger;
+pub mod merkle;
 pub mod privacy;
 pub mod redact;
 pub mod redis_conn;
