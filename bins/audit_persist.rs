@@ -32,6 +32,7 @@ async fn main() -> anyhow::Result<()> {
         signer,
         checkpoint_interval: Duration::from_secs(p.config.ledger.checkpoint_interval_secs),
         checkpoint_topic: p.config.topics.checkpoints.name.clone(),
+        checkpoint_export_dir: p.config.ledger.checkpoint_export_dir.clone(),
     };
     let stage = PersistStage::new(pool, settings, handle.clone(), Some(outbox));
     process::run_blocking(move || run_sink(&p.config, stage, p.metrics, p.health, p.shutdown, handle)).await

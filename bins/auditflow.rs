@@ -42,18 +42,17 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Verify the hash chains of audit_events against the signed checkpoints.
-    Verify {
-        /// Only chains of months from this time on (RFC 3339).
-        #[arg(long)]
-        from: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only chains of months before this time (RFC 3339).
-        #[arg(long)]
-        to: Option<chrono::DateTime<chrono::Utc>>,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Verify the hash chains of audit_events against the signed checkpoints, in the database
+    /// and outside it (audit-checkpoints, exported checkpoint files).
+    Verify(auditflow::cli::ledger::VerifyArgs),
+    /// Write a proof: that an event is in the ledger (inclusion), or that a chain's later
+    /// signed tree extends an earlier one (--consistency CHAIN FROM_SIZE TO_SIZE).
+    Prove(auditflow::cli::proof::ProveArgs),
+    /// Check a proof offline (no database, no Kafka) with the ledger's public key(s).
+    VerifyProof(auditflow::cli::proof::VerifyProofArgs),
+    /// Follow audit-checkpoints, check each checkpoint's consistency with the last one
+    /// accepted, co-sign it into the witness's own store, alert on a rewritten history.
+    Witness(auditflow::cli::witness::WitnessArgs),
     /// GDPR erasure: destroy a subject's data keys (crypto-shredding) and record a signed receipt.
     Erase {
         /// The subject: a user id (or an IP address / session id with --kind).
@@ -354,7 +353,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::from(2)
         }
-        Err(e) if e.downcast_ref::<LedgerBroken>().is_some() => {
+        Err(e) if e.downcast_ref::<auditflow::cli::ledger::LedgerBroken>().is_some() => {
             eprintln!("error: {e}");
             ExitCode::from(3)
         }
@@ -415,7 +414,10 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             println!("AUDITFLOW_VERIFY_KEY={}", SecretKey(public.to_bytes()).to_base64());
             Ok(())
         }
-        Command::Verify { from, to, json } => run_verify(&config, from, to, json).await,
+        Command::Verify(args) => auditflow::cli::ledger::run_verify(&config, args).await,
+        Command::Prove(args) => auditflow::cli::proof::run_prove(&config, args).await,
+        Command::VerifyProof(args) => auditflow::cli::proof::run_verify_proof(&config, args),
+        Command::Witness(args) => auditflow::cli::witness::run(&config, args).await,
         Command::Erase { subject, reason, kind } => {
             let keys = config.privacy.keys()?;
             let signer = signer(&config)?;
@@ -656,70 +658,6 @@ fn signer(config: &Config) -> anyhow::Result<auditflow::ledger::LedgerSigner> {
     })?;
     Ok(auditflow::ledger::LedgerSigner::new(&auditflow::privacy::SecretKey::parse("AUDITFLOW_SIGNING_KEY", seed)?))
 }
-
-async fn run_verify(
-    config: &Config,
-    from: Option<chrono::DateTime<chrono::Utc>>,
-    to: Option<chrono::DateTime<chrono::Utc>>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let keys = match &config.ledger.verify_key {
-        Some(text) => auditflow::ledger::verifying_keys_from_text(text)
-            .ok_or_else(|| auditflow::error::ConfigError::new("AUDITFLOW_VERIFY_KEY", "not a list of Ed25519 public keys"))?,
-        None => vec![signer(config)?.verifying_key()],
-    };
-    let pool = auditflow::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
-    let bar = (!json && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::new_spinner);
-    let report = auditflow::cli::ledger::verify(&pool, &keys, from, to, |chain| {
-        if let Some(b) = &bar {
-            b.set_message(format!("verifying {chain}"));
-            b.tick();
-        }
-    })
-    .await?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    if json {
-        let breaks: Vec<serde_json::Value> = report
-            .breaks
-            .iter()
-            .map(|b| serde_json::json!({"chain": b.chain_id, "seq": b.seq, "kind": b.kind.as_str(), "eventId": b.event_id, "detail": b.detail}))
-            .collect();
-        println!(
-            "{}",
-            serde_json::json!({
-                "ok": report.breaks.is_empty(), "chains": report.chains_verified, "rows": report.rows_verified,
-                "checkpoints": report.checkpoints_checked, "retiredChains": report.chains_retired, "breaks": breaks
-            })
-        );
-    } else {
-        println!(
-            "{} chain(s), {} row(s), {} checkpoint(s) verified; {} chain(s) retired by retention",
-            report.chains_verified, report.rows_verified, report.checkpoints_checked, report.chains_retired
-        );
-        for b in &report.breaks {
-            println!(
-                "BROKEN {} at seq {}: {} ({}){}",
-                b.chain_id,
-                b.seq,
-                b.kind.as_str(),
-                b.detail,
-                b.event_id.as_deref().map(|e| format!(", event {e}")).unwrap_or_default()
-            );
-        }
-    }
-    if report.breaks.is_empty() {
-        Ok(())
-    } else {
-        Err(LedgerBroken(report.breaks.len()).into())
-    }
-}
-
-/// The ledger failed verification: exit code 3, distinct from input (2) and other errors (1).
-#[derive(Debug, thiserror::Error)]
-#[error("{0} chain(s) failed verification")]
-struct LedgerBroken(usize);
 
 fn single_event(args: &EmitArgs, enrich: &auditflow::enrich::EnrichConfig) -> Result<RawEvent, InputError> {
     let metadata = match &args.metadata {

@@ -100,13 +100,20 @@ pub struct LedgerSettings {
     /// Ed25519 public key for `auditflow verify` when the secret is not at hand.
     /// `AUDITFLOW_VERIFY_KEY`.
     pub verify_key: Option<String>,
-    /// A signed checkpoint of every chain that moved is written at most this often.
+    /// Every persist batch signs a checkpoint of the chains it extends; this sweep, at this
+    /// interval, signs any head still unsigned (chains written before an upgrade).
     pub checkpoint_interval_secs: u64,
+    /// Append-only directory (WORM storage) where every checkpoint is also written, one
+    /// fsynced file each. `AUDITFLOW_CHECKPOINT_EXPORT_DIR`.
+    pub checkpoint_export_dir: Option<std::path::PathBuf>,
+    /// Ed25519 secret seed of `auditflow witness` (its own key, never the ledger's).
+    /// `AUDITFLOW_WITNESS_KEY`.
+    pub witness_key: Option<String>,
 }
 
 impl Default for LedgerSettings {
     fn default() -> Self {
-        LedgerSettings { signing_key: None, verify_key: None, checkpoint_interval_secs: 10 }
+        LedgerSettings { signing_key: None, verify_key: None, checkpoint_interval_secs: 10, checkpoint_export_dir: None, witness_key: None }
     }
 }
 
@@ -116,6 +123,8 @@ impl fmt::Debug for LedgerSettings {
             .field("signing_key", &self.signing_key.as_ref().map(|_| "<redacted>"))
             .field("verify_key", &self.verify_key)
             .field("checkpoint_interval_secs", &self.checkpoint_interval_secs)
+            .field("checkpoint_export_dir", &self.checkpoint_export_dir)
+            .field("witness_key", &self.witness_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -786,6 +795,12 @@ impl Config {
             self.ledger.verify_key = Some(v.clone());
         }
         set(env, "AUDITFLOW_CHECKPOINT_INTERVAL_SECS", &mut self.ledger.checkpoint_interval_secs)?;
+        if let Some(v) = env.get("AUDITFLOW_WITNESS_KEY") {
+            self.ledger.witness_key = Some(v.clone());
+        }
+        if let Some(v) = env.get("AUDITFLOW_CHECKPOINT_EXPORT_DIR").filter(|v| !v.is_empty()) {
+            self.ledger.checkpoint_export_dir = Some(v.into());
+        }
         set(env, "AUDITFLOW_LOG_FORMAT", &mut self.log.format)?;
         set(env, "AUDITFLOW_LOG", &mut self.log.filter)?;
         self.alert.apply_env(env)?;

@@ -18,8 +18,10 @@ use crate::privacy::SecretKey;
 
 pub type Hash = [u8; 32];
 
-/// Exactly the stored values of one `audit_events` row that the chain covers.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// Exactly the stored values of one `audit_events` row that the chain covers. Its JSON form
+/// (camelCase names, `personal` as hex) is what proofs carry.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct StoredRow {
     pub id: String,
     pub timestamp_us: i64,
@@ -50,9 +52,27 @@ pub struct StoredRow {
     pub subject_pseudonym: Option<String>,
     pub user_pseudonym: Option<String>,
     pub key_generation: Option<i32>,
+    #[serde(default, with = "hex_opt")]
     pub personal: Option<Vec<u8>>,
     pub chain_id: String,
     pub chain_seq: i64,
+}
+
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| hex::decode(t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// JSON text with object keys sorted, the form both the writer and the verifier hash.
@@ -151,6 +171,16 @@ pub fn chain_id(topic: &str, partition: i32, event_time: DateTime<Utc>) -> Strin
     format!("{topic}/{partition}/{}", event_time.format("%Y-%m"))
 }
 
+/// The first instant of a chain's month (the epoch for an id without one).
+pub fn chain_month(chain_id: &str) -> DateTime<Utc> {
+    chain_id
+        .rsplit('/')
+        .next()
+        .and_then(|m| DateTime::parse_from_rfc3339(&format!("{m}-01T00:00:00Z")).ok())
+        .map(|d| d.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
 /// Ed25519 signer of checkpoints and erasure receipts.
 pub struct LedgerSigner {
     key: SigningKey,
@@ -188,40 +218,87 @@ pub fn verifying_keys_from_text(text: &str) -> Option<Vec<VerifyingKey>> {
         .collect()
 }
 
-/// What a checkpoint signs: the chain, its length and head at a moment.
+/// What a checkpoint signs: the chain, its length and head at a moment, and (from v2 on) the
+/// head of the Merkle tree over the chain's row hashes, whose size is the chain's length.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Checkpoint {
     pub chain_id: String,
     pub seq: i64,
     pub head_hash: Hash,
+    /// `None` only for v1 checkpoints, signed before trees were kept.
+    pub tree_root: Option<Hash>,
     pub signed_at: DateTime<Utc>,
     pub key_id: String,
     pub signature: Vec<u8>,
 }
 
+/// Why a checkpoint record from outside the database cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed checkpoint: {0}")]
+pub struct CheckpointFormatError(pub String);
+
+pub fn hash_from_hex(field: &str, text: &str) -> Result<Hash, CheckpointFormatError> {
+    let bytes = hex::decode(text).map_err(|_| CheckpointFormatError(format!("{field} is not hex")))?;
+    bytes.try_into().map_err(|_| CheckpointFormatError(format!("{field} is not 32 bytes")))
+}
+
+pub fn hash_from_slice(bytes: &[u8]) -> Option<Hash> {
+    bytes.try_into().ok()
+}
+
 impl Checkpoint {
-    pub fn statement(chain_id: &str, seq: i64, head_hash: &Hash, signed_at: DateTime<Utc>) -> Vec<u8> {
-        format!(
-            "auditflow-checkpoint-v1\nchain={chain_id}\nseq={seq}\nhead={}\nsigned_at={}",
-            hex::encode(head_hash),
-            signed_at.timestamp_micros()
-        )
+    /// The exact bytes signed. v2: `auditflow-checkpoint-v2\nchain=C\nseq=N\nhead=H\ntree_size=N\ntree_root=R\nsigned_at=T`
+    /// (hashes lower-case hex, T in microseconds since the epoch); v1 lacks the two tree lines.
+    pub fn statement(&self) -> Vec<u8> {
+        let (head, at) = (hex::encode(self.head_hash), self.signed_at.timestamp_micros());
+        let (chain, seq) = (&self.chain_id, self.seq);
+        match &self.tree_root {
+            Some(root) => format!(
+                "auditflow-checkpoint-v2\nchain={chain}\nseq={seq}\nhead={head}\ntree_size={seq}\ntree_root={}\nsigned_at={at}",
+                hex::encode(root)
+            ),
+            None => format!("auditflow-checkpoint-v1\nchain={chain}\nseq={seq}\nhead={head}\nsigned_at={at}"),
+        }
         .into_bytes()
     }
 
-    pub fn sign(signer: &LedgerSigner, chain_id: &str, seq: i64, head_hash: Hash, signed_at: DateTime<Utc>) -> Checkpoint {
-        let signature = signer.sign(&Checkpoint::statement(chain_id, seq, &head_hash, signed_at));
-        Checkpoint { chain_id: chain_id.to_string(), seq, head_hash, signed_at, key_id: signer.key_id.clone(), signature }
+    pub fn sign(
+        signer: &LedgerSigner,
+        chain_id: &str,
+        seq: i64,
+        head_hash: Hash,
+        tree_root: Hash,
+        signed_at: DateTime<Utc>,
+    ) -> Checkpoint {
+        // Signed statements carry microseconds; so does PostgreSQL.
+        let signed_at = DateTime::from_timestamp_micros(signed_at.timestamp_micros()).unwrap_or(signed_at);
+        let mut cp = Checkpoint {
+            chain_id: chain_id.to_string(),
+            seq,
+            head_hash,
+            tree_root: Some(tree_root),
+            signed_at,
+            key_id: signer.key_id.clone(),
+            signature: Vec::new(),
+        };
+        cp.signature = signer.sign(&cp.statement());
+        cp
     }
 
     pub fn signature_valid(&self, key: &VerifyingKey) -> bool {
         let Ok(sig) = Signature::from_slice(&self.signature) else { return false };
-        key.verify(&Checkpoint::statement(&self.chain_id, self.seq, &self.head_hash, self.signed_at), &sig).is_ok()
+        key.verify(&self.statement(), &sig).is_ok()
     }
 
-    /// JSON form published to the `audit-checkpoints` topic.
+    /// Whether one of `keys`, the one the checkpoint names, signed it.
+    pub fn signed_by_any(&self, keys: &[VerifyingKey]) -> bool {
+        keys.iter().find(|k| key_id(k) == self.key_id).is_some_and(|k| self.signature_valid(k))
+    }
+
+    /// JSON form published to `audit-checkpoints`, exported to files and embedded in proofs.
     pub fn to_json(&self, public_key: &VerifyingKey) -> serde_json::Value {
-        serde_json::json!({
+        let mut v = serde_json::json!({
+            "version": if self.tree_root.is_some() { 2 } else { 1 },
             "chainId": self.chain_id,
             "seq": self.seq,
             "headHash": hex::encode(self.head_hash),
@@ -229,6 +306,39 @@ impl Checkpoint {
             "keyId": self.key_id,
             "publicKey": hex::encode(public_key.as_bytes()),
             "signature": hex::encode(&self.signature),
+        });
+        if let Some(root) = &self.tree_root {
+            v["treeSize"] = self.seq.into();
+            v["treeRoot"] = hex::encode(root).into();
+        }
+        v
+    }
+
+    /// Read the JSON form back. The embedded public key is not trusted: signatures are
+    /// checked against the keys the verifier was given.
+    pub fn from_json(v: &serde_json::Value) -> Result<Checkpoint, CheckpointFormatError> {
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).ok_or_else(|| CheckpointFormatError(format!("{k} missing")));
+        let seq = v.get("seq").and_then(|x| x.as_i64()).ok_or_else(|| CheckpointFormatError("seq missing".into()))?;
+        let tree_root = match v.get("treeRoot").and_then(|x| x.as_str()) {
+            Some(r) => {
+                if v.get("treeSize").and_then(|x| x.as_i64()) != Some(seq) {
+                    return Err(CheckpointFormatError("treeSize differs from seq".into()));
+                }
+                Some(hash_from_hex("treeRoot", r)?)
+            }
+            None => None,
+        };
+        let signed_at = DateTime::parse_from_rfc3339(text("signedAt")?)
+            .map_err(|_| CheckpointFormatError("signedAt is not RFC 3339".into()))?
+            .with_timezone(&Utc);
+        Ok(Checkpoint {
+            chain_id: text("chainId")?.to_string(),
+            seq,
+            head_hash: hash_from_hex("headHash", text("headHash")?)?,
+            tree_root,
+            signed_at,
+            key_id: text("keyId")?.to_string(),
+            signature: hex::decode(text("signature")?).map_err(|_| CheckpointFormatError("signature is not hex".into()))?,
         })
     }
 }
@@ -250,6 +360,12 @@ pub enum BreakKind {
     ReorderedRows,
     TruncatedTail,
     ForgedCheckpoint,
+    /// Published checkpoints of a chain of which the database holds nothing.
+    DeletedChain,
+    /// A checkpoint on the topic or in the export directory is missing from the database.
+    DeletedCheckpoint,
+    /// A checkpoint in the database that the topic and export directory never received.
+    UnpublishedCheckpoint,
 }
 
 impl BreakKind {
@@ -261,6 +377,9 @@ impl BreakKind {
             BreakKind::ReorderedRows => "reordered rows",
             BreakKind::TruncatedTail => "truncated tail",
             BreakKind::ForgedCheckpoint => "forged checkpoint",
+            BreakKind::DeletedChain => "deleted chain",
+            BreakKind::DeletedCheckpoint => "deleted checkpoint",
+            BreakKind::UnpublishedCheckpoint => "unpublished checkpoint",
         }
     }
 }
@@ -306,13 +425,17 @@ pub fn verify_chain(
     // Checkpoints first: a forged one must not be trusted to judge the rows.
     for cp in checkpoints {
         // Each checkpoint names the key that signed it, so rotated keys keep verifying.
-        let key = keys.iter().find(|k| key_id(k) == cp.key_id);
-        if !key.is_some_and(|k| cp.signature_valid(k)) {
+        if !cp.signed_by_any(keys) {
             return Err(brk(cp.seq, BreakKind::ForgedCheckpoint, None, format!("signature of checkpoint at seq {} does not verify", cp.seq)));
         }
     }
     let mut prev = genesis(chain_id);
     let mut heads: Vec<Hash> = Vec::with_capacity(rows.len());
+    // Tree heads at every size some checkpoint signs one for.
+    let tree_sizes: std::collections::HashSet<i64> =
+        checkpoints.iter().filter(|c| c.tree_root.is_some()).map(|c| c.seq).collect();
+    let mut tree = crate::merkle::Frontier::new();
+    let mut tree_roots: std::collections::HashMap<i64, Hash> = std::collections::HashMap::new();
     let mut expected_seq = 1i64;
     #[allow(clippy::explicit_counter_loop)] // expected_seq is the chain position, not a loop index
     for (i, r) in rows.iter().enumerate() {
@@ -350,6 +473,10 @@ pub fn verify_chain(
         }
         prev = computed;
         heads.push(computed);
+        tree.push(&computed);
+        if tree_sizes.contains(&expected_seq) {
+            tree_roots.insert(expected_seq, tree.root());
+        }
         expected_seq += 1;
     }
     let len = rows.len() as i64;
@@ -359,6 +486,9 @@ pub fn verify_chain(
         }
         if cp.seq >= 1 && heads.get((cp.seq - 1) as usize) != Some(&cp.head_hash) {
             return Err(brk(cp.seq, BreakKind::ModifiedRow, None, format!("rows up to seq {} no longer hash to the signed checkpoint", cp.seq)));
+        }
+        if cp.tree_root.is_some() && cp.seq >= 1 && tree_roots.get(&cp.seq) != cp.tree_root.as_ref() {
+            return Err(brk(cp.seq, BreakKind::ModifiedRow, None, format!("rows up to seq {} no longer hash to the signed tree head", cp.seq)));
         }
     }
     if let Some(expected) = expected_len {
@@ -409,10 +539,18 @@ mod tests {
         verify_chain("t/0/2026-11", rows, cps, None, &[signer().verifying_key()])
     }
 
+    fn tree_root_at(rows: &[LedgerRow], seq: usize) -> Hash {
+        let leaves: Vec<Vec<u8>> = rows[..seq].iter().map(|r| r.row_hash.clone().unwrap()).collect();
+        crate::merkle::root(&leaves)
+    }
+
+    fn checkpoint_by(signer: &LedgerSigner, rows: &[LedgerRow], seq: usize) -> Checkpoint {
+        let h = hash_from_slice(rows[seq - 1].row_hash.as_ref().unwrap()).unwrap();
+        Checkpoint::sign(signer, "t/0/2026-11", seq as i64, h, tree_root_at(rows, seq), Utc::now())
+    }
+
     fn checkpoint_at(rows: &[LedgerRow], seq: usize) -> Checkpoint {
-        let mut h = [0u8; 32];
-        h.copy_from_slice(rows[seq - 1].row_hash.as_ref().unwrap());
-        Checkpoint::sign(&signer(), "t/0/2026-11", seq as i64, h, Utc::now())
+        checkpoint_by(&signer(), rows, seq)
     }
 
     #[test]
@@ -504,6 +642,26 @@ mod tests {
         let json = cp.to_json(&signer().verifying_key());
         assert_eq!(json["seq"], 3);
         assert_eq!(json["keyId"], signer().key_id);
+        assert_eq!(json["treeSize"], 3);
+        assert_eq!(Checkpoint::from_json(&json), Ok(cp.clone()));
+        let mut wrong = json.clone();
+        wrong["treeSize"] = 2.into();
+        assert!(Checkpoint::from_json(&wrong).is_err());
+    }
+
+    #[test]
+    fn v1_checkpoints_still_verify_and_a_wrong_tree_head_is_caught() {
+        let rows = chain(5);
+        let mut v1 = Checkpoint { tree_root: None, ..checkpoint_at(&rows, 4) };
+        v1.signature = signer().sign(&v1.statement());
+        assert!(String::from_utf8(v1.statement()).unwrap().starts_with("auditflow-checkpoint-v1\n"));
+        assert_eq!(verify(&rows, &[v1]), Ok(5));
+        // A checkpoint whose signed tree head is not the rows' (a buggy or dishonest signer).
+        let good = checkpoint_at(&rows, 3);
+        let bad = Checkpoint::sign(&signer(), "t/0/2026-11", 3, good.head_hash, tree_root_at(&rows, 2), Utc::now());
+        let b = verify(&rows, &[bad]).unwrap_err();
+        assert_eq!((b.kind, b.seq), (BreakKind::ModifiedRow, 3));
+        assert!(b.detail.contains("tree head"));
     }
 
     #[test]
@@ -511,9 +669,7 @@ mod tests {
         let rows = chain(4);
         let old = checkpoint_at(&rows, 2);
         let new_signer = LedgerSigner::new(&SecretKey([8u8; 32]));
-        let mut h = [0u8; 32];
-        h.copy_from_slice(rows[3].row_hash.as_ref().unwrap());
-        let new = Checkpoint::sign(&new_signer, "t/0/2026-11", 4, h, Utc::now());
+        let new = checkpoint_by(&new_signer, &rows, 4);
         let both = [signer().verifying_key(), new_signer.verifying_key()];
         assert_eq!(verify_chain("t/0/2026-11", &rows, &[old.clone(), new.clone()], None, &both), Ok(4));
         let b = verify_chain("t/0/2026-11", &rows, &[old, new], None, &both[1..]).unwrap_err();

@@ -15,6 +15,7 @@
 
 pub mod alert;
 pub mod bench;
+pub mod checkpoints;
 pub mod cli;
 pub mod codec;
 pub mod compliance;
@@ -27,6 +28,7 @@ pub mod event;
 pub mod ledger;
 pub mod merkle;
 pub mod privacy;
+pub mod proof;
 pub mod redact;
 pub mod redis_conn;
 pub mod retention;
@@ -35,3 +37,4 @@ pub mod rules;
 pub mod runtime;
 pub mod stages;
 pub mod telemetry;
+pub mod witness;

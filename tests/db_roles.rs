@@ -98,6 +98,7 @@ async fn persist_checks(pool: &PgPool) -> Result<(), String> {
         personal_fields: PersonalField::ALL.to_vec(),
         signer: LedgerSigner::new(&SecretKey([3u8; 32])),
         checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_export_dir: None,
         checkpoint_topic: "unused".into(),
     };
     let mut stage = PersistStage::new(pool.clone(), settings, tokio::runtime::Handle::current(), None);

@@ -64,6 +64,7 @@ async fn every_column_is_written_once_and_fenced_writes_write_nothing() {
         personal_fields: Vec::new(),
         signer: LedgerSigner::new(&SecretKey([3u8; 32])),
         checkpoint_interval: std::time::Duration::from_secs(3600),
+        checkpoint_export_dir: None,
         checkpoint_topic: "unused".into(),
     };
     let mut stage = PersistStage::new(pool.clone(), settings, tokio::runtime::Handle::current(), None);

@@ -1,11 +1,23 @@
 //! `auditflow verify`: walk every hash chain of `audit_events` against the signed checkpoints
-//! and report the first broken position of each broken chain.
+//! in the database and their copies outside it (the `audit-checkpoints` topic, exported
+//! files), and report the first broken position of each broken chain, plus checkpoints and
+//! chains that exist on only one side.
+
+use std::collections::HashSet;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Context;
 
 use chrono::{DateTime, Utc};
 use ed25519_dalek::VerifyingKey;
 use sqlx::{PgPool, Row};
 
-use crate::ledger::{verify_chain, Break, Checkpoint, LedgerRow, StoredRow};
+use crate::checkpoints::OutsideCopies;
+use crate::cli::ops::printable;
+use crate::config::Config;
+use crate::error::ConfigError;
+use crate::ledger::{self, verify_chain, Break, BreakKind, Checkpoint, LedgerRow, StoredRow};
 
 /// Outcome of a verification run.
 #[derive(Debug, Default)]
@@ -15,18 +27,31 @@ pub struct VerifyReport {
     pub checkpoints_checked: u64,
     /// Chains whose month was dropped by retention (recorded in `retention_drops`).
     pub chains_retired: u64,
+    /// Checkpoint records read outside the database (0: not compared).
+    pub outside_records: u64,
+    /// Signed in the database within the publication grace and not outside yet.
+    pub pending_publication: u64,
     pub breaks: Vec<Break>,
 }
 
-const ROW_SQL: &str = r#"
-SELECT id, "timestamp", user_id, session_id, action, resource, resource_id, method, endpoint,
+/// How verification treats the copies outside the database.
+pub struct Outside<'a> {
+    pub copies: &'a OutsideCopies,
+    /// A checkpoint unpublished for longer than this is reported, not waited for.
+    pub publish_grace: chrono::Duration,
+}
+
+/// The columns [`ledger_row`] reads, in the forms the writer hashed.
+pub(crate) const ROW_COLUMNS: &str = r#"id, "timestamp", user_id, session_id, action, resource, resource_id, method, endpoint,
        status_code, user_agent, host(ip_address) AS ip_address, location::text AS location,
        ip_facts::text AS ip_facts, classification, severity, metadata::text AS metadata, success,
        error_message, duration, compliance::text AS compliance, source_topic, source_partition,
        source_offset, enriched_at, subject_pseudonym, user_pseudonym, key_generation, personal,
-       chain_id, chain_seq, prev_hash, row_hash
-  FROM audit_events WHERE chain_id = $1 ORDER BY chain_seq, row_hash
-"#;
+       chain_id, chain_seq, prev_hash, row_hash"#;
+
+fn row_sql() -> String {
+    format!("SELECT {ROW_COLUMNS} FROM audit_events WHERE chain_id = $1 ORDER BY chain_seq, row_hash")
+}
 
 fn canonical_text(text: Option<String>) -> Option<String> {
     // jsonb comes back in PostgreSQL's own layout; hash it in the writer's canonical form.
@@ -36,7 +61,7 @@ fn canonical_text(text: Option<String>) -> Option<String> {
     })
 }
 
-fn ledger_row(r: &sqlx::postgres::PgRow) -> Result<LedgerRow, sqlx::Error> {
+pub(crate) fn ledger_row(r: &sqlx::postgres::PgRow) -> Result<LedgerRow, sqlx::Error> {
     let ts: DateTime<Utc> = r.try_get("timestamp")?;
     let enriched: DateTime<Utc> = r.try_get("enriched_at")?;
     Ok(LedgerRow {
@@ -84,6 +109,7 @@ pub async fn verify(
     keys: &[VerifyingKey],
     from: Option<DateTime<Utc>>,
     to: Option<DateTime<Utc>>,
+    outside: Option<Outside<'_>>,
     mut progress: impl FnMut(&str),
 ) -> Result<VerifyReport, sqlx::Error> {
     // PostgreSQL's timestamp range is narrower than chrono's; these bounds cover every event.
@@ -132,7 +158,8 @@ pub async fn verify(
         Vec::new()
     };
 
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
+    let now = Utc::now();
     for (chain_id, month, head_len) in chains {
         if !seen.insert(chain_id.clone()) {
             continue;
@@ -144,9 +171,16 @@ pub async fn verify(
             report.chains_retired += 1;
             continue;
         }
-        let rows = sqlx::query(ROW_SQL).bind(&chain_id).fetch_all(pool).await?;
+        let rows = sqlx::query(&row_sql()).bind(&chain_id).fetch_all(pool).await?;
         let rows: Vec<LedgerRow> = rows.iter().map(ledger_row).collect::<Result<_, _>>()?;
-        let checkpoints = load_checkpoints(pool, &chain_id).await?;
+        let stored = load_checkpoints(pool, &chain_id).await?;
+        let mut checkpoints: Vec<Checkpoint> = stored.iter().map(|(c, _)| c.clone()).collect();
+        let copies = outside.as_ref().and_then(|o| o.copies.by_chain.get(&chain_id)).map(Vec::as_slice).unwrap_or_default();
+        // The outside copies judge the rows too: a tail cut below a published checkpoint,
+        // or rows rewritten under one, shows whatever the database's checkpoints say.
+        let in_db = |c: &Checkpoint| stored.iter().any(|(s, _)| s.seq == c.seq && s.signature == c.signature);
+        let missing: Vec<&Checkpoint> = copies.iter().filter(|c| !in_db(c)).collect();
+        checkpoints.extend(missing.iter().map(|c| (*c).clone()));
         report.checkpoints_checked += checkpoints.len() as u64;
         match verify_chain(&chain_id, &rows, &checkpoints, head_len, keys) {
             Ok(n) => {
@@ -155,8 +189,81 @@ pub async fn verify(
             }
             Err(b) => report.breaks.push(b),
         }
+        let Some(outside) = &outside else { continue };
+        let genuine: Vec<&&Checkpoint> = missing.iter().filter(|c| c.signed_by_any(keys)).collect();
+        if let (Some(first), Some(last)) = (genuine.first(), genuine.last()) {
+            report.breaks.push(Break {
+                chain_id: chain_id.clone(),
+                seq: first.seq,
+                kind: BreakKind::DeletedCheckpoint,
+                event_id: None,
+                detail: format!("{} published checkpoint(s) missing from the database (seq {} to {})", genuine.len(), first.seq, last.seq),
+            });
+        }
+        let published = |c: &Checkpoint| copies.iter().any(|o| o.seq == c.seq && o.signature == c.signature);
+        let mut unpublished = Vec::new();
+        for (c, published_at) in &stored {
+            if published(c) {
+                continue;
+            }
+            if published_at.is_none() && now - c.signed_at < outside.publish_grace {
+                report.pending_publication += 1;
+            } else {
+                unpublished.push(c);
+            }
+        }
+        if let Some(first) = unpublished.first() {
+            report.breaks.push(Break {
+                chain_id: chain_id.clone(),
+                seq: first.seq,
+                kind: BreakKind::UnpublishedCheckpoint,
+                event_id: None,
+                detail: format!(
+                    "{} checkpoint(s) in the database were never published (first at seq {}, signed {})",
+                    unpublished.len(),
+                    first.seq,
+                    first.signed_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                ),
+            });
+        }
+    }
+    if let Some(outside) = &outside {
+        report.outside_records = outside.copies.records;
+        // Chains known outside of which the database holds nothing at all.
+        for (chain_id, copies) in &outside.copies.by_chain {
+            let month = ledger::chain_month(chain_id);
+            if seen.contains(chain_id) || month < date_trunc_month(from) || month >= to || retired_months.contains(&month) {
+                continue;
+            }
+            let genuine: Vec<&Checkpoint> = copies.iter().filter(|c| c.signed_by_any(keys)).collect();
+            let Some(newest) = genuine.iter().max_by_key(|c| c.seq) else {
+                report.breaks.push(Break {
+                    chain_id: chain_id.clone(),
+                    seq: 0,
+                    kind: BreakKind::ForgedCheckpoint,
+                    event_id: None,
+                    detail: "checkpoints outside the database whose signatures do not verify".into(),
+                });
+                continue;
+            };
+            report.breaks.push(Break {
+                chain_id: chain_id.clone(),
+                seq: 1,
+                kind: BreakKind::DeletedChain,
+                event_id: None,
+                detail: format!("published checkpoints cover {} row(s); the database holds no row, head or checkpoint of the chain", newest.seq),
+            });
+        }
     }
     Ok(report)
+}
+
+fn date_trunc_month(t: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::Datelike;
+    chrono::NaiveDate::from_ymd_opt(t.year(), t.month(), 1)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|d| d.and_utc())
+        .unwrap_or(t)
 }
 
 async fn retention_table_exists(pool: &PgPool) -> Result<bool, sqlx::Error> {
@@ -165,29 +272,160 @@ async fn retention_table_exists(pool: &PgPool) -> Result<bool, sqlx::Error> {
     Ok(exists.is_some())
 }
 
-async fn load_checkpoints(pool: &PgPool, chain_id: &str) -> Result<Vec<Checkpoint>, sqlx::Error> {
+/// A chain's checkpoints in the database, oldest first, with when each was published.
+pub async fn load_checkpoints(pool: &PgPool, chain_id: &str) -> Result<Vec<(Checkpoint, Option<DateTime<Utc>>)>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT chain_id, seq, head_hash, signed_at, key_id, signature FROM ledger_checkpoints
-          WHERE chain_id = $1 ORDER BY seq",
+        "SELECT chain_id, seq, head_hash, tree_root, signed_at, key_id, signature, published_at FROM ledger_checkpoints
+          WHERE chain_id = $1 ORDER BY seq, id",
     )
     .bind(chain_id)
     .fetch_all(pool)
     .await?;
     rows.iter()
         .map(|r| {
-            let hash: Vec<u8> = r.try_get("head_hash")?;
-            let mut head_hash = [0u8; 32];
-            if hash.len() == 32 {
-                head_hash.copy_from_slice(&hash);
-            }
-            Ok(Checkpoint {
+            let cp = Checkpoint {
                 chain_id: r.try_get("chain_id")?,
                 seq: r.try_get("seq")?,
-                head_hash,
+                // A stored hash of the wrong length is tampering: all zeros never verifies.
+                head_hash: ledger::hash_from_slice(&r.try_get::<Vec<u8>, _>("head_hash")?).unwrap_or_default(),
+                tree_root: r.try_get::<Option<Vec<u8>>, _>("tree_root")?.map(|t| ledger::hash_from_slice(&t).unwrap_or_default()),
                 signed_at: r.try_get("signed_at")?,
                 key_id: r.try_get("key_id")?,
                 signature: r.try_get("signature")?,
-            })
+            };
+            Ok((cp, r.try_get("published_at")?))
         })
         .collect()
+}
+
+/// The ledger failed verification: exit code 3, distinct from input (2) and other errors (1).
+#[derive(Debug, thiserror::Error)]
+#[error("{0} finding(s): the ledger failed verification")]
+pub struct LedgerBroken(pub usize);
+
+/// The ledger's public keys: `AUDITFLOW_VERIFY_KEY`, else the signing key's.
+pub fn verifying_keys(config: &Config) -> anyhow::Result<Vec<VerifyingKey>> {
+    match &config.ledger.verify_key {
+        Some(text) => Ok(ledger::verifying_keys_from_text(text)
+            .ok_or_else(|| ConfigError::new("AUDITFLOW_VERIFY_KEY", "not a list of Ed25519 public keys"))?),
+        None => Ok(vec![signer(config)?.verifying_key()]),
+    }
+}
+
+pub fn signer(config: &Config) -> anyhow::Result<ledger::LedgerSigner> {
+    let seed = config
+        .ledger
+        .signing_key
+        .as_deref()
+        .ok_or_else(|| ConfigError::new("AUDITFLOW_SIGNING_KEY", "required (generate with `auditflow keys generate`)"))?;
+    Ok(ledger::LedgerSigner::new(&crate::privacy::SecretKey::parse("AUDITFLOW_SIGNING_KEY", seed)?))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Only chains of months from this time on (RFC 3339).
+    #[arg(long)]
+    pub from: Option<DateTime<Utc>>,
+    /// Only chains of months before this time (RFC 3339).
+    #[arg(long)]
+    pub to: Option<DateTime<Utc>>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also compare with the checkpoint files in this directory (AUDITFLOW_CHECKPOINT_EXPORT_DIR
+    /// of persist, or a copy of it). Repeatable.
+    #[arg(long, value_name = "DIR")]
+    pub offline_checkpoints: Vec<PathBuf>,
+    /// Do not read audit-checkpoints (air-gapped verification; use --offline-checkpoints).
+    #[arg(long)]
+    pub no_topic: bool,
+    /// A checkpoint signed this long ago and still not outside the database is reported as
+    /// never published (publication normally takes seconds).
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub publish_grace: u64,
+}
+
+pub async fn run_verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
+    let keys = verifying_keys(config)?;
+    let pool = crate::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+    let mut copies = OutsideCopies::default();
+    let mut sources = Vec::new();
+    if !args.no_topic {
+        let topic = &config.topics.checkpoints.name;
+        let records = crate::cli::ops::read_all(config, topic).with_context(|| format!("reading {topic} (--no-topic to skip)"))?;
+        for r in &records {
+            copies.add(&format!("{topic}[{}]@{}", r.partition, r.offset), &r.payload);
+        }
+        sources.push(format!("{} record(s) on {topic}", records.len()));
+    }
+    for dir in &args.offline_checkpoints {
+        let before = copies.records;
+        copies.read_dir(dir).with_context(|| format!("reading checkpoint files under {}", dir.display()))?;
+        sources.push(format!("{} file(s) under {}", copies.records - before, dir.display()));
+    }
+    copies.sort();
+    let outside = (!sources.is_empty()).then(|| Outside {
+        copies: &copies,
+        publish_grace: chrono::Duration::seconds(args.publish_grace as i64),
+    });
+    let bar = (!args.json && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::new_spinner);
+    let report = verify(&pool, &keys, args.from, args.to, outside, |chain| {
+        if let Some(b) = &bar {
+            b.set_message(format!("verifying {chain}"));
+            b.tick();
+        }
+    })
+    .await?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for u in &copies.unreadable {
+        tracing::warn!("unreadable checkpoint copy: {u}");
+    }
+    if args.json {
+        let breaks: Vec<serde_json::Value> = report
+            .breaks
+            .iter()
+            .map(|b| serde_json::json!({"chain": b.chain_id, "seq": b.seq, "kind": b.kind.as_str(), "eventId": b.event_id, "detail": b.detail}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "ok": report.breaks.is_empty(), "chains": report.chains_verified, "rows": report.rows_verified,
+                "checkpoints": report.checkpoints_checked, "retiredChains": report.chains_retired,
+                "outsideRecords": report.outside_records, "unreadableOutside": copies.unreadable.len(),
+                "pendingPublication": report.pending_publication, "comparedWith": sources, "breaks": breaks
+            })
+        );
+    } else {
+        println!(
+            "{} chain(s), {} row(s), {} checkpoint(s) verified; {} chain(s) retired by retention",
+            report.chains_verified, report.rows_verified, report.checkpoints_checked, report.chains_retired
+        );
+        if sources.is_empty() {
+            println!("compared with the database's own checkpoints only (no topic, no checkpoint files)");
+        } else {
+            println!(
+                "compared with {}; {} checkpoint(s) still being published; {} unreadable",
+                sources.join(" and "),
+                report.pending_publication,
+                copies.unreadable.len()
+            );
+        }
+        for b in &report.breaks {
+            println!(
+                "BROKEN {} at seq {}: {} ({}){}",
+                printable(b.chain_id.as_bytes(), false),
+                b.seq,
+                b.kind.as_str(),
+                b.detail,
+                b.event_id.as_deref().map(|e| format!(", event {}", printable(e.as_bytes(), false))).unwrap_or_default()
+            );
+        }
+    }
+    if report.breaks.is_empty() {
+        Ok(())
+    } else {
+        Err(LedgerBroken(report.breaks.len()).into())
+    }
 }

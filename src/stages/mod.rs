@@ -14,3 +14,4 @@ pub mod compliance;
 pub mod enrich;
 pub mod persist;
 pub mod rules;
+pub mod witness;

@@ -5,9 +5,11 @@
 //! the rows streamed in with one `COPY … FROM STDIN` (no row-by-row writes; rows are sent in
 //! chunks as they are built, so PostgreSQL inserts while the next ones are sealed and
 //! hashed), the chain heads and the consumed offsets advanced. Duplicates of stored events
-//! are filtered out before, so the COPY never meets a conflict. Signed checkpoints of the chains this instance writes
-//! are recorded at most every `checkpoint_interval_secs` and published to `audit-checkpoints`
-//! after commit (an outbox: unpublished ones are retried).
+//! are filtered out before, so the COPY never meets a conflict. Each chain's Merkle tree
+//! frontier advances with its head, and every chain the batch extends gets a signed
+//! checkpoint (chain head and tree head) in the same transaction, so no committed row is
+//! ever unsigned. Checkpoints are published to `audit-checkpoints` after commit (an outbox:
+//! unpublished ones are retried) and, when configured, exported to an append-only directory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use crate::codec::decode_enriched;
 use crate::error::Rejection;
 use crate::event::EnrichedEvent;
 use crate::ledger::{self, Checkpoint, Hash, LedgerSigner, StoredRow};
+use crate::merkle::Frontier;
 use crate::privacy::{self, PersonalField, PersonalFields, PrivacyKeys, SecretKey, SubjectKind};
 use crate::runtime::kafka::OffsetLoader;
 use crate::runtime::outbox::Outbox;
@@ -35,6 +38,8 @@ pub struct PersistSettings {
     pub signer: LedgerSigner,
     pub checkpoint_interval: Duration,
     pub checkpoint_topic: String,
+    /// `AUDITFLOW_CHECKPOINT_EXPORT_DIR`: one fsynced file per checkpoint.
+    pub checkpoint_export_dir: Option<std::path::PathBuf>,
 }
 
 pub struct PersistStage {
@@ -274,7 +279,7 @@ impl PersistStage {
             // take turns instead of both writing its sequence 1. Sorted, so no two instances
             // lock the same chains in opposite orders.
             let genesis: Vec<Vec<u8>> = chain_ids.iter().map(|c| ledger::genesis(c).to_vec()).collect();
-            let chain_months: Vec<DateTime<Utc>> = chain_ids.iter().map(|c| month_of_chain(c)).collect();
+            let chain_months: Vec<DateTime<Utc>> = chain_ids.iter().map(|c| ledger::chain_month(c)).collect();
             sqlx::query(
                 "INSERT INTO ledger_chain_heads (chain_id, last_seq, last_hash, month_start)
                  SELECT c, 0, g, m FROM UNNEST($1::text[], $2::bytea[], $3::timestamptz[]) AS t(c, g, m)
@@ -286,33 +291,31 @@ impl PersistStage {
             .bind(&chain_months)
             .execute(&mut *tx)
             .await?;
-            let heads: Vec<(String, i64, Vec<u8>)> = sqlx::query_as(
-                "SELECT chain_id, last_seq, last_hash FROM ledger_chain_heads WHERE chain_id = ANY($1)
+            let heads: Vec<HeadRow> = sqlx::query_as(
+                "SELECT chain_id, last_seq, last_hash, merkle_frontier FROM ledger_chain_heads WHERE chain_id = ANY($1)
                   ORDER BY chain_id FOR UPDATE",
             )
             .bind(&chain_ids)
             .fetch_all(&mut *tx)
             .await?;
-            let mut heads: HashMap<String, (i64, Hash)> = heads
-                .into_iter()
-                .map(|(c, s, h)| {
-                    let mut hash = [0u8; 32];
-                    if h.len() == 32 {
-                        hash.copy_from_slice(&h);
-                    }
-                    (c, (s, hash))
-                })
-                .collect();
+            let mut heads_by_chain: HashMap<String, (i64, Hash, Frontier)> = HashMap::with_capacity(heads.len());
+            for (c, s, h, f) in heads {
+                let tree = frontier_of(&mut tx, &c, s, f.as_deref()).await?;
+                heads_by_chain.insert(c, (s, ledger::hash_from_slice(&h).unwrap_or_default(), tree));
+            }
+            let mut heads = heads_by_chain;
 
             let mut copy = tx.copy_in_raw(COPY_SQL).await?;
             let mut rows = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
             for (ev, (pseudonym, _, chain)) in fresh.iter().zip(placed) {
                 let key = data_keys.get(&pseudonym);
-                let (last_seq, last_hash) = heads.get(&chain).copied().unwrap_or((0, ledger::genesis(&chain)));
-                let row = self.stored_row(ev, &pseudonym, key, chain.clone(), last_seq + 1)?;
-                let hash = ledger::row_hash(&last_hash, &row);
-                push_copy_row(&mut rows, &row, &last_hash, &hash);
-                heads.insert(chain, (last_seq + 1, hash));
+                let head = heads.entry(chain.clone()).or_insert_with(|| (0, ledger::genesis(&chain), Frontier::new()));
+                let row = self.stored_row(ev, &pseudonym, key, chain, head.0 + 1)?;
+                let hash = ledger::row_hash(&head.1, &row);
+                push_copy_row(&mut rows, &row, &head.1, &hash);
+                head.0 += 1;
+                head.1 = hash;
+                head.2.push(&hash);
                 if rows.len() >= COPY_CHUNK_BYTES {
                     copy.send(std::mem::take(&mut rows)).await?;
                     rows.reserve(COPY_CHUNK_BYTES + 4096);
@@ -323,20 +326,49 @@ impl PersistStage {
             }
             copy.finish().await?;
 
-            let (mut names, mut seqs, mut hashes) = (vec![], vec![], vec![]);
-            for (chain, (seq, hash)) in heads.iter().filter(|(c, _)| chain_ids.binary_search(c).is_ok()) {
+            // Heads, tree frontiers and one signed checkpoint per extended chain, in this
+            // transaction: a committed row is never without a signature over it.
+            let now = Utc::now();
+            let (mut names, mut seqs, mut hashes, mut frontiers) = (vec![], vec![], vec![], vec![]);
+            let (mut months, mut roots, mut signatures) = (vec![], vec![], vec![]);
+            let mut signed_at = now;
+            for (chain, (seq, hash, tree)) in heads.iter().filter(|(c, _)| chain_ids.binary_search(c).is_ok()) {
+                let cp = Checkpoint::sign(&self.settings.signer, chain, *seq, *hash, tree.root(), now);
+                signed_at = cp.signed_at;
                 names.push(chain.clone());
                 seqs.push(*seq);
                 hashes.push(hash.to_vec());
+                frontiers.push(tree.to_bytes());
+                months.push(ledger::chain_month(chain));
+                roots.push(tree.root().to_vec());
+                signatures.push(cp.signature);
             }
             sqlx::query(
-                "UPDATE ledger_chain_heads h SET last_seq = t.s, last_hash = t.h, updated_at = now()
-                   FROM UNNEST($1::text[], $2::bigint[], $3::bytea[]) AS t(c, s, h)
+                "UPDATE ledger_chain_heads h
+                    SET last_seq = t.s, last_hash = t.h, merkle_frontier = t.f, checkpointed_seq = t.s, updated_at = now()
+                   FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::bytea[]) AS t(c, s, h, f)
                   WHERE h.chain_id = t.c",
             )
             .bind(&names)
             .bind(&seqs)
             .bind(&hashes)
+            .bind(&frontiers)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO ledger_checkpoints (chain_id, month_start, seq, head_hash, tree_root, signed_at, key_id, signature)
+                 SELECT c, m, s, h, r, $6, $7, g
+                   FROM UNNEST($1::text[], $2::timestamptz[], $3::bigint[], $4::bytea[], $5::bytea[], $8::bytea[])
+                     AS t(c, m, s, h, r, g)",
+            )
+            .bind(&names)
+            .bind(&months)
+            .bind(&seqs)
+            .bind(&hashes)
+            .bind(&roots)
+            .bind(signed_at)
+            .bind(&self.settings.signer.key_id)
+            .bind(&signatures)
             .execute(&mut *tx)
             .await?;
         }
@@ -439,35 +471,35 @@ impl PersistStage {
             // Signing is background work: it gives up on a lock held elsewhere rather than
             // hold the stage's loop (the next round signs the same heads).
             sqlx::query("SET LOCAL lock_timeout = '1s'").execute(&mut *tx).await?;
-            let heads: Vec<(String, i64, Vec<u8>, DateTime<Utc>)> = sqlx::query_as(
-                "SELECT chain_id, last_seq, last_hash, month_start FROM ledger_chain_heads
+            let heads: Vec<UnsignedHeadRow> = sqlx::query_as(
+                "SELECT chain_id, last_seq, last_hash, month_start, merkle_frontier FROM ledger_chain_heads
                   WHERE last_seq > checkpointed_seq ORDER BY chain_id FOR UPDATE SKIP LOCKED",
             )
             .fetch_all(&mut *tx)
             .await?;
             let now = Utc::now();
-            for (chain, seq, hash, month) in &heads {
-                let mut h = [0u8; 32];
-                if hash.len() == 32 {
-                    h.copy_from_slice(hash);
-                }
-                let cp = Checkpoint::sign(&self.settings.signer, chain, *seq, h, now);
+            for (chain, seq, hash, month, frontier) in &heads {
+                let tree = frontier_of(&mut tx, chain, *seq, frontier.as_deref()).await?;
+                let h = ledger::hash_from_slice(hash).unwrap_or_default();
+                let cp = Checkpoint::sign(&self.settings.signer, chain, *seq, h, tree.root(), now);
                 sqlx::query(
-                    "INSERT INTO ledger_checkpoints (chain_id, month_start, seq, head_hash, signed_at, key_id, signature)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO ledger_checkpoints (chain_id, month_start, seq, head_hash, tree_root, signed_at, key_id, signature)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(chain)
                 .bind(month)
                 .bind(seq)
                 .bind(hash)
+                .bind(tree.root().to_vec())
                 .bind(cp.signed_at)
                 .bind(&cp.key_id)
                 .bind(&cp.signature)
                 .execute(&mut *tx)
                 .await?;
-                sqlx::query("UPDATE ledger_chain_heads SET checkpointed_seq = $2 WHERE chain_id = $1")
+                sqlx::query("UPDATE ledger_chain_heads SET checkpointed_seq = $2, merkle_frontier = $3 WHERE chain_id = $1")
                     .bind(chain)
                     .bind(seq)
+                    .bind(tree.to_bytes())
                     .execute(&mut *tx)
                     .await?;
             }
@@ -486,7 +518,7 @@ impl PersistStage {
         self.mark_published(&acked).await?;
         let Some(outbox) = &mut self.outbox else { return Ok(()) };
         let rows = sqlx::query(
-            "SELECT id, chain_id, seq, head_hash, signed_at, key_id, signature FROM ledger_checkpoints
+            "SELECT id, chain_id, seq, head_hash, tree_root, signed_at, key_id, signature FROM ledger_checkpoints
               WHERE published_at IS NULL ORDER BY id LIMIT 500",
         )
         .fetch_all(&self.pool)
@@ -498,19 +530,22 @@ impl PersistStage {
             if outbox.in_flight(id) {
                 continue;
             }
-            let hash: Vec<u8> = r.get("head_hash");
-            let mut h = [0u8; 32];
-            if hash.len() == 32 {
-                h.copy_from_slice(&hash);
-            }
             let cp = Checkpoint {
                 chain_id: r.get("chain_id"),
                 seq: r.get("seq"),
-                head_hash: h,
+                head_hash: ledger::hash_from_slice(&r.get::<Vec<u8>, _>("head_hash")).unwrap_or_default(),
+                tree_root: r.get::<Option<Vec<u8>>, _>("tree_root").as_deref().and_then(ledger::hash_from_slice),
                 signed_at: r.get("signed_at"),
                 key_id: r.get("key_id"),
                 signature: r.get("signature"),
             };
+            // The file first: whatever reached the topic is also in the export directory.
+            if let Some(dir) = &self.settings.checkpoint_export_dir {
+                if let Err(e) = crate::checkpoints::export(dir, &cp, &public) {
+                    tracing::error!(error = %e, dir = %dir.display(), chain = %cp.chain_id, seq = cp.seq, "cannot export checkpoint; not publishing it until it is");
+                    continue;
+                }
+            }
             records.push((id, format!("{}#{}", cp.chain_id, cp.seq), cp.to_json(&public).to_string()));
         }
         outbox.send(records.iter().map(|(id, key, payload)| (*id, key.as_str(), payload.as_bytes())));
@@ -552,13 +587,39 @@ impl PersistStage {
     }
 }
 
-fn month_of_chain(chain_id: &str) -> DateTime<Utc> {
-    chain_id
-        .rsplit('/')
-        .next()
-        .and_then(|m| DateTime::parse_from_rfc3339(&format!("{m}-01T00:00:00Z")).ok())
-        .map(|d| d.with_timezone(&Utc))
-        .unwrap_or_default()
+/// chain_id, last_seq, last_hash, merkle_frontier.
+type HeadRow = (String, i64, Vec<u8>, Option<Vec<u8>>);
+/// chain_id, last_seq, last_hash, month_start, merkle_frontier.
+type UnsignedHeadRow = (String, i64, Vec<u8>, DateTime<Utc>, Option<Vec<u8>>);
+
+/// A chain's tree frontier as stored, or rebuilt from its row hashes when it was never kept
+/// (a chain written before trees existed) or does not match the head.
+async fn frontier_of(
+    tx: &mut Transaction<'_, Postgres>,
+    chain_id: &str,
+    last_seq: i64,
+    stored: Option<&[u8]>,
+) -> Result<Frontier, sqlx::Error> {
+    if let Some(f) = stored.and_then(|b| Frontier::from_bytes(b).ok()).filter(|f| f.size() == last_seq as u64) {
+        return Ok(f);
+    }
+    if last_seq == 0 {
+        return Ok(Frontier::new());
+    }
+    let hashes: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT row_hash FROM audit_events WHERE chain_id = $1 AND chain_seq <= $2 ORDER BY chain_seq")
+            .bind(chain_id)
+            .bind(last_seq)
+            .fetch_all(&mut **tx)
+            .await?;
+    if hashes.len() as i64 != last_seq {
+        // Rows are missing under the head: the tree is built over what is there, and
+        // `auditflow verify` reports the chain.
+        tracing::error!(chain = chain_id, rows = hashes.len(), head = last_seq, "chain has fewer rows than its head");
+    } else {
+        tracing::info!(chain = chain_id, rows = hashes.len(), "rebuilt the chain's Merkle frontier from its rows");
+    }
+    Ok(Frontier::from_leaves(&hashes))
 }
 
 /// Every column of a stored row, in the order [`push_copy_row`] writes them.
@@ -697,8 +758,8 @@ impl SinkStage for PersistStage {
             }
         };
         if outcome == WriteOutcome::Committed {
-            // Checkpointing is outside the batch's transaction: a failure here loses nothing
-            // (the next tick signs the same heads).
+            // The batch's checkpoints were signed with it; publishing them (and the sweep of
+            // heads left unsigned) may fail here without losing anything: the next tick retries.
             if let Err(e) = self.checkpoint(false).await {
                 tracing::warn!(error = %e, "checkpoint failed; will retry");
             }
