@@ -203,9 +203,20 @@ pub async fn export(
     .bind(&pseudonym)
     .fetch_all(pool)
     .await?;
+    // The rows exactly as stored (ciphertexts included), so each exported event can be
+    // checked against an inclusion proof (`auditflow verify-proof --event`).
+    let stored = sqlx::query(&format!("SELECT {} FROM audit_events WHERE subject_pseudonym = $1", crate::cli::ledger::ROW_COLUMNS))
+        .bind(&pseudonym)
+        .fetch_all(pool)
+        .await?;
+    let mut stored: std::collections::HashMap<String, crate::ledger::LedgerRow> = stored
+        .iter()
+        .map(|r| crate::cli::ledger::ledger_row(r).map(|l| (l.row.id.clone(), l)))
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let id: String = r.try_get("id")?;
+        let ledger_row = stored.remove(&id);
         let generation: Option<i32> = r.try_get("key_generation")?;
         let sealed: Option<Vec<u8>> = r.try_get("personal")?;
         let (personal, erased) = match (sealed, generation) {
@@ -251,6 +262,8 @@ pub async fn export(
             "location": p.location.and_then(|l| serde_json::to_value(l).ok()).or(text("location")?),
             "metadata": p.metadata.or(text("metadata")?),
             "personalDataErased": erased,
+            "storedRow": ledger_row.as_ref().map(|l| serde_json::to_value(&l.row).unwrap_or_default()),
+            "rowHash": ledger_row.as_ref().and_then(|l| l.row_hash.as_deref().map(hex::encode)),
         }));
     }
     Ok(out)
