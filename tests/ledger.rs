@@ -120,17 +120,14 @@ async fn verify_passes_untouched_and_names_each_kind_of_tampering() {
 
     let (code, report) = verify_json(&env);
     assert_eq!(code, Some(3), "a broken ledger exits with code 3: {report}");
-    let breaks: HashMap<String, (String, i64)> = report["breaks"]
-        .as_array()
-        .expect("breaks")
-        .iter()
-        .map(|b| {
-            (
-                b["chain"].as_str().unwrap_or_default().to_string(),
-                (b["kind"].as_str().unwrap_or_default().to_string(), b["seq"].as_i64().unwrap_or(-1)),
-            )
-        })
-        .collect();
+    // The first finding of each chain is the walk's; the topic's copies may add more (the
+    // renumbered checkpoints of chain 5 are missing from the database as published).
+    let mut breaks: HashMap<String, (String, i64)> = HashMap::new();
+    for b in report["breaks"].as_array().expect("breaks") {
+        breaks
+            .entry(b["chain"].as_str().unwrap_or_default().to_string())
+            .or_insert((b["kind"].as_str().unwrap_or_default().to_string(), b["seq"].as_i64().unwrap_or(-1)));
+    }
     assert_eq!(breaks.get(&chains[0].0), Some(&("modified row".to_string(), 5)), "{report}");
     assert_eq!(breaks.get(&chains[1].0), Some(&("deleted row".to_string(), 7)), "{report}");
     assert_eq!(breaks.get(&chains[2].0), Some(&("inserted row".to_string(), 3)), "{report}");
@@ -318,4 +315,16 @@ async fn the_ledger_still_verifies_after_retention_drops_old_months() {
     assert_eq!(after["chains"], 2);
     assert_eq!(after["retiredChains"], 2, "the dropped month's chains are retired, not broken: {after}");
     assert_eq!(after["rows"], 300);
+    // Proofs of the remaining month's events still hold.
+    let (id,): (String,) = sqlx::query_as("SELECT id FROM audit_events ORDER BY chain_id, chain_seq LIMIT 1").fetch_one(&env.pool).await.expect("an event");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("p.json");
+    let out = auditflow(&env, &["prove", &id, "--output", file.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = auditflow::privacy::SecretKey(
+        auditflow::ledger::LedgerSigner::new(&auditflow::privacy::SecretKey::parse("k", TEST_SIGNING_KEY).expect("key")).verifying_key().to_bytes(),
+    )
+    .to_base64();
+    let out = auditflow(&env, &["verify-proof", file.to_str().expect("utf-8"), "--key", &key]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

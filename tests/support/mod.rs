@@ -173,9 +173,19 @@ impl TestEnv {
             "audit-rules" => env!("CARGO_BIN_EXE_audit-rules"),
             other => panic!("unknown stage binary {other}"),
         };
-        let log_path = self.log_dir.join(format!("{binary}-{instance}.log"));
+        self.spawn_logged(exe, &[], binary, instance, extra)
+    }
+
+    /// Start an `auditflow` command that runs until stopped (e.g. `witness`), logged like a stage.
+    pub fn start_command(&self, args: &[&str], instance: &str, extra: &[(&str, &str)]) -> StageProcess {
+        self.spawn_logged(env!("CARGO_BIN_EXE_auditflow"), args, args.first().copied().unwrap_or("auditflow"), instance, extra)
+    }
+
+    fn spawn_logged(&self, exe: &str, args: &[&str], name: &str, instance: &str, extra: &[(&str, &str)]) -> StageProcess {
+        let log_path = self.log_dir.join(format!("{name}-{instance}.log"));
         let log = File::options().create(true).append(true).open(&log_path).expect("log file");
         let child = Command::new(exe)
+            .args(args)
             .envs(self.env_vars())
             .env("AUDITFLOW_INSTANCE_ID", instance)
             .envs(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())))
