@@ -16,6 +16,7 @@
 pub mod data;
 pub mod env;
 pub mod fleet;
+pub mod ledger;
 pub mod limits;
 pub mod proc;
 pub mod produce;
@@ -192,6 +193,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let mut errors: Vec<String> = Vec::new();
     let mut limits = report::Limits::default();
     let mut stage_results = Vec::new();
+    let mut ledger_evidence = None;
     let mut fill = None;
     let mut runs = Vec::new();
 
@@ -315,6 +317,13 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
             }
         }
 
+        if let Some(p) = stage_results.iter().find(|s| s.stage == "persist") {
+            let batch = p.batch.mean_messages.round().max(1.0) as usize;
+            let cpu = Some(p.usage.cpu_seconds_per_million);
+            let (events, chains) = (p.events, opts.partitions as usize);
+            ledger_evidence = Some(tokio::task::block_in_place(|| ledger::measure(events, chains, batch, cpu)));
+        }
+
         if !skip("fleet") {
             let mut loads: Vec<(String, Offered)> = opts
                 .paced_rates
@@ -342,7 +351,8 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let cleanup_problems = if opts.keep { Vec::new() } else { env.cleanup().await };
     let alert_latency = alert_latency(&runs, &immediate_policies, 1000);
     let fleet = Fleet { runs, alert_latency };
-    let targets = report::targets(&stage_results, &fleet, &limits);
+    let mut targets = report::targets(&stage_results, &fleet, &limits);
+    targets.push(report::ledger_target(ledger_evidence.as_ref()));
     let machine = machine();
     let provisional = load_start[0] > 0.5;
     Ok(Report {
@@ -378,6 +388,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
         fill,
         limits,
         stages: stage_results,
+        ledger_evidence,
         fleet,
         targets,
         errors,

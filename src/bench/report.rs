@@ -100,6 +100,8 @@ pub struct Report {
     pub fill: Option<Fill>,
     pub limits: Limits,
     pub stages: Vec<StageAlone>,
+    /// Merkle frontier and per-batch checkpoint signing, against persist's CPU.
+    pub ledger_evidence: Option<super::ledger::LedgerEvidence>,
     pub fleet: Fleet,
     pub targets: Vec<Target>,
     /// Phases that failed (the rest of the report still stands).
@@ -119,6 +121,29 @@ fn target(name: &str, goal: &str, value: Option<f64>, ok: impl Fn(f64) -> bool, 
         },
         note,
     }
+}
+
+/// The ledger's outside evidence (trees, per-batch signatures) against persist's CPU.
+pub fn ledger_target(e: Option<&super::ledger::LedgerEvidence>) -> Target {
+    target(
+        "ledger trees + per-batch signing",
+        "<= 5% of persist CPU per event",
+        e.and_then(|e| e.share_of_persist_cpu),
+        |v| v <= 0.05,
+        match e {
+            Some(e) => format!(
+                "{:.3} CPU s per million events ({} chains, batches of {}; {} signatures) vs persist {:.1}; +{:.1}% over persist without; {:.0} checkpoint rows per million event rows",
+                e.cpu_seconds_per_million,
+                e.chains,
+                e.batch_events,
+                e.signatures,
+                e.persist_cpu_seconds_per_million.unwrap_or(f64::NAN),
+                e.increase_over_persist_without.unwrap_or(f64::NAN) * 100.0,
+                e.checkpoint_rows_per_million
+            ),
+            None => "persist not measured".into(),
+        },
+    )
 }
 
 /// The targets, judged on this report's figures.

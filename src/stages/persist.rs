@@ -333,14 +333,15 @@ impl PersistStage {
             let (mut months, mut roots, mut signatures) = (vec![], vec![], vec![]);
             let mut signed_at = now;
             for (chain, (seq, hash, tree)) in heads.iter().filter(|(c, _)| chain_ids.binary_search(c).is_ok()) {
-                let cp = Checkpoint::sign(&self.settings.signer, chain, *seq, *hash, tree.root(), now);
+                let root = tree.root();
+                let cp = Checkpoint::sign(&self.settings.signer, chain, *seq, *hash, root, now);
                 signed_at = cp.signed_at;
                 names.push(chain.clone());
                 seqs.push(*seq);
                 hashes.push(hash.to_vec());
                 frontiers.push(tree.to_bytes());
                 months.push(ledger::chain_month(chain));
-                roots.push(tree.root().to_vec());
+                roots.push(root.to_vec());
                 signatures.push(cp.signature);
             }
             sqlx::query(
