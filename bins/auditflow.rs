@@ -245,6 +245,8 @@ enum DlqCommand {
 enum KeysCommand {
     /// Generate AUDITFLOW_MASTER_KEY, AUDITFLOW_PSEUDONYM_KEY and AUDITFLOW_SIGNING_KEY.
     Generate,
+    /// Print the ledger's public key (AUDITFLOW_VERIFY_KEY) for the configured signing key.
+    Public,
 }
 
 #[derive(Subcommand)]
@@ -412,6 +414,11 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             println!("AUDITFLOW_PSEUDONYM_KEY={}", SecretKey::generate().to_base64());
             println!("AUDITFLOW_SIGNING_KEY={}", signing.to_base64());
             println!("AUDITFLOW_VERIFY_KEY={}", SecretKey(public.to_bytes()).to_base64());
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Public } => {
+            let public = auditflow::cli::ledger::signer(&config)?.verifying_key();
+            println!("AUDITFLOW_VERIFY_KEY={}", auditflow::privacy::SecretKey(public.to_bytes()).to_base64());
             Ok(())
         }
         Command::Verify(args) => auditflow::cli::ledger::run_verify(&config, args).await,

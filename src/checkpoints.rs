@@ -77,6 +77,7 @@ pub struct OutsideCopies {
     /// Records that could not be read, with where they came from.
     pub unreadable: Vec<String>,
     pub records: u64,
+    seen: std::collections::HashSet<(String, i64, Vec<u8>)>,
 }
 
 impl OutsideCopies {
@@ -87,9 +88,9 @@ impl OutsideCopies {
             .and_then(|v| Checkpoint::from_json(&v).map_err(|e| e.to_string()));
         match parsed {
             Ok(cp) => {
-                let list = self.by_chain.entry(cp.chain_id.clone()).or_default();
-                if !list.contains(&cp) {
-                    list.push(cp);
+                // At-least-once publication repeats records: keep one of each.
+                if self.seen.insert((cp.chain_id.clone(), cp.seq, cp.signature.clone())) {
+                    self.by_chain.entry(cp.chain_id.clone()).or_default().push(cp);
                 }
             }
             Err(e) => self.unreadable.push(format!("{origin}: {e}")),

@@ -15,13 +15,14 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Checkpoint, Hash, LedgerSigner};
-use crate::merkle;
+use crate::merkle::{self, Frontier};
 
 /// What the witness concluded about one checkpoint.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Judgement {
-    /// Extends (or starts) the chain's accepted history: co-sign and remember it.
-    Accept,
+    /// Extends (or, verified against the rows, starts) the chain's accepted history: co-sign
+    /// it; the frontier is that of its tree.
+    Accept(Frontier),
     /// The accepted checkpoint again, or an older one consistent with it: nothing to do.
     Known,
     /// v1 checkpoints sign no tree: nothing to check them with.
@@ -32,7 +33,121 @@ pub enum Judgement {
     Inconsistent(String),
 }
 
-/// A chain's last accepted checkpoint and the witness's signature over it.
+/// What the witness keeps per chain: the last accepted checkpoint, its tree's frontier (all
+/// that extending it needs), and the tree heads of recently accepted sizes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChainState {
+    pub checkpoint: Checkpoint,
+    pub frontier: Frontier,
+    pub recent: BTreeMap<i64, Hash>,
+}
+
+/// Sizes whose tree heads are remembered, to judge a repeated older checkpoint cheaply.
+const RECENT: usize = 256;
+
+impl ChainState {
+    pub fn accept(previous: Option<&ChainState>, cp: &Checkpoint, frontier: Frontier) -> ChainState {
+        let mut recent = previous.map(|p| p.recent.clone()).unwrap_or_default();
+        if let Some(root) = cp.tree_root {
+            recent.insert(cp.seq, root);
+        }
+        while recent.len() > RECENT {
+            recent.pop_first();
+        }
+        ChainState { checkpoint: cp.clone(), frontier, recent }
+    }
+}
+
+/// The rows the witness read from the ledger's database to judge a checkpoint.
+#[derive(Debug, Clone, Copy)]
+pub enum Rows<'a> {
+    /// The row hashes appended after the accepted tree, up to the checkpoint's size.
+    Appended(&'a [Hash]),
+    /// Every row hash of the chain up to the larger of the two sizes.
+    All(&'a [Hash]),
+    /// The database could not give them (rows missing).
+    Unavailable,
+}
+
+/// Judge `cp` against the chain's accepted state. Extending the accepted tree's own frontier
+/// with the appended rows and comparing the result with the signed tree head is the check an
+/// RFC 9162 consistency proof makes: rows rewritten below the accepted size cannot change the
+/// frontier the witness holds, so a rewritten history never yields the signed head.
+pub fn judge(state: Option<&ChainState>, cp: &Checkpoint, keys: &[VerifyingKey], rows: Rows<'_>) -> Judgement {
+    if !cp.signed_by_any(keys) {
+        return Judgement::Forged;
+    }
+    let Some(root) = cp.tree_root else { return Judgement::NoTree };
+    let size = cp.seq.max(0) as usize;
+    let Some(state) = state else {
+        // The first checkpoint of a chain: its tree must be the database's rows.
+        return match rows {
+            Rows::All(all) if all.len() >= size => {
+                let f = Frontier::from_leaves(&all[..size]);
+                if f.root() == root {
+                    Judgement::Accept(f)
+                } else {
+                    Judgement::Inconsistent(format!("the ledger's first {size} rows do not hash to the signed tree head"))
+                }
+            }
+            _ => Judgement::Inconsistent(format!("the ledger cannot show the {size} rows of the signed tree")),
+        };
+    };
+    let last = &state.checkpoint;
+    let last_root = last.tree_root.unwrap_or_else(|| state.frontier.root());
+    if cp.seq == last.seq {
+        return if root == last_root && cp.head_hash == last.head_hash {
+            Judgement::Known
+        } else {
+            Judgement::Inconsistent(format!("two different trees of size {} were signed", cp.seq))
+        };
+    }
+    if cp.seq < last.seq {
+        if let Some(seen) = state.recent.get(&cp.seq) {
+            return if *seen == root {
+                Judgement::Known
+            } else {
+                Judgement::Inconsistent(format!("two different trees of size {} were signed", cp.seq))
+            };
+        }
+        // Older than remembered: both trees must be prefixes of the database's rows.
+        return match rows {
+            Rows::All(all) if all.len() >= last.seq as usize => {
+                if merkle::root(&all[..last.seq as usize]) != last_root {
+                    Judgement::Inconsistent(format!("the ledger's rows no longer hash to the co-signed tree of size {}", last.seq))
+                } else if merkle::root(&all[..size]) != root {
+                    Judgement::Inconsistent(format!("checkpoint at size {} is not a prefix of the co-signed tree of size {}", cp.seq, last.seq))
+                } else {
+                    Judgement::Known
+                }
+            }
+            _ => Judgement::Inconsistent(format!("the ledger cannot prove size {} consistent with size {}", cp.seq, last.seq)),
+        };
+    }
+    let appended = match rows {
+        Rows::Appended(a) => a,
+        Rows::All(all) => all.get(last.seq as usize..).unwrap_or_default(),
+        Rows::Unavailable => &[],
+    };
+    let wanted = (cp.seq - last.seq) as usize;
+    if appended.len() < wanted {
+        return Judgement::Inconsistent(format!("the ledger cannot show rows {} to {} of the signed tree", last.seq + 1, cp.seq));
+    }
+    let mut f = state.frontier.clone();
+    for leaf in &appended[..wanted] {
+        f.push(leaf);
+    }
+    if f.root() == root {
+        Judgement::Accept(f)
+    } else {
+        Judgement::Inconsistent(format!(
+            "checkpoint at size {} does not extend the co-signed checkpoint at size {}",
+            cp.seq, last.seq
+        ))
+    }
+}
+
+/// A chain's record in the store (JSON): the co-signed checkpoint and the witness's state.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Accepted {
@@ -40,6 +155,20 @@ pub struct Accepted {
     pub witness_key_id: String,
     pub cosignature: String,
     pub cosigned_at: DateTime<Utc>,
+    /// The accepted tree's frontier (`merkle::Frontier::to_bytes`, hex).
+    pub frontier: String,
+    /// Recently accepted tree heads by size (hex).
+    #[serde(default)]
+    pub recent: BTreeMap<i64, String>,
+}
+
+impl Accepted {
+    pub fn state(&self) -> Option<ChainState> {
+        let checkpoint = Checkpoint::from_json(&self.checkpoint).ok()?;
+        let frontier = Frontier::from_bytes(&hex::decode(&self.frontier).ok()?).ok()?;
+        let recent = self.recent.iter().filter_map(|(k, v)| Some((*k, crate::ledger::hash_from_hex("recent", v).ok()?))).collect();
+        Some(ChainState { checkpoint, frontier, recent })
+    }
 }
 
 /// The bytes a witness signs: its own key id, then the checkpoint's signed statement.
@@ -49,12 +178,15 @@ pub fn cosignature_statement(witness_key_id: &str, cp: &Checkpoint) -> Vec<u8> {
     out
 }
 
-pub fn cosign(witness: &LedgerSigner, cp: &Checkpoint, ledger_public: &VerifyingKey, at: DateTime<Utc>) -> Accepted {
+pub fn cosign(witness: &LedgerSigner, state: &ChainState, ledger_public: &VerifyingKey, at: DateTime<Utc>) -> Accepted {
+    let cp = &state.checkpoint;
     Accepted {
         checkpoint: cp.to_json(ledger_public),
         witness_key_id: witness.key_id.clone(),
         cosignature: hex::encode(witness.sign(&cosignature_statement(&witness.key_id, cp))),
         cosigned_at: at,
+        frontier: hex::encode(state.frontier.to_bytes()),
+        recent: state.recent.iter().map(|(k, v)| (*k, hex::encode(v))).collect(),
     }
 }
 
@@ -65,39 +197,6 @@ pub fn cosignature_valid(accepted: &Accepted, witness: &VerifyingKey) -> bool {
         return false;
     };
     witness.verify(&cosignature_statement(&accepted.witness_key_id, &cp), &sig).is_ok()
-}
-
-/// Judge `cp` against the chain's last accepted checkpoint. `proof` is the consistency proof
-/// between the smaller and the larger of the two tree sizes (from the ledger's database);
-/// `None` when it could not be obtained, which counts as inconsistent: an honest ledger can
-/// always prove a checkpoint it published.
-pub fn judge(accepted: Option<&Checkpoint>, cp: &Checkpoint, keys: &[VerifyingKey], proof: Option<&[Hash]>) -> Judgement {
-    if !cp.signed_by_any(keys) {
-        return Judgement::Forged;
-    }
-    let Some(root) = cp.tree_root else { return Judgement::NoTree };
-    let Some(last) = accepted else { return Judgement::Accept };
-    let Some(last_root) = last.tree_root else { return Judgement::Accept };
-    if cp.seq == last.seq {
-        return if root == last_root && cp.head_hash == last.head_hash {
-            Judgement::Known
-        } else {
-            Judgement::Inconsistent(format!("two different trees of size {} were signed", cp.seq))
-        };
-    }
-    let ((m, m_root), (n, n_root)) =
-        if cp.seq < last.seq { ((cp.seq, root), (last.seq, last_root)) } else { ((last.seq, last_root), (cp.seq, root)) };
-    let Some(proof) = proof else {
-        return Judgement::Inconsistent(format!("the ledger cannot prove size {m} consistent with size {n}"));
-    };
-    match merkle::verify_consistency(m as u64, n as u64, &m_root, &n_root, proof) {
-        Ok(()) if cp.seq > last.seq => Judgement::Accept,
-        Ok(()) => Judgement::Known,
-        Err(e) => Judgement::Inconsistent(format!(
-            "checkpoint at size {} is not consistent with the co-signed checkpoint at size {}: {e}",
-            cp.seq, last.seq
-        )),
-    }
 }
 
 /// The witness's own store: one state file (the last accepted checkpoint per chain and the
@@ -132,8 +231,8 @@ impl Store {
         Ok(Store { dir: dir.to_path_buf(), chains: st.chains, offsets: st.offsets })
     }
 
-    pub fn accepted(&self, chain_id: &str) -> Option<Checkpoint> {
-        self.chains.get(chain_id).and_then(|a| Checkpoint::from_json(&a.checkpoint).ok())
+    pub fn accepted(&self, chain_id: &str) -> Option<ChainState> {
+        self.chains.get(chain_id).and_then(Accepted::state)
     }
 
     /// Append lines to the log, fsynced.
@@ -176,35 +275,47 @@ mod tests {
         Checkpoint::sign(s, "t/0/2026-12", n as i64, l[n - 1], merkle::root(&l[..n]), Utc::now())
     }
 
+    fn accepted(j: Judgement, prev: Option<&ChainState>, c: &Checkpoint) -> ChainState {
+        match j {
+            Judgement::Accept(f) => ChainState::accept(prev, c, f),
+            other => panic!("not accepted: {other:?}"),
+        }
+    }
+
     #[test]
     fn extensions_are_accepted_and_a_rewritten_history_is_not() {
         let s = LedgerSigner::new(&SecretKey([1; 32]));
         let keys = [s.verifying_key()];
         let honest = leaves(12, 0);
-        let a = cp(&s, &honest, 6);
-        let b = cp(&s, &honest, 12);
-        assert_eq!(judge(None, &a, &keys, None), Judgement::Accept);
-        let p = merkle::consistency_proof(&honest[..12], 6).unwrap();
-        assert_eq!(judge(Some(&a), &b, &keys, Some(&p)), Judgement::Accept);
-        assert_eq!(judge(Some(&b), &a, &keys, Some(&p)), Judgement::Known, "an older checkpoint seen again");
-        assert_eq!(judge(Some(&b), &b, &keys, None), Judgement::Known);
-        // The real key re-signs a history with row 5 changed.
+        let (a, b) = (cp(&s, &honest, 6), cp(&s, &honest, 12));
+        assert!(matches!(judge(None, &a, &keys, Rows::Unavailable), Judgement::Inconsistent(_)), "first sight needs the rows");
+        let sa = accepted(judge(None, &a, &keys, Rows::All(&honest)), None, &a);
+        let sb = accepted(judge(Some(&sa), &b, &keys, Rows::Appended(&honest[6..])), Some(&sa), &b);
+        assert_eq!(sb.frontier, Frontier::from_leaves(&honest));
+        assert_eq!(judge(Some(&sb), &a, &keys, Rows::Unavailable), Judgement::Known, "an older checkpoint seen again");
+        assert_eq!(judge(Some(&sb), &b, &keys, Rows::Unavailable), Judgement::Known);
+        // The real key signs a history with row 5 changed: whatever rows the database shows
+        // now, the witness's own frontier of the first 6 does not lead to the new head.
         let rewritten = leaves(12, 9);
         let forged = cp(&s, &rewritten, 12);
-        let p = merkle::consistency_proof(&rewritten[..12], 6).unwrap();
-        assert!(matches!(judge(Some(&a), &forged, &keys, Some(&p)), Judgement::Inconsistent(_)));
-        assert!(matches!(judge(Some(&b), &forged, &keys, None), Judgement::Inconsistent(_)), "same size, other tree");
-        assert!(matches!(judge(Some(&a), &forged, &keys, None), Judgement::Inconsistent(_)), "no proof");
+        assert!(matches!(judge(Some(&sa), &forged, &keys, Rows::Appended(&rewritten[6..])), Judgement::Inconsistent(_)));
+        assert!(matches!(judge(Some(&sa), &forged, &keys, Rows::All(&rewritten)), Judgement::Inconsistent(_)));
+        assert!(matches!(judge(Some(&sb), &forged, &keys, Rows::Unavailable), Judgement::Inconsistent(_)), "same size, other tree");
+        let old_forged = cp(&s, &rewritten, 5);
+        assert!(matches!(judge(Some(&sb), &old_forged, &keys, Rows::All(&honest)), Judgement::Inconsistent(_)), "older, other tree");
+        assert!(matches!(judge(Some(&sa), &b, &keys, Rows::Appended(&honest[6..9])), Judgement::Inconsistent(_)), "rows missing");
         let stranger = LedgerSigner::new(&SecretKey([2; 32]));
-        assert_eq!(judge(Some(&a), &cp(&stranger, &honest, 12), &keys, None), Judgement::Forged);
+        assert_eq!(judge(Some(&sa), &cp(&stranger, &honest, 12), &keys, Rows::Unavailable), Judgement::Forged);
     }
 
     #[test]
-    fn cosignatures_verify_with_the_witness_key_only() {
+    fn cosignatures_verify_with_the_witness_key_only_and_the_state_round_trips() {
         let s = LedgerSigner::new(&SecretKey([1; 32]));
         let w = LedgerSigner::new(&SecretKey([7; 32]));
-        let c = cp(&s, &leaves(3, 0), 3);
-        let acc = cosign(&w, &c, &s.verifying_key(), Utc::now());
+        let l = leaves(3, 0);
+        let c = cp(&s, &l, 3);
+        let state = ChainState::accept(None, &c, Frontier::from_leaves(&l));
+        let acc = cosign(&w, &state, &s.verifying_key(), Utc::now());
         assert!(cosignature_valid(&acc, &w.verifying_key()));
         assert!(!cosignature_valid(&acc, &s.verifying_key()));
         let dir = tempfile::tempdir().unwrap();
@@ -214,7 +325,7 @@ mod tests {
         store.save().unwrap();
         let again = Store::open(dir.path()).unwrap();
         assert_eq!(again.offsets["audit-checkpoints/0"], 12);
-        assert_eq!(again.accepted("t/0/2026-12"), Some(c));
+        assert_eq!(again.accepted("t/0/2026-12"), Some(state));
         assert!(cosignature_valid(&again.chains["t/0/2026-12"], &w.verifying_key()));
     }
 }

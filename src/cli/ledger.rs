@@ -178,7 +178,10 @@ pub async fn verify(
         let copies = outside.as_ref().and_then(|o| o.copies.by_chain.get(&chain_id)).map(Vec::as_slice).unwrap_or_default();
         // The outside copies judge the rows too: a tail cut below a published checkpoint,
         // or rows rewritten under one, shows whatever the database's checkpoints say.
-        let in_db = |c: &Checkpoint| stored.iter().any(|(s, _)| s.seq == c.seq && s.signature == c.signature);
+        // A checkpoint's identity: its position and its (deterministic) signature.
+        let stored_ids: HashSet<(i64, &[u8])> = stored.iter().map(|(c, _)| (c.seq, c.signature.as_slice())).collect();
+        let copy_ids: HashSet<(i64, &[u8])> = copies.iter().map(|c| (c.seq, c.signature.as_slice())).collect();
+        let in_db = |c: &Checkpoint| stored_ids.contains(&(c.seq, c.signature.as_slice()));
         let missing: Vec<&Checkpoint> = copies.iter().filter(|c| !in_db(c)).collect();
         checkpoints.extend(missing.iter().map(|c| (*c).clone()));
         report.checkpoints_checked += checkpoints.len() as u64;
@@ -200,7 +203,7 @@ pub async fn verify(
                 detail: format!("{} published checkpoint(s) missing from the database (seq {} to {})", genuine.len(), first.seq, last.seq),
             });
         }
-        let published = |c: &Checkpoint| copies.iter().any(|o| o.seq == c.seq && o.signature == c.signature);
+        let published = |c: &Checkpoint| copy_ids.contains(&(c.seq, c.signature.as_slice()));
         let mut unpublished = Vec::new();
         for (c, published_at) in &stored {
             if published(c) {

@@ -27,14 +27,21 @@ pub enum ProveError {
 
 /// The leaves of a chain's tree of `size` rows: its row hashes in `chain_seq` order.
 pub async fn chain_leaves(pool: &PgPool, chain_id: &str, size: i64) -> Result<Vec<Hash>, ProveError> {
-    let hashes: Vec<Vec<u8>> =
-        sqlx::query_scalar("SELECT row_hash FROM audit_events WHERE chain_id = $1 AND chain_seq <= $2 ORDER BY chain_seq")
-            .bind(chain_id)
-            .bind(size)
-            .fetch_all(pool)
-            .await?;
+    chain_leaves_between(pool, chain_id, 0, size).await
+}
+
+/// Row hashes of rows `after + 1 ..= upto` of a chain; every one must be there.
+pub async fn chain_leaves_between(pool: &PgPool, chain_id: &str, after: i64, upto: i64) -> Result<Vec<Hash>, ProveError> {
+    let hashes: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT row_hash FROM audit_events WHERE chain_id = $1 AND chain_seq > $2 AND chain_seq <= $3 ORDER BY chain_seq",
+    )
+    .bind(chain_id)
+    .bind(after)
+    .bind(upto)
+    .fetch_all(pool)
+    .await?;
     let leaves: Vec<Hash> = hashes.iter().filter_map(|h| ledger::hash_from_slice(h)).collect();
-    if leaves.len() as i64 != size || hashes.len() != leaves.len() {
+    if leaves.len() as i64 != (upto - after).max(0) || hashes.len() != leaves.len() {
         return Err(ProveError::Incomplete(chain_id.to_string()));
     }
     Ok(leaves)

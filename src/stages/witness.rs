@@ -1,7 +1,7 @@
 //! The witness as a sink stage over the shared runtime: its input is `audit-checkpoints`, its
 //! sink the witness's own store (a directory), where the judged state and the consumed
-//! offsets are saved together. Consistency proofs are computed from the ledger's row hashes
-//! (read with the auditor role). A rewritten history raises an operational alert and is
+//! offsets are saved together. Each round reads only the rows appended since the accepted
+//! tree (with the auditor role) and extends the witness's own frontier of it. A rewritten history raises an operational alert and is
 //! never co-signed; a record that is not a checkpoint goes to the DLQ.
 
 use std::collections::BTreeMap;
@@ -14,12 +14,12 @@ use prometheus::IntCounterVec;
 use sqlx::PgPool;
 
 use crate::alert::channels::email::EmailChannel;
-use crate::cli::proof::{chain_leaves, ProveError};
+use crate::cli::proof::{chain_leaves_between, ProveError};
 use crate::error::{Rejection, RejectionKind};
 use crate::ledger::{key_id, Checkpoint, LedgerSigner};
 use crate::runtime::kafka::OffsetLoader;
 use crate::runtime::{InputMessage, OffsetAdvance, SinkError, SinkStage, WriteOutcome};
-use crate::witness::{self, offset_key, Judgement, Store};
+use crate::witness::{self, offset_key, Judgement, Rows, Store};
 
 pub struct WitnessSettings {
     pub checkpoint_topic: String,
@@ -41,6 +41,16 @@ impl WitnessStage {
     pub fn new(pool: PgPool, settings: WitnessSettings, outcomes: IntCounterVec) -> std::io::Result<WitnessStage> {
         let store = Store::open(&settings.store)?;
         Ok(WitnessStage { pool, settings, store, outcomes })
+    }
+
+    /// Row hashes `after + 1 ..= upto` of a chain; `None` when the database lacks some.
+    async fn leaves(&self, chain_id: &str, after: i64, upto: i64) -> Result<Option<Vec<crate::ledger::Hash>>, SinkError> {
+        match chain_leaves_between(&self.pool, chain_id, after, upto).await {
+            Ok(l) => Ok(Some(l)),
+            Err(ProveError::Incomplete(_)) => Ok(None),
+            Err(ProveError::Database(e)) => Err(SinkError::from_sqlx(&e)),
+            Err(e) => Err(SinkError::transient(e.to_string())),
+        }
     }
 
     async fn raise(&self, condition: &str, message: &str) {
@@ -95,37 +105,37 @@ impl SinkStage for WitnessStage {
         let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
         for (chain_id, mut cps) in by_chain {
             cps.sort_by_key(|c| c.seq);
-            let accepted = |chains: &BTreeMap<String, witness::Accepted>| {
-                chains.get(chain_id).and_then(|a| Checkpoint::from_json(&a.checkpoint).ok())
-            };
-            // One read of the chain's row hashes serves every proof of the batch.
-            let known = accepted(&chains).map(|c| c.seq).unwrap_or(0);
-            let max = cps.iter().map(|c| c.seq).max().unwrap_or(0).max(known);
-            let leaves = if known > 0 || cps.len() > 1 {
-                match chain_leaves(&self.pool, chain_id, max).await {
-                    Ok(l) => Some(l),
-                    Err(ProveError::Incomplete(_)) => None,
-                    Err(ProveError::Database(e)) => return Err(SinkError::from_sqlx(&e)),
-                    Err(e) => return Err(SinkError::transient(e.to_string())),
-                }
-            } else {
-                None
-            };
+            let mut state = chains.get(chain_id).and_then(witness::Accepted::state);
+            // One read per chain and batch: the rows appended since the accepted tree (all
+            // rows when the chain is new to the witness).
+            let base = state.as_ref().map(|s| s.checkpoint.seq).unwrap_or(0);
+            let max = cps.iter().map(|c| c.seq).max().unwrap_or(0);
+            let appended = if max > base { self.leaves(chain_id, base, max).await? } else { Some(Vec::new()) };
+            let mut full: Option<Option<Vec<crate::ledger::Hash>>> = None;
             for cp in cps {
-                let last = accepted(&chains);
-                let proof = match (&last, &leaves) {
-                    (Some(l), Some(leaves)) => {
-                        let (m, n) = (l.seq.min(cp.seq), l.seq.max(cp.seq));
-                        leaves.get(..n as usize).and_then(|ls| crate::merkle::consistency_proof(ls, m as u64).ok())
+                let current = state.as_ref().map(|s| s.checkpoint.seq).unwrap_or(0);
+                let remembered = state.as_ref().is_some_and(|s| cp.seq >= current || s.recent.contains_key(&cp.seq));
+                let rows = if state.is_some() && !remembered {
+                    // An old checkpoint not remembered: judged against every row (rare).
+                    if full.is_none() {
+                        full = Some(self.leaves(chain_id, 0, current.max(cp.seq)).await?);
                     }
-                    _ => None,
+                    full.as_ref().and_then(|f| f.as_deref()).map(Rows::All).unwrap_or(Rows::Unavailable)
+                } else {
+                    match &appended {
+                        Some(a) if state.is_none() => Rows::All(&a[..]),
+                        Some(a) => Rows::Appended(a.get((current - base).max(0) as usize..).unwrap_or_default()),
+                        None => Rows::Unavailable,
+                    }
                 };
-                let outcome = match witness::judge(last.as_ref(), cp, &self.settings.ledger_keys, proof.as_deref()) {
-                    Judgement::Accept => match self.settings.ledger_keys.iter().find(|k| key_id(k) == cp.key_id) {
+                let outcome = match witness::judge(state.as_ref(), cp, &self.settings.ledger_keys, rows) {
+                    Judgement::Accept(frontier) => match self.settings.ledger_keys.iter().find(|k| key_id(k) == cp.key_id) {
                         Some(key) => {
-                            let acc = witness::cosign(&self.settings.witness, cp, key, Utc::now());
+                            let next = witness::ChainState::accept(state.as_ref(), cp, frontier);
+                            let acc = witness::cosign(&self.settings.witness, &next, key, Utc::now());
                             lines.push(serde_json::json!({"event": "cosigned", "chainId": chain_id, "seq": cp.seq, "treeRoot": cp.tree_root.map(hex::encode), "cosignature": acc.cosignature, "at": acc.cosigned_at}));
                             chains.insert(chain_id.to_string(), acc);
+                            state = Some(next);
                             "cosigned"
                         }
                         None => "forged",
