@@ -77,5 +77,9 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(report.fleet.runs[0].produced, 2000);
     assert_eq!(report.fleet.runs[1].produced, 2000);
     assert!(report.fleet.alert_latency.measured, "{}", report.fleet.alert_latency.note);
-    assert_eq!(report.targets.len(), 8);
+    assert_eq!(report.targets.len(), 9);
+    // The ledger's trees and per-batch signatures are measured against persist's CPU.
+    let ledger = report.ledger_evidence.as_ref().expect("ledger evidence measured");
+    assert!(ledger.signatures > 0 && ledger.cpu_seconds_per_million > 0.0, "{ledger:?}");
+    assert!(report.targets.iter().any(|t| t.name == "ledger trees + per-batch signing" && t.value.is_some()));
 }
