@@ -433,6 +433,15 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 Ok(r) => {
                     println!("erased: {} data key(s) destroyed, {} stored event(s) now unreadable", r.keys_destroyed, r.events_affected);
                     println!("receipt {} signed by {}: {}", r.id, signer.key_id, r.statement);
+                    // The search store holds the subject only by pseudonym; those go too.
+                    if config.index.url.is_some() {
+                        let client = auditflow::index::client::SearchClient::new(&config.index)?;
+                        let n = client
+                            .redact_subject(&config.index.prefix, &keys.pseudonym(kind, &subject))
+                            .await
+                            .context("redacting the subject's documents in OpenSearch (the keys are already destroyed; run erase again)")?;
+                        println!("search store: {n} document(s) redacted");
+                    }
                     Ok(())
                 }
                 Err(auditflow::cli::privacy::EraseError::LegalHold(reason)) => {

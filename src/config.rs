@@ -35,6 +35,8 @@ pub struct Config {
     /// `[retention]`: how long audit data is kept, per classification and framework.
     pub retention: crate::retention::RetentionConfig,
     pub rules: crate::rules::RulesSettings,
+    /// `[index]`: the OpenSearch search store of `audit-index`.
+    pub index: crate::index::IndexSettings,
     pub log: LogConfig,
 }
 
@@ -807,6 +809,7 @@ impl Config {
         self.compliance.apply_env(env);
         self.retention.apply_env(env)?;
         self.rules.apply_env(env)?;
+        self.index.apply_env(env)?;
         Ok(())
     }
 
@@ -889,6 +892,7 @@ impl Config {
         self.compliance.validate()?;
         self.retention.validate()?;
         self.rules.validate()?;
+        self.index.validate()?;
         Ok(())
     }
 
@@ -927,6 +931,8 @@ impl Config {
             "rules" => (&t.enriched, vec![&t.rule_matches, &t.security_actions, &t.dlq]),
             "alert" => (&t.rule_matches, vec![&t.security_alerts, &t.alert_dlq, &t.dlq]),
             "compliance" => (&t.enriched, vec![&t.compliance_events, &t.dlq]),
+            "index" => (&t.enriched, vec![&t.dlq]),
+            "witness" => (&t.checkpoints, vec![&t.dlq]),
             _ => return None,
         };
         Some((input.name.as_str(), outputs.into_iter().map(|s| s.name.as_str()).collect()))
@@ -942,7 +948,11 @@ impl Config {
         if let Some((input, outputs)) = self.stage_topics(stage) {
             lines.push(("topics", format!("{input} → {}", outputs.join(", "))));
         }
-        if matches!(stage, "persist" | "alert" | "compliance") {
+        if stage == "index" {
+            let host = self.index.url.as_deref().and_then(crate::redact::url_host).unwrap_or("?");
+            lines.push(("opensearch", format!("{host}, indices {}-YYYY.MM", self.index.prefix)));
+        }
+        if matches!(stage, "persist" | "alert" | "compliance" | "index") {
             let host = crate::redact::url_host(&self.database.url).unwrap_or("?");
             let db = crate::redact::url_path(&self.database.url).unwrap_or("?");
             lines.push(("database", format!("{host}/{db}, {} connection(s) at most", self.database.max_connections)));

@@ -25,6 +25,7 @@ pub mod demo;
 pub mod enrich;
 pub mod error;
 pub mod event;
+pub mod index;
 pub mod ledger;
 pub mod merkle;
 pub mod privacy;

@@ -12,6 +12,7 @@
 pub mod alert;
 pub mod compliance;
 pub mod enrich;
+pub mod index;
 pub mod persist;
 pub mod rules;
 pub mod witness;

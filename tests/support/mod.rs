@@ -26,6 +26,10 @@ pub fn brokers() -> String {
     std::env::var("AUDITFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+pub fn opensearch_url() -> String {
+    std::env::var("AUDITFLOW_OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
 pub fn admin_database_url() -> String {
     std::env::var("AUDITFLOW_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://auditflow:auditflow@127.0.0.1:5432/auditflow".into())
@@ -146,9 +150,16 @@ impl TestEnv {
             ("AUDITFLOW_PSEUDONYM_KEY".into(), TEST_PSEUDONYM_KEY.into()),
             ("AUDITFLOW_SIGNING_KEY".into(), TEST_SIGNING_KEY.into()),
             ("AUDITFLOW_CHECKPOINT_INTERVAL_SECS".into(), "1".into()),
+            ("AUDITFLOW_OPENSEARCH_URL".into(), opensearch_url()),
+            // One index family per test: `<id>-YYYY.MM`.
+            ("AUDITFLOW_INDEX_PREFIX".into(), self.index_prefix()),
         ];
         v.extend(self.extra_env.iter().cloned());
         v
+    }
+
+    pub fn index_prefix(&self) -> String {
+        format!("ev-{}", self.id.to_lowercase())
     }
 
     pub fn config(&self) -> Config {
@@ -171,6 +182,7 @@ impl TestEnv {
             "audit-alert" => env!("CARGO_BIN_EXE_audit-alert"),
             "audit-compliance" => env!("CARGO_BIN_EXE_audit-compliance"),
             "audit-rules" => env!("CARGO_BIN_EXE_audit-rules"),
+            "audit-index" => env!("CARGO_BIN_EXE_audit-index"),
             other => panic!("unknown stage binary {other}"),
         };
         self.spawn_logged(exe, &[], binary, instance, extra)

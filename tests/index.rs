@@ -1,0 +1,240 @@
+//! `audit-index` against the real OpenSearch, Kafka and PostgreSQL of the local stack: exactly
+//! one document per event (the same ids as `audit_events`) through replays, kill -9, two
+//! instances and an OpenSearch outage; a document the mapping refuses is a dead letter and the
+//! partition flows on; no document carries a personal identifier in clear.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+use tokio::sync::Mutex;
+
+/// Tests here share one OpenSearch node, and one of them stops it: one at a time.
+static OPENSEARCH: Mutex<()> = Mutex::const_new(());
+
+fn client(env: &TestEnv) -> auditflow::index::client::SearchClient {
+    auditflow::index::client::SearchClient::new(&env.config().index).expect("client")
+}
+
+async fn documents(env: &TestEnv) -> Vec<Value> {
+    let c = client(env);
+    let pattern = format!("{}-*", env.index_prefix());
+    if c.refresh(&pattern).await.is_err() {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    let mut after: Option<Value> = None;
+    loop {
+        let mut body = json!({"size": 5000, "sort": [{"id": "asc"}], "query": {"match_all": {}}, "track_total_hits": true});
+        if let Some(a) = &after {
+            body["search_after"] = a.clone();
+        }
+        let r = match c.search(&pattern, &body).await {
+            Ok(r) => r,
+            Err(_) => return out,
+        };
+        let hits = r["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            return out;
+        }
+        after = hits.last().map(|h| h["sort"].clone());
+        out.extend(hits);
+    }
+}
+
+async fn document_ids(env: &TestEnv) -> Vec<String> {
+    documents(env).await.iter().map(|h| h["_id"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+async fn wait_for_documents(env: &TestEnv, n: usize, timeout: Duration) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let ids = document_ids(env).await;
+        if ids.len() >= n || start.elapsed() > timeout {
+            return ids;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn metric(body: &str, name: &str, label: &str) -> u64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_is_one_document_through_replays_crashes_and_two_instances() {
+    let _g = OPENSEARCH.lock().await;
+    let env = TestEnv::new("index", 3).await;
+    let events = sample_events(6_000, 31);
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _persist = env.start_stage("audit-persist", "p1");
+    let mut a = env.start_stage("audit-index", "i1");
+    let _b = env.start_stage("audit-index", "i2");
+    for (round, part) in events.chunks(1_000).enumerate() {
+        env.produce_events(part);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        if round % 2 == 1 {
+            a.kill9();
+            a = env.start_stage("audit-index", &format!("i1-{round}"));
+        }
+    }
+    env.wait_for_rows(6_000, Duration::from_secs(180)).await;
+    let ids = wait_for_documents(&env, 6_000, Duration::from_secs(180)).await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT id FROM audit_events ORDER BY id").fetch_all(&env.pool).await.expect("ids");
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "no event twice");
+    assert_eq!(ids, stored, "exactly the persisted events, once each");
+
+    // A replay of the whole topic from the beginning adds nothing.
+    drop(a);
+    sqlx::query("DELETE FROM stage_offsets WHERE consumer_group = $1")
+        .bind(env.config().group_id("index"))
+        .execute(&env.pool)
+        .await
+        .expect("rewind");
+    drop(_b);
+    let replay = env.start_stage("audit-index", "replay");
+    let start = Instant::now();
+    loop {
+        let (status, body) = http_get(&http_addr(&replay), "/metrics");
+        assert_eq!(status, 200);
+        if metric(&body, "auditflow_index_items_total", "outcome=\"exists\"") >= 6_000 {
+            assert_eq!(metric(&body, "auditflow_index_items_total", "outcome=\"created\""), 0, "{body}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "replay did not finish: {}", replay.log());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(document_ids(&env).await, stored);
+
+    // Nothing personal in clear; the pseudonyms are PostgreSQL's, so a search finds a user.
+    let docs = documents(&env).await;
+    let user = events[0].user_id.clone().expect("sample events have users");
+    let ip = events.iter().find_map(|e| e.ip_address.clone()).expect("an address");
+    // (A user id can still be a *resource* — "delete_user emp00042" — as in PostgreSQL's
+    // clear columns; the personal fields themselves never are in clear.)
+    for d in &docs {
+        let src = d["_source"].as_object().expect("source");
+        for f in ["userId", "sessionId", "ipAddress", "userAgent", "location", "metadata"] {
+            assert!(!src.contains_key(f), "{f} in clear: {d}");
+        }
+    }
+    let text = serde_json::to_string(&docs).expect("json");
+    assert!(!text.contains(&format!("\"{ip}\"")), "no address in clear");
+    let pseudonym = test_keys().pseudonym(auditflow::privacy::SubjectKind::User, &user);
+    let expected: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE user_pseudonym = $1")
+        .bind(&pseudonym)
+        .fetch_one(&env.pool)
+        .await
+        .expect("count");
+    let found = docs.iter().filter(|d| d["_source"]["userPseudonym"] == pseudonym.as_str()).count();
+    assert!(expected > 0);
+    assert_eq!(found as i64, expected, "the user's events are found by pseudonym");
+
+    // Erasure reaches the index: the documents stay as facts, nothing identifies the subject.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(["erase", "--subject", &user, "--reason", "GDPR Art. 17 request"])
+        .envs(env.env_vars())
+        .output()
+        .expect("erase");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("search store: {expected} document(s) redacted")), "{stdout}");
+    let docs = documents(&env).await;
+    let theirs: Vec<&Value> = docs.iter().filter(|d| d["_source"]["personalDataErased"] == true).collect();
+    assert_eq!(theirs.len() as i64, expected);
+    for d in &theirs {
+        let src = d["_source"].as_object().expect("source");
+        for f in auditflow::index::IDENTIFYING_FIELDS {
+            assert!(src.get(*f).is_none_or(Value::is_null), "{f} left in {d}");
+        }
+    }
+    assert!(!serde_json::to_string(&docs).expect("json").contains(&pseudonym), "the pseudonym is gone");
+    assert_eq!(docs.len(), 6_000, "the facts stay");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_document_the_mapping_refuses_is_dead_lettered_and_the_partition_flows_on() {
+    let _g = OPENSEARCH.lock().await;
+    let env = TestEnv::new("indexdlq", 1).await;
+    // An index whose mapping drifted from the template: resourceId became a number.
+    let c = client(&env);
+    let settings = env.config().index;
+    let mut template = auditflow::index::template(&settings);
+    template["template"]["mappings"]["properties"]["resourceId"] = json!({"type": "long"});
+    let index = settings.index_for(chrono::Utc::now());
+    let body = json!({"settings": template["template"]["settings"], "mappings": template["template"]["mappings"]});
+    reqwest::Client::new()
+        .put(format!("{}/{index}", opensearch_url()))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("create the drifted index")
+        .error_for_status()
+        .expect("index created");
+    let mut events = sample_events(300, 32);
+    for (i, e) in events.iter_mut().enumerate() {
+        e.resource_id = Some(if i % 30 == 7 { format!("doc-{i}") } else { i.to_string() });
+        e.timestamp = None;
+    }
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _index = env.start_stage("audit-index", "i1");
+    env.produce_events(&events);
+    let ids = wait_for_documents(&env, 290, Duration::from_secs(120)).await;
+    assert_eq!(ids.len(), 290, "every document the mapping takes");
+    let start = Instant::now();
+    let letters = loop {
+        let l = read_topic(&env.dlq, 3, Duration::from_secs(2));
+        if l.len() >= 10 || start.elapsed() > Duration::from_secs(60) {
+            break l;
+        }
+    };
+    assert_eq!(letters.len(), 10, "one dead letter per refused document");
+    for l in &letters {
+        assert_eq!(l.headers.get("dlq.stage").map(String::as_str), Some("index"), "{:?}", l.headers);
+        let why = l.headers.get("dlq.error.message").cloned().unwrap_or_default();
+        assert!(why.contains("mapper_parsing_exception") || why.contains("failed to parse"), "{why}");
+    }
+    // The partition flows on.
+    let more: Vec<_> = sample_events(50, 33)
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e.resource_id = Some(i.to_string());
+            e.timestamp = None;
+            e
+        })
+        .collect();
+    env.produce_events(&more);
+    assert_eq!(wait_for_documents(&env, 340, Duration::from_secs(60)).await.len(), 340);
+    let _ = c;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn opensearch_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
+    let _g = OPENSEARCH.lock().await;
+    let env = TestEnv::new("indexdown", 2).await;
+    let events = sample_events(4_000, 34);
+    let (first, second) = events.split_at(2_000);
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let index = env.start_stage("audit-index", "i1");
+    env.produce_events(first);
+    wait_for_documents(&env, 500, Duration::from_secs(60)).await;
+    stack(&["stop", "opensearch"]);
+    env.produce_events(second);
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    stack(&["start", "opensearch"]);
+    let ids = wait_for_documents(&env, 4_000, Duration::from_secs(180)).await;
+    assert_eq!(ids.len(), 4_000, "log {}", index.log_path.display());
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 4_000);
+    assert!(read_topic(&env.dlq, 2, Duration::from_secs(2)).is_empty(), "nothing on the DLQ");
+    assert!(index.log().contains("retrying"), "the outage was seen and retried");
+}
