@@ -229,7 +229,7 @@ pub fn run_sink<S: SinkStage>(
             let advances = span_advances(&consumer, &inputs[m0..m1]);
             match handle.block_on(sink.write(&items[k..l], &advances)) {
                 Ok(WriteOutcome::Committed) => {
-                    record_committed(&consumer, &advances, name);
+                    record_committed(&consumer, &advances, name, generation);
                     written += l - k;
                     spans.pop_front();
                 }
@@ -355,7 +355,13 @@ fn span_advances(consumer: &BaseConsumer<StageContext>, inputs: &[InputMessage<'
 
 /// After a span committed: what the store now holds becomes what the next write expects, and
 /// the consumer's informational offsets and lag follow.
-fn record_committed(consumer: &BaseConsumer<StageContext>, advances: &[OffsetAdvance], stage: &str) {
+fn record_committed(consumer: &BaseConsumer<StageContext>, advances: &[OffsetAdvance], stage: &str, generation: u64) {
+    if consumer.context().generation() != generation {
+        // The partitions were revoked while the batch was written (a session lost to a broker
+        // restart): the store has the offsets, and a commit now would land in the middle of
+        // librdkafka's unassign, which then waits on it instead of rejoining the group.
+        return;
+    }
     {
         let mut stored = consumer.context().stored_offsets.lock().unwrap_or_else(|p| p.into_inner());
         for a in advances {
