@@ -53,6 +53,8 @@ enum Command {
     /// Follow audit-checkpoints, check each checkpoint's consistency with the last one
     /// accepted, co-sign it into the witness's own store, alert on a rewritten history.
     Witness(auditflow::cli::witness::WitnessArgs),
+    /// Search the events in OpenSearch: filters, free text, a histogram over time, the total.
+    Search(Box<auditflow::cli::search::SearchArgs>),
     /// GDPR erasure: destroy a subject's data keys (crypto-shredding) and record a signed receipt.
     Erase {
         /// The subject: a user id (or an IP address / session id with --kind).
@@ -425,6 +427,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::Prove(args) => auditflow::cli::proof::run_prove(&config, args).await,
         Command::VerifyProof(args) => auditflow::cli::proof::run_verify_proof(&config, args),
         Command::Witness(args) => auditflow::cli::witness::run(&config, args).await,
+        Command::Search(args) => auditflow::cli::search::run(&config, *args).await,
         Command::Erase { subject, reason, kind } => {
             let keys = config.privacy.keys()?;
             let signer = signer(&config)?;
@@ -489,10 +492,26 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             let outcome = auditflow::retention::run(&pool, &config.retention, chrono::Utc::now(), dry_run)
                 .await
                 .context("enforcing retention")?;
+            // The search store follows: the indices of months the ledger dropped.
+            let indices = match &config.index.url {
+                Some(_) => {
+                    let client = auditflow::index::client::SearchClient::new(&config.index)?;
+                    auditflow::index::retention::drop_expired(&pool, &client, &config.index.prefix, dry_run)
+                        .await
+                        .context("enforcing retention on the search store")?
+                }
+                None => Vec::new(),
+            };
             if json {
-                println!("{}", serde_json::to_string_pretty(&outcome)?);
+                let mut v = serde_json::to_value(&outcome)?;
+                v["indices"] = serde_json::to_value(&indices)?;
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", format_outcome(&outcome));
+                for i in &indices {
+                    let verb = if i.dropped { "dropped" } else { "would drop" };
+                    println!("search store: {verb} index {} ({} document(s))", i.index, i.documents);
+                }
             }
             Ok(())
         }

@@ -137,6 +137,47 @@ async fn every_event_is_one_document_through_replays_crashes_and_two_instances()
     assert!(expected > 0);
     assert_eq!(found as i64, expected, "the user's events are found by pseudonym");
 
+    // `auditflow search` answers as PostgreSQL does, filter by filter.
+    let search = |args: &[&str]| -> u64 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditflow"))
+            .arg("search")
+            .args(args)
+            .arg("--json")
+            .envs(env.env_vars())
+            .output()
+            .expect("search");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("search JSON");
+        v["total"].as_u64().expect("total")
+    };
+    let pg = |sql: &str| {
+        let pool = env.pool.clone();
+        let sql = sql.to_string();
+        let p = pseudonym.clone();
+        async move {
+            let q = sqlx::query_scalar::<_, i64>(&sql);
+            let q = if sql.contains("$1") { q.bind(p) } else { q };
+            q.fetch_one(&pool).await.expect("count") as u64
+        }
+    };
+    assert_eq!(search(&["--user", &user]), expected as u64);
+    assert_eq!(search(&["--user", &user, "--success", "false"]), pg("SELECT count(*) FROM audit_events WHERE user_pseudonym = $1 AND NOT success").await);
+    assert_eq!(search(&["--action", "login"]), pg("SELECT count(*) FROM audit_events WHERE action = 'login'").await);
+    assert_eq!(search(&["--severity", "high"]), pg("SELECT count(*) FROM audit_events WHERE severity = 'HIGH'").await);
+    assert_eq!(search(&["--classification", "CONFIDENTIAL", "--resource", "user_management"]), pg("SELECT count(*) FROM audit_events WHERE classification = 'CONFIDENTIAL' AND resource = 'user_management'").await);
+    assert_eq!(search(&["Invalid credentials"]), pg("SELECT count(*) FROM audit_events WHERE error_message = 'Invalid credentials'").await);
+    let from = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    assert_eq!(search(&["--from", &from]), 6_000);
+    assert_eq!(search(&["--to", &from]), 0);
+    let by_ip = events.iter().filter(|e| e.ip_address.as_deref() == Some(ip.as_str())).count() as u64;
+    assert_eq!(search(&["--ip", &ip]), by_ip);
+    let in_net = events.iter().filter(|e| e.ip_address.as_deref().is_some_and(|a| a.starts_with("203.0.113."))).count() as u64;
+    assert!(in_net > 0);
+    assert_eq!(search(&["--ip", "203.0.113.0/24"]), in_net);
+    assert_eq!(search(&["--ip", "203.0.112.0/23"]), in_net, "a wider network covers the /24");
+    let in_16 = events.iter().filter(|e| e.ip_address.as_deref().is_some_and(|a| a.starts_with("192.168."))).count() as u64;
+    assert_eq!(search(&["--ip", "192.168.0.0/16"]), in_16);
+
     // Erasure reaches the index: the documents stay as facts, nothing identifies the subject.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditflow"))
         .args(["erase", "--subject", &user, "--reason", "GDPR Art. 17 request"])
@@ -237,4 +278,48 @@ async fn opensearch_stopped_for_thirty_seconds_mid_stream_loses_nothing() {
     assert_eq!(unique.len(), 4_000);
     assert!(read_topic(&env.dlq, 2, Duration::from_secs(2)).is_empty(), "nothing on the DLQ");
     assert!(index.log().contains("retrying"), "the outage was seen and retried");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_drops_an_expired_months_index_and_keeps_a_held_one() {
+    let _g = OPENSEARCH.lock().await;
+    let env = TestEnv::new("indexret", 1).await;
+    let mut events = sample_events(300, 35);
+    for (i, e) in events.iter_mut().enumerate() {
+        let at = match i % 3 {
+            0 => "2012-03-15T10:00:00Z",
+            1 => "2012-05-15T10:00:00Z",
+            _ => continue,
+        };
+        e.timestamp = Some(auditflow::event::RawTimestamp::Rfc3339(at.into()));
+    }
+    let _enrich = env.start_stage("audit-enrich", "e1");
+    let _persist = env.start_stage("audit-persist", "p1");
+    let _index = env.start_stage("audit-index", "i1");
+    env.produce_events(&events);
+    env.wait_for_rows(300, Duration::from_secs(120)).await;
+    assert_eq!(wait_for_documents(&env, 300, Duration::from_secs(120)).await.len(), 300);
+    // May 2012 is under a legal hold; March 2012 is long expired.
+    sqlx::query("INSERT INTO legal_holds (from_ts, to_ts, reason, created_by) VALUES ('2012-05-01Z', '2012-06-01Z', 'litigation', 'test')")
+        .execute(&env.pool)
+        .await
+        .expect("hold");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_auditflow"))
+        .args(["retention", "run", "--json"])
+        .envs(env.env_vars())
+        .output()
+        .expect("retention");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let prefix = env.index_prefix();
+    assert_eq!(r["indices"], json!([{"index": format!("{prefix}-2012.03"), "monthStart": "2012-03-01T00:00:00Z", "documents": 100, "dropped": true}]), "{r}");
+    let left: BTreeSet<String> = client(&env).indices(&prefix).await.expect("indices").into_iter().collect();
+    let now = env.config().index.index_for(chrono::Utc::now());
+    assert_eq!(left, [format!("{prefix}-2012.05"), now].into_iter().collect(), "the held month and the current one stay");
+    let recorded: i64 = sqlx::query_scalar("SELECT rows_dropped FROM retention_drops WHERE table_name = 'opensearch'")
+        .fetch_one(&env.pool)
+        .await
+        .expect("recorded drop");
+    assert_eq!(recorded, 100);
+    assert_eq!(document_ids(&env).await.len(), 200);
 }

@@ -330,7 +330,23 @@ async fn the_witness_cosigns_consistent_history_and_catches_a_rewrite_with_the_r
     let witness_seed = "0707070707070707070707070707070707070707070707070707070707070707";
     let enrich = env.start_stage("audit-enrich", "e1");
     let persist = env.start_stage("audit-persist", "p1");
-    let witness = env.start_command(&["witness", "--store", &store_dir], "w1", &[("AUDITFLOW_WITNESS_KEY", witness_seed)]);
+    // The operational alert goes to a real SMTP server.
+    let port = support::smtp::free_port();
+    let smtp = support::smtp::SmtpSink::start(port);
+    let port_text = port.to_string();
+    let witness = env.start_command(
+        &["witness", "--store", &store_dir],
+        "w1",
+        &[
+            ("AUDITFLOW_WITNESS_KEY", witness_seed),
+            ("AUDITFLOW_SMTP_HOST", "127.0.0.1"),
+            ("AUDITFLOW_SMTP_PORT", &port_text),
+            ("AUDITFLOW_SMTP_TLS", "none"),
+            ("AUDITFLOW_SMTP_FROM", "auditflow witness <witness@auditflow.test>"),
+            ("AUDITFLOW_OPS_RECIPIENTS", "sre@example.org"),
+            ("AUDITFLOW_ALERT_RECIPIENTS", "security@example.org"),
+        ],
+    );
     let events = sample_events(600, 23);
     for part in events.chunks(200) {
         env.produce_events(part);
@@ -387,6 +403,9 @@ async fn the_witness_cosigns_consistent_history_and_catches_a_rewrite_with_the_r
     }
     assert_eq!(accepted(0).map(|a| a["checkpoint"]["treeRoot"].clone()), Some(honest["checkpoint"]["treeRoot"].clone()), "never co-signed");
     assert!(witness.log().contains("rewritten history"), "the alert is logged");
+    let mails = smtp.wait_for_mails(1, Duration::from_secs(30)).await;
+    assert_eq!(mails.len(), 1, "one operational alert e-mail");
+    assert!(mails[0].header("subject").is_some_and(|s| s.contains("witness inconsistent_history")), "{}", mails[0].raw);
     let (status, metrics) = http_get(&http_addr(&witness), "/metrics");
     assert_eq!(status, 200);
     assert!(metrics.contains("auditflow_witness_checkpoints_total{outcome=\"inconsistent\"} 1"), "{metrics}");

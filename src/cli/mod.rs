@@ -10,5 +10,6 @@ pub mod proof;
 pub mod report;
 pub mod retention;
 pub mod rules;
+pub mod search;
 pub mod topics;
 pub mod witness;

@@ -12,6 +12,8 @@
 //! when personal, are left out. Everything else is searchable in clear.
 
 pub mod client;
+pub mod query;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
