@@ -228,7 +228,15 @@ async fn a_stage_that_cannot_commit_says_so_on_healthz_and_recovers() {
 
     blocker.rollback().await.expect("release");
     env.wait_for_rows(100, Duration::from_secs(60)).await;
-    assert_eq!(http_get(&addr, "/healthz").0, 200, "healthy again once it commits");
+    // The rows are visible as the transaction commits; the stage records its progress when the
+    // write returns, a moment later.
+    let start = Instant::now();
+    let mut code = http_get(&addr, "/healthz").0;
+    while code != 200 && start.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        code = http_get(&addr, "/healthz").0;
+    }
+    assert_eq!(code, 200, "healthy again once it commits");
 }
 
 #[tokio::test(flavor = "multi_thread")]
