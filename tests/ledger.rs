@@ -16,16 +16,6 @@ fn auditflow(env: &TestEnv, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_auditflow")).args(args).envs(env.env_vars()).output().expect("run auditflow")
 }
 
-/// Plain SQL as the database superuser, the way an insider with full access would tamper.
-fn superuser_sql(db: &str, sql: &str) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", db, "-c"])
-        .arg(format!("SET session_replication_role = replica; {sql}"))
-        .output()
-        .expect("run psql as postgres");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn verify_json(env: &TestEnv) -> (Option<i32>, serde_json::Value) {
     let out = auditflow(env, &["verify", "--json"]);
     let report = serde_json::from_slice(&out.stdout)

@@ -31,15 +31,6 @@ fn offline(args: &[&str]) -> std::process::Output {
         .expect("run auditflow")
 }
 
-fn superuser_sql(db: &str, sql: &str) {
-    let out = Command::new("runuser")
-        .args(["-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", db, "-c"])
-        .arg(format!("SET session_replication_role = replica; {sql}"))
-        .output()
-        .expect("run psql as postgres");
-    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn signer() -> LedgerSigner {
     LedgerSigner::new(&SecretKey::parse("AUDITFLOW_SIGNING_KEY", TEST_SIGNING_KEY).expect("test key"))
 }

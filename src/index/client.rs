@@ -14,6 +14,9 @@ pub enum SearchError {
     Transient(String),
     #[error("OpenSearch refused the request: {0}")]
     Permanent(String),
+    /// 401/403: wrong or missing credentials, or a role without the right: no document's fault.
+    #[error("OpenSearch refused our credentials or role: {0}")]
+    Unauthorized(String),
 }
 
 impl SearchError {
@@ -71,6 +74,8 @@ impl SearchClient {
             .unwrap_or_else(|| text.chars().take(300).collect());
         if status.as_u16() == 429 || status.is_server_error() {
             Err(SearchError::Transient(format!("{status}: {why}")))
+        } else if matches!(status.as_u16(), 401 | 403) {
+            Err(SearchError::Unauthorized(format!("{status}: {why}")))
         } else {
             Err(SearchError::Permanent(format!("{status}: {why}")))
         }

@@ -48,6 +48,12 @@ pub async fn load(
     Ok(rows.into_iter().map(|(t, p, o)| ((t, p), o)).collect())
 }
 
+/// The runtime's [`OffsetLoader`](super::kafka::OffsetLoader) for offsets kept in
+/// `stage_offsets`: called (blocking) on partition assignment.
+pub fn loader(pool: PgPool, group: String, handle: tokio::runtime::Handle) -> super::kafka::OffsetLoader {
+    Box::new(move |partitions: &[(String, i32)]| handle.block_on(load(&pool, &group, partitions)).map_err(|e| e.to_string()))
+}
+
 /// Advance offsets inside the caller's transaction.
 pub async fn advance(
     tx: &mut Transaction<'_, Postgres>,

@@ -7,7 +7,6 @@
 //! that might still roll back. After a commit that opened an alert with no group wait, the
 //! sink wakes that dispatcher, so the alert goes out now rather than at its next poll.
 
-use std::sync::Arc;
 
 use sqlx::PgPool;
 
@@ -208,13 +207,7 @@ impl SinkStage for AlertStage {
     }
 
     fn offset_loader(&self) -> OffsetLoader {
-        let pool = self.pool.clone();
-        let group = self.group_id.clone();
-        let handle = self.handle.clone();
-        let loader = Arc::new(move |partitions: &[(String, i32)]| {
-            handle.block_on(offsets::load(&pool, &group, partitions)).map_err(|e| e.to_string())
-        });
-        Box::new(move |p| loader(p))
+        offsets::loader(self.pool.clone(), self.group_id.clone(), self.handle.clone())
     }
 }
 

@@ -115,6 +115,8 @@ impl IndexStage {
                 // The whole request refused (too large, malformed): retrying alone cannot help,
                 // but one document may be the cause; let the runtime find it.
                 Err(SearchError::Permanent(why)) => return Err(SinkError::refused(why)),
+                // Every document would be refused alike: stop with the reason, dead-letter none.
+                Err(e @ SearchError::Unauthorized(_)) => return Err(SinkError::fatal(e.to_string())),
             };
             let outcomes = index::bulk_outcomes(&response, pending.len()).map_err(SinkError::transient)?;
             let mut again = Vec::new();
@@ -200,11 +202,6 @@ impl SinkStage for IndexStage {
     }
 
     fn offset_loader(&self) -> OffsetLoader {
-        let pool = self.pool.clone();
-        let group = self.settings.group_id.clone();
-        let handle = self.handle.clone();
-        Box::new(move |partitions: &[(String, i32)]| {
-            handle.block_on(offsets::load(&pool, &group, partitions)).map_err(|e| e.to_string())
-        })
+        offsets::loader(self.pool.clone(), self.settings.group_id.clone(), self.handle.clone())
     }
 }

@@ -12,7 +12,6 @@
 //! unpublished ones are retried) and, when configured, exported to an append-only directory.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Datelike, Utc};
@@ -790,13 +789,7 @@ impl SinkStage for PersistStage {
     }
 
     fn offset_loader(&self) -> OffsetLoader {
-        let pool = self.pool.clone();
-        let group = self.settings.group_id.clone();
-        let handle = self.handle.clone();
-        let loader = Arc::new(move |partitions: &[(String, i32)]| {
-            handle.block_on(offsets::load(&pool, &group, partitions)).map_err(|e| e.to_string())
-        });
-        Box::new(move |p| loader(p))
+        offsets::loader(self.pool.clone(), self.settings.group_id.clone(), self.handle.clone())
     }
 }
 

@@ -26,6 +26,17 @@ pub fn brokers() -> String {
     std::env::var("AUDITFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Plain SQL as the database superuser with triggers off, the way an insider with full
+/// access would tamper.
+pub fn superuser_sql(db: &str, sql: &str) {
+    let out = Command::new("runuser")
+        .args(["-u", "postgres", "--", "psql", "-v", "ON_ERROR_STOP=1", "-q", "-d", db, "-c"])
+        .arg(format!("SET session_replication_role = replica; {sql}"))
+        .output()
+        .expect("run psql as postgres");
+    assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
 pub fn opensearch_url() -> String {
     std::env::var("AUDITFLOW_OPENSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
 }
