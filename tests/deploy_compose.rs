@@ -212,7 +212,8 @@ fn stages_wait_for_setup_and_serve_metrics_on_9100() {
     for (job, dependency) in needs {
         assert_eq!(all[job]["depends_on"][dependency]["condition"], "service_healthy", "{job} waits for {dependency}");
     }
-    for infra in ["kafka", "postgres", "redis"] {
+    assert_eq!(all["audit-index"]["depends_on"]["opensearch"]["condition"], "service_healthy", "audit-index waits for OpenSearch");
+    for infra in ["kafka", "postgres", "redis", "opensearch"] {
         assert!(all[infra]["healthcheck"]["test"].is_array(), "{infra} needs a healthcheck");
     }
     assert_eq!(all["kafka"]["image"], "apache/kafka:4.1.1");
@@ -281,10 +282,10 @@ fn compose_generates_keys_and_connects_stages_as_least_privilege_logins() {
     assert!(init.contains("if [ -s \"$out\" ]"), "keys-init.sh must never overwrite existing keys");
 
     // Stages with a database: their own login, their keys from the volume, after the logins exist.
-    let roles = read("migrations/0006_stage_roles.sql");
+    let roles = read("migrations/0006_stage_roles.sql") + &read("migrations/0010_index_role.sql");
     let logins = read("deploy/compose/db-logins.sh");
     assert!(logins.contains("GRANT :\"grp\" TO :\"login\""), "db-logins.sh grants each login its stage's role");
-    for stage in ["audit-persist", "audit-compliance", "audit-alert"] {
+    for stage in ["audit-persist", "audit-compliance", "audit-alert", "audit-index"] {
         let s = &all[stage];
         let env: HashMap<String, String> = environment(s).into_iter().collect();
         assert!(!env.contains_key("AUDITFLOW_DATABASE_URL"), "{stage} must not get the owner's database URL");

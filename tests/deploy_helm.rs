@@ -123,8 +123,14 @@ fn cargo_bins() -> BTreeSet<String> {
 /// Every pod template of the render (Deployments and Jobs), with its owner's name.
 fn pod_specs(docs: &[Json]) -> Vec<(String, &Json)> {
     docs.iter()
-        .filter(|d| d["kind"] == "Deployment" || d["kind"] == "Job")
-        .map(|d| (format!("{} {}", d["kind"], d["metadata"]["name"]), &d["spec"]["template"]["spec"]))
+        .filter_map(|d| {
+            let spec = match d["kind"].as_str()? {
+                "Deployment" | "Job" => &d["spec"]["template"]["spec"],
+                "CronJob" => &d["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+                _ => return None,
+            };
+            Some((format!("{} {}", d["kind"], d["metadata"]["name"]), spec))
+        })
         .collect()
 }
 
@@ -300,6 +306,45 @@ fn autoscaler_maximum_never_exceeds_partitions() {
     let docs = render(&["--set", "stages.enrich.autoscaling.enabled=false", "--set", "stages.enrich.replicas=500"]);
     let partitions = values["stages"]["enrich"]["partitions"].as_i64().expect("partitions");
     assert_eq!(for_stage(&docs, "Deployment", "enrich")["spec"]["replicas"].as_i64(), Some(partitions));
+}
+
+/// Every stage binary of Cargo.toml runs as a Deployment, with the outside services it needs:
+/// the rules' Redis and the index's OpenSearch user from Secrets, the search store's URL in
+/// auditflow.toml, and retention as a CronJob of the schema owner (not a stage's login).
+#[test]
+fn every_stage_binary_is_deployed_with_what_it_needs() {
+    let docs = render(&[]);
+    let deployed: BTreeSet<String> = of_kind(&docs, "Deployment")
+        .iter()
+        .filter_map(|d| d["spec"]["template"]["spec"]["containers"][0]["command"][0].as_str().map(str::to_string))
+        .collect();
+    for bin in cargo_bins().into_iter().filter(|b| b.starts_with("audit-")) {
+        assert!(deployed.contains(&bin), "no Deployment runs {bin}");
+    }
+    let env_of = |pod: &Json| -> HashMap<String, Json> {
+        pod["containers"][0]["env"].as_array().into_iter().flatten().map(|e| (e["name"].as_str().unwrap_or_default().to_string(), e.clone())).collect()
+    };
+    let stage_env = |stage: &str| env_of(&for_stage(&docs, "Deployment", stage)["spec"]["template"]["spec"]);
+    let from_secret = |env: &HashMap<String, Json>, var: &str| env.get(var).is_some_and(|e| e["valueFrom"]["secretKeyRef"]["name"].is_string());
+    let index = stage_env("index");
+    for var in ["AUDITFLOW_OPENSEARCH_USERNAME", "AUDITFLOW_OPENSEARCH_PASSWORD", "AUDITFLOW_PSEUDONYM_KEY", "AUDITFLOW_DATABASE_URL"] {
+        assert!(from_secret(&index, var), "audit-index: {var} from a Secret");
+    }
+    assert!(!index.contains_key("AUDITFLOW_MASTER_KEY"), "audit-index never needs the master key");
+    assert!(from_secret(&stage_env("rules"), "AUDITFLOW_REDIS_URL"), "audit-rules: the Redis URL (with its password) from a Secret");
+    assert!(!stage_env("rules").contains_key("AUDITFLOW_DATABASE_URL"), "audit-rules has no database");
+    assert_eq!(stage_env("compliance")["AUDITFLOW_RETENTION_SCHEDULE"]["value"], "false", "the stage's login cannot drop partitions");
+    let toml_text = of_kind(&docs, "ConfigMap").into_iter().find_map(|c| c["data"]["auditflow.toml"].as_str()).expect("auditflow.toml");
+    let config = auditflow::config::Config::from_sources(Some(toml_text), &HashMap::new()).expect("auditflow.toml is accepted");
+    assert_eq!(config.index.url.as_deref(), Some("https://opensearch-cluster-master:9200"));
+    assert_eq!(config.topics.rule_matches.partitions, 12, "audit-alert's input topic has the partitions its stage expects");
+    let cron = of_kind(&docs, "CronJob").into_iter().find(|c| component(c) == "retention").expect("a retention CronJob");
+    let pod = &cron["spec"]["jobTemplate"]["spec"]["template"]["spec"];
+    assert_eq!(pod["containers"][0]["command"], serde_json::json!(["auditflow", "retention", "run"]));
+    let env = env_of(pod);
+    assert_eq!(env["AUDITFLOW_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"], "auditflow-database", "as the schema owner");
+    assert!(from_secret(&env, "AUDITFLOW_OPENSEARCH_PASSWORD"), "retention drops the search store's expired indices too");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
 }
 
 #[test]

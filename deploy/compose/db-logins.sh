@@ -3,7 +3,7 @@
 # (migration 0006), with the password generated into the keys volume. Idempotent.
 set -eu
 . /run/auditflow-keys/keys.env
-for stage in persist compliance alert; do
+for stage in persist compliance alert index; do
   var="STAGE_DB_PASSWORD_$(echo "$stage" | tr a-z A-Z)"
   eval "password=\$$var"
   psql -v ON_ERROR_STOP=1 -v login="auditflow_${stage}_login" -v grp="auditflow_${stage}" \
@@ -14,4 +14,4 @@ ALTER ROLE :"login" LOGIN NOCREATEROLE NOCREATEDB PASSWORD :'password';
 GRANT :"grp" TO :"login";
 SQL
 done
-echo "db-logins: persist, compliance and alert logins ready"
+echo "db-logins: persist, compliance, alert and index logins ready"

@@ -13,7 +13,7 @@ umask 077
 tmp="$out.tmp"
 "$@" >"$tmp"
 grep -q "^AUDITFLOW_MASTER_KEY=" "$tmp" || { echo "keys: generator printed no keys" >&2; exit 1; }
-for login in persist compliance alert; do
+for login in persist compliance alert index; do
   printf 'STAGE_DB_PASSWORD_%s=%s\n' "$(echo "$login" | tr a-z A-Z)" \
     "$(od -An -tx1 -N24 /dev/urandom | tr -d ' \n')" >>"$tmp"
 done

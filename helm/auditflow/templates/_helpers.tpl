@@ -93,7 +93,7 @@ partition count get nothing and sit idle, so scaling past it adds cost, not thro
 {{- if lt (int (.stage.partitions | default 0)) 1 -}}
 {{- fail (printf "stages.%s.partitions must be the partition count of %s (at least 1)" .name .stage.inputTopic) -}}
 {{- end -}}
-{{- range $key, $topic := pick .root.Values.topics "raw" "enriched" "dlq" -}}
+{{- range $key, $topic := pick .root.Values.topics "raw" "enriched" "dlq" "ruleMatches" -}}
 {{- if and (eq $topic.name $.stage.inputTopic) (ne (int $topic.partitions) (int $.stage.partitions)) -}}
 {{- fail (printf "stages.%s.partitions (%d) differs from topics.%s.partitions (%d) of its input topic %s" $.name (int $.stage.partitions) $key (int $topic.partitions) $topic.name) -}}
 {{- end -}}
@@ -182,4 +182,10 @@ capabilities:
       name: {{ .Values.secrets.kafkaSasl.existingSecret }}
       key: {{ .Values.secrets.kafkaSasl.passwordKey }}
 {{- end -}}
+{{- end -}}
+
+{{/* The retention CronJob: the schema owner's database URL and the OpenSearch user. */}}
+{{- define "auditflow.env.retention" -}}
+{{- include "auditflow.env.database" . }}
+{{- include "auditflow.env.secrets" (dict "root" . "stage" (dict "secretEnv" (list "opensearchUsername" "opensearchPassword"))) }}
 {{- end -}}
