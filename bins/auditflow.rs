@@ -55,6 +55,11 @@ enum Command {
     Witness(auditflow::cli::witness::WitnessArgs),
     /// Search the events in OpenSearch: filters, free text, a histogram over time, the total.
     Search(Box<auditflow::cli::search::SearchArgs>),
+    /// The search store: re-index a time range from PostgreSQL.
+    Index {
+        #[command(subcommand)]
+        command: auditflow::cli::index::IndexCommand,
+    },
     /// GDPR erasure: destroy a subject's data keys (crypto-shredding) and record a signed receipt.
     Erase {
         /// The subject: a user id (or an IP address / session id with --kind).
@@ -428,6 +433,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::VerifyProof(args) => auditflow::cli::proof::run_verify_proof(&config, args),
         Command::Witness(args) => auditflow::cli::witness::run(&config, args).await,
         Command::Search(args) => auditflow::cli::search::run(&config, *args).await,
+        Command::Index { command } => auditflow::cli::index::run(&config, command).await,
         Command::Erase { subject, reason, kind } => {
             let keys = config.privacy.keys()?;
             let signer = signer(&config)?;

@@ -137,6 +137,41 @@ impl PrivacyKeys {
     }
 }
 
+/// One of a subject's stored keys: `(generation, wrapped key, or none once erased)`.
+pub type KeyRow = (i32, Option<Vec<u8>>);
+
+/// What a stored row's sealed personal fields open to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Unsealed {
+    /// Nothing was sealed (no personal field, or none configured as personal).
+    Nothing,
+    Fields(Box<PersonalFields>),
+    /// The subject's data key is destroyed: the row stays as a fact, nobody can read who.
+    Erased,
+    /// The key or the ciphertext does not open (a wrong master key, or a damaged row).
+    Unreadable,
+}
+
+/// Open the `personal` column of a row (`id` is the event id the ciphertext is bound to),
+/// given the subject's key rows `(generation, wrapped key or none once erased)`.
+pub fn unseal(
+    keys: &PrivacyKeys,
+    subject_pseudonym: &str,
+    key_rows: &[KeyRow],
+    generation: Option<i32>,
+    sealed: Option<&[u8]>,
+    id: &str,
+) -> Unsealed {
+    let (Some(sealed), Some(g)) = (sealed, generation) else { return Unsealed::Nothing };
+    match key_rows.iter().find(|(kg, _)| *kg == g) {
+        Some((_, Some(wrapped))) => match keys.unwrap_data_key(subject_pseudonym, wrapped).and_then(|k| open(&k, sealed, id.as_bytes())) {
+            Ok(plain) => serde_json::from_slice(&plain).map(|f| Unsealed::Fields(Box::new(f))).unwrap_or(Unsealed::Unreadable),
+            Err(_) => Unsealed::Unreadable,
+        },
+        _ => Unsealed::Erased,
+    }
+}
+
 /// Key-check values: HMACs of fixed labels under the master and the pseudonym key. Stored at
 /// first use, they let a process prove at start that it holds the keys the database was
 /// written with, without revealing anything about either key.

@@ -3,6 +3,7 @@
 //! requests and fleet operations.
 
 pub mod emit;
+pub mod index;
 pub mod ledger;
 pub mod ops;
 pub mod privacy;

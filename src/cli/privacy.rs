@@ -6,7 +6,7 @@ use serde_json::json;
 use sqlx::{PgPool, Row};
 
 use crate::ledger::LedgerSigner;
-use crate::privacy::{self, PersonalFields, PrivacyError, PrivacyKeys, SubjectKind};
+use crate::privacy::{self, PrivacyKeys, SubjectKind};
 
 /// Why an erasure was refused.
 #[derive(Debug, thiserror::Error)]
@@ -219,20 +219,10 @@ pub async fn export(
         let ledger_row = stored.remove(&id);
         let generation: Option<i32> = r.try_get("key_generation")?;
         let sealed: Option<Vec<u8>> = r.try_get("personal")?;
-        let (personal, erased) = match (sealed, generation) {
-            (Some(sealed), Some(g)) => {
-                match key_rows.iter().find(|(kg, _)| *kg == g) {
-                    Some((_, Some(wrapped))) => match keys
-                        .unwrap_data_key(&pseudonym, wrapped)
-                        .and_then(|k| privacy::open(&k, &sealed, id.as_bytes()))
-                    {
-                        Ok(plain) => (serde_json::from_slice::<PersonalFields>(&plain).ok(), false),
-                        Err(PrivacyError::Erased) | Err(PrivacyError::Corrupt) => (None, false),
-                    },
-                    _ => (None, true),
-                }
-            }
-            _ => (None, false),
+        let (personal, erased) = match privacy::unseal(keys, &pseudonym, &key_rows, generation, sealed.as_deref(), &id) {
+            privacy::Unsealed::Fields(p) => (Some(*p), false),
+            privacy::Unsealed::Erased => (None, true),
+            privacy::Unsealed::Nothing | privacy::Unsealed::Unreadable => (None, false),
         };
         let p = personal.unwrap_or_default();
         let text = |col: &str| -> Result<Option<serde_json::Value>, sqlx::Error> {

@@ -123,6 +123,10 @@ impl SearchClient {
         }
     }
 
+    pub async fn delete_template(&self, name: &str) -> Result<(), SearchError> {
+        self.delete_index(&format!("_index_template/{name}")).await
+    }
+
     pub async fn search(&self, index_pattern: &str, body: &Value) -> Result<Value, SearchError> {
         self.post_json(&format!("{index_pattern}/_search"), body).await
     }

@@ -13,6 +13,7 @@
 
 pub mod client;
 pub mod query;
+pub mod rebuild;
 pub mod retention;
 
 use std::collections::HashMap;
@@ -288,12 +289,30 @@ pub struct BulkDoc {
     pub source: Value,
 }
 
+/// The operation of a bulk item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BulkOp {
+    /// Only if absent: 409 when the document is there (the stage: a replay adds nothing).
+    Create,
+    /// Create or replace (a rebuild from the ledger: the stored row is the truth).
+    Index,
+}
+
 /// NDJSON body of `_bulk` with one `create` per document: `_id` = event id, so a replay or a
 /// second instance answers 409 instead of making a second document.
 pub fn bulk_body(docs: &[&BulkDoc]) -> Vec<u8> {
+    bulk_body_op(BulkOp::Create, docs)
+}
+
+/// NDJSON body of `_bulk` with one `op` per document, `_id` = event id.
+pub fn bulk_body_op(op: BulkOp, docs: &[&BulkDoc]) -> Vec<u8> {
+    let op = match op {
+        BulkOp::Create => "create",
+        BulkOp::Index => "index",
+    };
     let mut out = Vec::with_capacity(docs.len() * 512);
     for d in docs {
-        out.extend_from_slice(json!({"create": {"_index": d.index, "_id": d.id}}).to_string().as_bytes());
+        out.extend_from_slice(json!({op: {"_index": d.index, "_id": d.id}}).to_string().as_bytes());
         out.push(b'\n');
         out.extend_from_slice(d.source.to_string().as_bytes());
         out.push(b'\n');
