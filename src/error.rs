@@ -32,8 +32,9 @@ pub enum RejectionKind {
     /// Valid input whose output the broker refuses for good (too large, timestamp out of the
     /// topic's bounds, corrupt record): retrying could never succeed.
     RefusedByBroker,
-    /// Valid input whose row the database refuses for good (a value out of range, a
-    /// constraint): SQLSTATE classes 22 and 23.
+    /// Valid input whose write a store refuses for good: PostgreSQL (a value out of range, a
+    /// constraint: SQLSTATE classes 22 and 23), OpenSearch (a mapping error), Redis (a window
+    /// script's error, a key of the wrong type).
     RefusedByStore,
 }
 
@@ -114,10 +115,19 @@ pub struct TransientError {
     /// Short label for metrics and logs, e.g. `redis`, `postgres`, `smtp`.
     pub cause: &'static str,
     pub detail: String,
+    /// The server answered and refused the request itself (a script error, a key of the
+    /// wrong type): the same input fails the same way however often it is retried. A stage
+    /// that can tell which input caused it dead-letters that input; otherwise it is retried
+    /// like any other fault and shows as a stall.
+    pub refused: bool,
 }
 
 impl TransientError {
     pub fn new(cause: &'static str, detail: impl Into<String>) -> Self {
-        TransientError { cause, detail: detail.into() }
+        TransientError { cause, detail: detail.into(), refused: false }
+    }
+
+    pub fn refused(cause: &'static str, detail: impl Into<String>) -> Self {
+        TransientError { cause, detail: detail.into(), refused: true }
     }
 }

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use auditflow::codec::encode_enriched;
+use auditflow::codec::{decode_enriched, encode_enriched};
 use auditflow::event::{Classification, ComplianceFlags, EnrichedEvent, Severity, SourcePosition};
 use auditflow::rule_match::RuleMatch;
 use auditflow::rules::{
@@ -198,6 +198,38 @@ async fn twelve_failed_logins_give_each_match_exactly_once() {
 
     let window = RedisKeys { prefix: &prefix }.window("failed-logins-per-user", "user_id=victim", "ev");
     assert_eq!(zcard(&redis_url(), &window), 12);
+}
+
+/// Redis refusing one group's window for good (here: its key holds a value of another type)
+/// dead-letters the events of that group with Redis's reason; every other event is judged as
+/// usual and the stage does not stall.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_redis_refuses_is_dead_lettered_and_the_rest_flow() {
+    let (env, prefix) = rules_env("rules_refused", 3, &redis_url(), &default_rules()).await;
+    let window = RedisKeys { prefix: &prefix }.window("failed-logins-per-user", "user_id=poisoned", "ev");
+    let _: () = redis::cmd("SET").arg(&window).arg("not a window").query(&mut redis_conn(&redis_url())).expect("SET");
+    let mut events = twelve_failed_logins(&env.id);
+    let t0 = events[0].timestamp.timestamp_millis();
+    let poisoned: Vec<EnrichedEvent> = (0..3).map(|i| failed_login(&format!("{}-p{i}", env.id), t0 + i * 500, "poisoned", "203.0.113.99")).collect();
+    events.extend(poisoned.iter().cloned());
+    let stage = env.start_stage("audit-rules", "r1");
+    produce_enriched(&env, &events, |e| e.user_id.clone().unwrap_or_default());
+
+    let got = wait_for_matches(&env, 15, Duration::from_secs(90), &[&stage]);
+    assert_failed_login_matches(&got, &events[..12], &env);
+    assert!(got.iter().all(|m| m.group_key.get("user_id").map(String::as_str) != Some("poisoned")), "nothing of the refused events");
+    let dlq = read_topic(&env.dlq, 3, Duration::from_secs(2));
+    assert_eq!(dlq.len(), poisoned.len(), "each refused event is a dead letter: {}", stage.log());
+    for d in &dlq {
+        assert_eq!(d.headers.get("dlq.stage").map(String::as_str), Some("rules"));
+        assert_eq!(d.headers.get("dlq.error.kind").map(String::as_str), Some("refused_by_store"));
+        assert!(d.headers.get("dlq.error.message").is_some_and(|m| m.contains("WRONGTYPE")), "{:?}", d.headers);
+    }
+    let ids: BTreeSet<String> = dlq.iter().map(|d| decode_enriched(&d.payload).expect("the event itself").id).collect();
+    assert_eq!(ids, poisoned.iter().map(|e| e.id.clone()).collect::<BTreeSet<_>>());
+    // rows + dead letters = input: every event consumed, and the stage healthy.
+    let (status, _) = http_get(&http_addr(&stage), "/healthz");
+    assert_eq!(status, 200, "{}", stage.log());
 }
 
 #[tokio::test(flavor = "multi_thread")]

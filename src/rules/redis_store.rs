@@ -127,7 +127,35 @@ impl Reply {
 }
 
 fn transient(e: redis::RedisError) -> TransientError {
-    TransientError::new("redis", e.to_string())
+    if refuses_for_good(&e) {
+        TransientError::refused("redis", e.to_string())
+    } else {
+        TransientError::new("redis", e.to_string())
+    }
+}
+
+/// Whether Redis refused the operation itself, so the same input fails again however often it
+/// is retried: a key of another type, a script's runtime error, an argument it rejects.
+/// Capacity and availability (OOM, LOADING, READONLY, BUSY, TRYAGAIN, …) stay retryable, as do
+/// connection faults: they pass.
+fn refuses_for_good(e: &redis::RedisError) -> bool {
+    const ARGUMENT_ERRORS: [&str; 7] = [
+        "user_script",
+        "Error running script",
+        "not an integer",
+        "out of range",
+        "not a valid float",
+        "maximum allowed size",
+        "wrong number of arguments",
+    ];
+    // A pipeline reports each failing command's error; all of them must be of this kind.
+    let Some(errors) = e.clone().into_server_errors() else { return false };
+    !errors.is_empty()
+        && errors.iter().all(|(_, se)| match se.code() {
+            "WRONGTYPE" => true,
+            "ERR" => ARGUMENT_ERRORS.iter().any(|m| se.details().is_some_and(|d| d.contains(m))),
+            _ => false,
+        })
 }
 
 impl RedisWindowStore {

@@ -5,7 +5,9 @@
 //! match to `audit-rule-matches` and one [`BlockDecision`] JSON per BLOCK match to
 //! `security-actions` (also set in Redis for upstream services). Redis trouble fails the batch
 //! with a [`TransientError`]: nothing is committed and the same batch is evaluated again, which
-//! the idempotent window scripts make safe.
+//! the idempotent window scripts make safe. When Redis refuses an operation for good (a key of
+//! the wrong type, a script error), the batch is evaluated again one event at a time and the
+//! event Redis refuses is dead-lettered (`refused_by_store`), so one event cannot pin the stage.
 //!
 //! [`RuleMatch`]: crate::rule_match::RuleMatch
 
@@ -16,7 +18,7 @@ use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, IntGauge, Opts};
 
 use crate::codec::decode_enriched;
-use crate::error::TransientError;
+use crate::error::{Rejection, RejectionKind, TransientError};
 use crate::event::EnrichedEvent;
 use crate::rule_match::RuleMatch;
 use crate::rules::engine::match_key;
@@ -196,7 +198,29 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
                 Err(r) => out.rejected.push((i, r)),
             }
         }
-        let results = self.engine.evaluate(&events, &mut self.store, false)?;
+        let results = match self.engine.evaluate(&events, &mut self.store, false) {
+            Ok(r) => r,
+            Err(e) if e.refused => {
+                tracing::warn!(stage = STAGE, error = %e, "Redis refused an operation of the batch; finding the event");
+                let mut results = Vec::with_capacity(events.len());
+                let mut kept = Vec::with_capacity(event_inputs.len());
+                for (ev, input) in events.iter().zip(&event_inputs) {
+                    match self.engine.evaluate(std::slice::from_ref(ev), &mut self.store, false) {
+                        Ok(mut r) => {
+                            results.append(&mut r);
+                            kept.push(*input);
+                        }
+                        Err(e) if e.refused => {
+                            out.rejected.push((*input, Rejection::new(RejectionKind::RefusedByStore, format!("redis refused the rule windows' update: {}", e.detail))));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                event_inputs = kept;
+                results
+            }
+            Err(e) => return Err(e),
+        };
         let now_ms = Utc::now().timestamp_millis();
         let block_ops: Vec<_> = results.iter().flat_map(|r| &r.blocks).filter_map(|b| b.store_op(now_ms)).collect();
         if !block_ops.is_empty() {
