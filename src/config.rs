@@ -671,10 +671,56 @@ impl Default for LogConfig {
     }
 }
 
+/// Settings that may instead be read from a file named by `<NAME>_FILE` (Kubernetes and Docker
+/// secrets mounted as files, so the value is in no process environment listing).
+pub const SECRET_SETTINGS: &[&str] = &[
+    "AUDITFLOW_MASTER_KEY",
+    "AUDITFLOW_PSEUDONYM_KEY",
+    "AUDITFLOW_SIGNING_KEY",
+    "AUDITFLOW_WITNESS_KEY",
+    "AUDITFLOW_DATABASE_URL",
+    "AUDITFLOW_REDIS_URL",
+    "AUDITFLOW_SMTP_USERNAME",
+    "AUDITFLOW_SMTP_PASSWORD",
+    "AUDITFLOW_OPENSEARCH_USERNAME",
+    "AUDITFLOW_OPENSEARCH_PASSWORD",
+    "AUDITFLOW_WEBHOOK_URL",
+    "AUDITFLOW_WEBHOOK_SECRET",
+    "AUDITFLOW_SLACK_WEBHOOK_URL",
+    "AUDITFLOW_LIBRDKAFKA_SASL_USERNAME",
+    "AUDITFLOW_LIBRDKAFKA_SASL_PASSWORD",
+    "AUDITFLOW_LIBRDKAFKA_SSL_KEY_PASSWORD",
+];
+
+/// Replace every `<SECRET>_FILE` of [`SECRET_SETTINGS`] by `<SECRET>` = the file's content
+/// (one trailing newline dropped). Both set, an unreadable or an empty file: refused, naming
+/// the variable and never the value.
+pub fn resolve_secret_files(
+    env: &mut HashMap<String, String>,
+    read: impl Fn(&std::path::Path) -> std::io::Result<String>,
+) -> Result<(), ConfigError> {
+    for name in SECRET_SETTINGS {
+        let file_var = format!("{name}_FILE");
+        let Some(path) = env.remove(&file_var) else { continue };
+        if env.contains_key(*name) {
+            return Err(ConfigError::new(file_var, format!("set {name} or {name}_FILE, not both")));
+        }
+        let text = read(std::path::Path::new(path.trim()))
+            .map_err(|e| ConfigError::new(file_var.clone(), format!("cannot read {}: {e}", path.trim())))?;
+        let value = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        if value.trim().is_empty() {
+            return Err(ConfigError::new(file_var, format!("{} is empty", path.trim())));
+        }
+        env.insert((*name).to_string(), value.to_string());
+    }
+    Ok(())
+}
+
 impl Config {
     /// Load from the process environment (and the file it names).
     pub fn load(config_file: Option<PathBuf>) -> Result<Config, ConfigError> {
-        let env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AUDITFLOW_")).collect();
+        let mut env: HashMap<String, String> = std::env::vars().filter(|(k, _)| k.starts_with("AUDITFLOW_")).collect();
+        resolve_secret_files(&mut env, |p| std::fs::read_to_string(p))?;
         let file = config_file.or_else(|| env.get("AUDITFLOW_CONFIG").map(PathBuf::from));
         let text = match &file {
             Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
@@ -983,6 +1029,31 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn secrets_are_read_from_files_named_by_file_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("master-key");
+        std::fs::write(&key, "c2VjcmV0LWtleS1ieXRlcy0zMi1sb25nLi4uLi4uLi4=\n").unwrap();
+        let read = |p: &std::path::Path| std::fs::read_to_string(p);
+        let mut e = env(&[("AUDITFLOW_MASTER_KEY_FILE", key.to_str().unwrap()), ("AUDITFLOW_REDIS_CA_FILE", "/ca.pem")]);
+        resolve_secret_files(&mut e, read).unwrap();
+        assert_eq!(e["AUDITFLOW_MASTER_KEY"], "c2VjcmV0LWtleS1ieXRlcy0zMi1sb25nLi4uLi4uLi4=", "one trailing newline dropped");
+        assert!(!e.contains_key("AUDITFLOW_MASTER_KEY_FILE"), "not passed on (librdkafka would refuse *_FILE properties)");
+        assert_eq!(e["AUDITFLOW_REDIS_CA_FILE"], "/ca.pem", "a file setting that is not a secret is left alone");
+
+        let mut both = env(&[("AUDITFLOW_MASTER_KEY_FILE", key.to_str().unwrap()), ("AUDITFLOW_MASTER_KEY", "x")]);
+        let err = resolve_secret_files(&mut both, read).unwrap_err().to_string();
+        assert!(err.contains("AUDITFLOW_MASTER_KEY_FILE") && err.contains("not both"), "{err}");
+        let mut missing = env(&[("AUDITFLOW_SMTP_PASSWORD_FILE", "/nonexistent/secret")]);
+        let err = resolve_secret_files(&mut missing, read).unwrap_err().to_string();
+        assert!(err.contains("AUDITFLOW_SMTP_PASSWORD_FILE") && err.contains("/nonexistent/secret"), "{err}");
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let mut e = env(&[("AUDITFLOW_DATABASE_URL_FILE", empty.to_str().unwrap())]);
+        assert!(resolve_secret_files(&mut e, read).unwrap_err().to_string().contains("empty"));
+    }
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
