@@ -21,6 +21,8 @@ async fn a_small_benchmark_run_reconciles() {
         stack_script: Some(root.join("scripts/stack")),
         log_dir: Some(root.join("target/test-logs").join(format!("bench-smoke-{}", std::process::id()))),
         phase_timeout_secs: 240,
+        search_docs: 4000,
+        search_repeat: 2,
         ..BenchOptions::default()
     };
     let report = run(&opts).await.expect("benchmark runs");
@@ -42,10 +44,11 @@ async fn a_small_benchmark_run_reconciles() {
     assert!(limits.kafka_consume.as_ref().expect("consumer limit").records >= events);
     assert_eq!(limits.postgres_copy.as_ref().expect("COPY").rows, events);
     assert_eq!(limits.postgres_copy_batched.as_ref().expect("COPY in batches").rows, events);
+    assert_eq!(limits.opensearch_bulk.as_ref().expect("plain _bulk").docs, events);
 
     // Every stage alone saw every record of its input; nothing was dead-lettered.
     let names: Vec<&str> = report.stages.iter().map(|s| s.stage.as_str()).collect();
-    assert_eq!(names, ["enrich", "persist", "compliance", "rules", "alert"]);
+    assert_eq!(names, ["enrich", "persist", "compliance", "rules", "alert", "index"]);
     let produced_to = |stage: &str, topic: &str| -> u64 {
         report.stages.iter().filter(|s| s.stage == stage).flat_map(|s| &s.produced).filter(|(t, _)| t.ends_with(topic)).map(|(_, n)| n).sum()
     };
@@ -67,17 +70,25 @@ async fn a_small_benchmark_run_reconciles() {
         assert_eq!(r.lost, 0, "{}", r.load);
         assert_eq!(r.rows, r.produced, "{}", r.load);
         assert_eq!(r.row_latency.samples, r.rows, "{}", r.load);
-        assert_eq!(r.usage.len(), 5, "{}", r.load);
+        assert_eq!(r.usage.len(), 6, "{}", r.load);
         for d in &r.drained {
             assert!(d.input_records > 0 && d.consumed >= d.input_records, "{}: {d:?}", r.load);
         }
         assert!(r.alerts > 0, "{}", r.load);
         assert_eq!(r.alert_latency.iter().map(|p| p.latency.samples).sum::<u64>(), r.alerts, "{}", r.load);
     }
+    let searchable = report.fleet.runs[0].searchable_latency.as_ref().expect("produce -> searchable measured at 1000/s");
+    assert!(searchable.samples > 0 && searchable.p50_ms > 0.0, "{searchable:?}");
     assert_eq!(report.fleet.runs[0].produced, 2000);
     assert_eq!(report.fleet.runs[1].produced, 2000);
     assert!(report.fleet.alert_latency.measured, "{}", report.fleet.alert_latency.note);
-    assert_eq!(report.targets.len(), 9);
+    assert_eq!(report.targets.len(), 12);
+    // Search latency over the documents it indexed, every typical query answered.
+    let search = report.search.as_ref().expect("search phase ran");
+    assert_eq!(search.docs, 4000);
+    assert_eq!(search.queries.len(), 6);
+    assert!(search.queries.iter().all(|q| q.latency.samples == 2), "{search:?}");
+    assert!(search.queries.iter().any(|q| q.hits > 0), "{search:?}");
     // The ledger's trees and per-batch signatures are measured against persist's CPU.
     let ledger = report.ledger_evidence.as_ref().expect("ledger evidence measured");
     assert!(ledger.signatures > 0 && ledger.cpu_seconds_per_million > 0.0, "{ledger:?}");

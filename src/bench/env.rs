@@ -98,6 +98,8 @@ impl Phase {
             ("AUDITFLOW_KAFKA_BROKERS".to_string(), brokers.to_string()),
             ("AUDITFLOW_TOPIC_PARTITIONS".to_string(), self.partitions.to_string()),
             ("AUDITFLOW_REDIS_PREFIX".to_string(), self.redis_prefix()),
+            // Search store indices of this phase: <prefix>-YYYY.MM.
+            ("AUDITFLOW_INDEX_PREFIX".to_string(), self.prefix.clone()),
         ];
         for role in TopicRole::ALL {
             v.push((role.env_var().to_string(), self.topic(role)));
@@ -127,6 +129,9 @@ pub struct BenchEnv {
     groups: Vec<String>,
     databases: Vec<String>,
     redis_prefixes: Vec<String>,
+    /// The search store, when the stack has one; indices under these prefixes are removed.
+    pub search: Option<crate::index::IndexSettings>,
+    index_prefixes: Vec<String>,
 }
 
 impl BenchEnv {
@@ -141,6 +146,8 @@ impl BenchEnv {
             groups: Vec::new(),
             databases: Vec::new(),
             redis_prefixes: Vec::new(),
+            search: None,
+            index_prefixes: Vec::new(),
         }
     }
 
@@ -152,6 +159,7 @@ impl BenchEnv {
         crate::cli::topics::create_topics(&config, &config.topics.all()).await.context("create topics: is Kafka up?")?;
         self.topics.extend(TopicRole::ALL.iter().map(|r| phase.topic(*r)));
         self.redis_prefixes.push(phase.redis_prefix());
+        self.index_prefixes.push(phase.prefix.clone());
         Ok(phase)
     }
 
@@ -190,6 +198,14 @@ impl BenchEnv {
     pub fn bare_config(&self) -> anyhow::Result<Config> {
         Phase { name: String::new(), prefix: self.id.clone(), database: None, database_url: None, partitions: self.partitions }
             .config(&self.brokers)
+    }
+
+    /// Search store settings for indices under `<run id>-<name>`, removed at the end.
+    pub fn index_settings(&mut self, name: &str) -> Option<crate::index::IndexSettings> {
+        let mut settings = self.search.clone()?;
+        settings.prefix = format!("{}-{name}", self.id);
+        self.index_prefixes.push(settings.prefix.clone());
+        Some(settings)
     }
 
     pub fn remember_group(&mut self, group: &str) {
@@ -233,6 +249,18 @@ impl BenchEnv {
             match delete_redis_keys(&self.redis_url, &self.redis_prefixes).await {
                 Ok(()) => self.redis_prefixes.clear(),
                 Err(e) => problems.push(format!("redis: {e}")),
+            }
+        }
+        if let Some(settings) = self.search.clone().filter(|_| !self.index_prefixes.is_empty()) {
+            match crate::index::client::SearchClient::new(&settings) {
+                Ok(client) => {
+                    for prefix in self.index_prefixes.drain(..) {
+                        if let Err(e) = super::search::delete_prefix(&client, &prefix).await {
+                            problems.push(format!("opensearch {prefix}-*: {e}"));
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("opensearch: {e}")),
             }
         }
         if !self.databases.is_empty() {

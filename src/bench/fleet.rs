@@ -1,7 +1,8 @@
 //! The whole fleet at once: every stage of [`STAGES`](super::stages::STAGES) running together
 //! against the broker, PostgreSQL and Redis, fed at fixed offered loads and at saturation.
 //! Reports sustained throughput, loss (rows at the end against events produced), whether every
-//! stage drained its input, produce → row latency and produce → `security-alerts` latency.
+//! stage drained its input, produce → row latency, produce → searchable and produce →
+//! `security-alerts` latency.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,6 +62,9 @@ pub struct FleetRun {
     /// One event per 20 ms of sending, polled for by id every 10 ms until visible to another
     /// session: an upper bound (by up to one poll) on produce → row visible.
     pub visible_latency: Option<Latency>,
+    /// The same probes searched for in OpenSearch every 50 ms (an `ids` search, so refresh
+    /// included): produce → searchable, when the fleet has the index stage.
+    pub searchable_latency: Option<Latency>,
     /// Per stage: records written to its input during the run, and how many it consumed.
     pub drained: Vec<StageDrain>,
     /// Alert records read from `security-alerts` during the run.
@@ -226,6 +230,16 @@ pub async fn run_fleet(
     });
 
     let probe_pool = PgPoolOptions::new().max_connections(1).connect(&db_url).await?;
+    let search = match fleet.iter().any(|s| s.bound == super::stages::Bound::OpenSearchBulk) {
+        true => {
+            let settings = phase.config(&brokers)?.index;
+            let pattern = format!("{}-*", settings.prefix);
+            Some((crate::index::client::SearchClient::new(&settings)?, pattern))
+        }
+        false => None,
+    };
+    let mut pending_search: super::search::Pending = Vec::new();
+    let mut searchable: Vec<f64> = Vec::new();
     let mut pending: Vec<Probe> = Vec::new();
     let mut visible: Vec<f64> = Vec::new();
     let mut samples: Vec<(Instant, u64)> = Vec::new();
@@ -236,10 +250,16 @@ pub async fn run_fleet(
     let finished_at = loop {
         check_abort()?;
         while let Ok(p) = rx.try_recv() {
+            if search.is_some() {
+                pending_search.push(p.clone());
+            }
             pending.push(p);
         }
         if !pending.is_empty() {
             probe(&probe_pool, &mut pending, &mut visible, event_table).await?;
+        }
+        if let Some((client, pattern)) = search.as_ref().filter(|_| tick.is_multiple_of(5) && !pending_search.is_empty()) {
+            super::search::probe_searchable(client, pattern, &mut pending_search, &mut searchable).await?;
         }
         if tick.is_multiple_of(5) {
             let p = progress(&procs[sink_index])?;
@@ -285,6 +305,14 @@ pub async fn run_fleet(
     while !pending.is_empty() && Instant::now() < deadline {
         probe(&probe_pool, &mut pending, &mut visible, event_table).await?;
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The index stage may still be behind persist: wait for its probes too (bounded).
+    if let Some((client, pattern)) = &search {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pending_search.is_empty() && Instant::now() < deadline {
+            super::search::probe_searchable(client, pattern, &mut pending_search, &mut searchable).await?;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     // Every other stage drains its input, and alerts still in their group wait are sent.
@@ -397,6 +425,11 @@ pub async fn run_fleet(
             None
         } else {
             Some(percentiles("first seen by a 10 ms poll for one event per 20 ms - send time", &mut visible))
+        },
+        searchable_latency: if searchable.is_empty() {
+            None
+        } else {
+            Some(percentiles("first found by a 50 ms ids search for one event per 20 ms - send time (refresh included)", &mut searchable))
         },
         drained,
         alerts: alert_samples.len() as u64,

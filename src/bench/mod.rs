@@ -11,7 +11,11 @@
 //! 4. each stage of [`stages::STAGES`] alone, in pipeline order, on the topic the previous
 //!    one filled;
 //! 5. the fleet: all stages together at each `--paced-rates` for `--paced-secs`, then at
-//!    saturation.
+//!    saturation;
+//! 6. search: `--search-docs` documents in OpenSearch, the CLI's typical queries timed.
+//!
+//! The index stage and the search phase run when the stack has OpenSearch
+//! (`AUDITFLOW_OPENSEARCH_URL`).
 
 pub mod data;
 pub mod env;
@@ -21,6 +25,7 @@ pub mod limits;
 pub mod proc;
 pub mod produce;
 pub mod report;
+pub mod search;
 pub mod stages;
 
 use std::collections::HashMap;
@@ -64,7 +69,13 @@ pub struct BenchOptions {
     /// Events of the saturation fleet run (0 = skip it).
     #[arg(long, default_value_t = 300_000)]
     pub saturation_events: u64,
-    /// Phases to skip: limits, stages, fleet.
+    /// Documents indexed for the search-latency phase.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub search_docs: u64,
+    /// Timed runs of each query in the search phase (after 5 warm-up runs).
+    #[arg(long, default_value_t = 50)]
+    pub search_repeat: usize,
+    /// Phases to skip: limits, stages, fleet, search.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Extra environment for every stage process, e.g. AUDITFLOW_BATCH_MAX_MESSAGES=10000.
@@ -102,6 +113,8 @@ impl Default for BenchOptions {
             paced_rates: vec![1000, 10_000],
             paced_secs: 30,
             saturation_events: 300_000,
+            search_docs: 1_000_000,
+            search_repeat: 50,
             skip: Vec::new(),
             stage_env: Vec::new(),
             wrap_stage: Vec::new(),
@@ -163,6 +176,14 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let stage_config = Config::from_sources(None, &stage_config_env).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
     let brokers = stage_config.kafka.brokers.clone();
     let mut env = BenchEnv::new(&run_id, &brokers, &stage_config.database.url, &stage_config.redis.url, opts.partitions);
+    env.search = stage_config.index.url.is_some().then(|| stage_config.index.clone());
+    // Without a search store the index stage has nowhere to write: leave it out.
+    let stages_run: Vec<stages::StageSpec> =
+        STAGES.iter().filter(|s| env.search.is_some() || s.bound != stages::Bound::OpenSearchBulk).copied().collect();
+    let pseudonym_key = match &stage_config.privacy.pseudonym_key {
+        Some(k) => Some(crate::privacy::SecretKey::parse("AUDITFLOW_PSEUDONYM_KEY", k)?),
+        None => None,
+    };
     let run_args = RunArgs {
         bin_dir: &bin_dir,
         log_dir: &log_dir,
@@ -196,11 +217,12 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let mut ledger_evidence = None;
     let mut fill = None;
     let mut runs = Vec::new();
+    let mut search_latency = None;
 
     let outcome: anyhow::Result<()> = async {
         // Stage-alone phase: audit-raw filled once; each stage then reads what the previous wrote.
         let stages_phase = env.phase("stages", true).await?;
-        for s in STAGES {
+        for s in &stages_run {
             env.remember_group(&stages_phase.group(s.name));
         }
         let raw_topic = stages_phase.topic(TopicRole::Raw);
@@ -278,13 +300,28 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
                     Err(e) => errors.push(format!("limit postgres {name}: {e:#}")),
                 }
             }
+
+            if let (Some(settings), Some(key)) = (env.index_settings("limit-bulk"), &pseudonym_key) {
+                let n = opts.events.min(events.len() as u64) as usize;
+                let docs = search::documents(&enricher, &events[..n], key, &stage_config.privacy.personal_fields, &settings);
+                let r = async {
+                    let client = crate::index::client::SearchClient::new(&settings)?;
+                    search::wait_ready(&client, Duration::from_secs(60)).await?;
+                    search::bulk_limit(&client, &settings, &docs, stage_config.stage.batch_max_messages).await
+                }
+                .await;
+                match r {
+                    Ok(b) => limits.opensearch_bulk = Some(b),
+                    Err(e) => errors.push(format!("limit opensearch _bulk: {e:#}")),
+                }
+            }
         }
         drop(copy_rows);
 
         if !skip("stages") {
             let mut records: HashMap<String, u64> = HashMap::new();
             records.insert(raw_topic.clone(), opts.events);
-            for spec in STAGES {
+            for spec in &stages_run {
                 let input = stages_phase.topic(spec.input);
                 let Some(&n) = records.get(&input) else {
                     errors.push(format!("stage {}: nothing filled its input {input}", spec.name));
@@ -300,6 +337,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
                             stages::Bound::KafkaProduce => limits.kafka_produce.as_ref().map(|p| p.records_per_sec),
                             stages::Bound::PostgresCopy => limits.postgres_copy.as_ref().map(|c| c.rows_per_sec),
                             stages::Bound::KafkaConsume => limits.kafka_consume.as_ref().map(|c| c.fetch_records_per_sec),
+                            stages::Bound::OpenSearchBulk => limits.opensearch_bulk.as_ref().map(|b| b.docs_per_sec),
                         };
                         s.ratio_to_bound = s.bound_per_sec.map(|b| s.events_per_sec / b);
                         if let (Some(table), Some(url)) = (spec.event_table, &stages_phase.database_url) {
@@ -335,9 +373,25 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
             }
             for (name, offered) in loads {
                 proc::check_abort()?;
-                match run_fleet(&mut env, &run_args, STAGES, &name, &events, offered, &immediate_policies).await {
+                match run_fleet(&mut env, &run_args, &stages_run, &name, &events, offered, &immediate_policies).await {
                     Ok(r) => runs.push(r),
                     Err(e) => errors.push(format!("{name}: {e:#}")),
+                }
+            }
+        }
+
+        if !skip("search") && opts.search_docs > 0 {
+            if let (Some(settings), Some(key)) = (env.index_settings("search"), &pseudonym_key) {
+                let r = async {
+                    let client = crate::index::client::SearchClient::new(&settings)?;
+                    search::wait_ready(&client, Duration::from_secs(60)).await?;
+                    search::search_latency(&client, &settings, key, &stage_config.privacy.personal_fields, &enricher,
+                        opts.seed + 1, opts.users, opts.search_docs, opts.search_repeat).await
+                }
+                .await;
+                match r {
+                    Ok(l) => search_latency = Some(l),
+                    Err(e) => errors.push(format!("search latency: {e:#}")),
                 }
             }
         }
@@ -352,6 +406,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let alert_latency = alert_latency(&runs, &immediate_policies, 1000);
     let fleet = Fleet { runs, alert_latency };
     let mut targets = report::targets(&stage_results, &fleet, &limits);
+    targets.extend(report::search_targets(&stage_results, &fleet, &limits, search_latency.as_ref()));
     targets.push(report::ledger_target(ledger_evidence.as_ref()));
     let machine = machine();
     let provisional = load_start[0] > 0.5;
@@ -390,6 +445,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
         stages: stage_results,
         ledger_evidence,
         fleet,
+        search: search_latency,
         targets,
         errors,
         cleanup_problems,

@@ -61,6 +61,8 @@ pub struct Limits {
     pub postgres_copy: Option<CopyPerf>,
     /// COPY in transactions of a sink batch each: the limit with a sink's commit pattern.
     pub postgres_copy_batched: Option<CopyPerf>,
+    /// Plain `_bulk` of the index stage's documents: bounds `audit-index`.
+    pub opensearch_bulk: Option<super::search::BulkLimit>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +105,8 @@ pub struct Report {
     /// Merkle frontier and per-batch checkpoint signing, against persist's CPU.
     pub ledger_evidence: Option<super::ledger::LedgerEvidence>,
     pub fleet: Fleet,
+    /// The CLI's typical queries over a large index.
+    pub search: Option<super::search::SearchLatency>,
     pub targets: Vec<Target>,
     /// Phases that failed (the rest of the report still stands).
     pub errors: Vec<String>,
@@ -144,6 +148,46 @@ pub fn ledger_target(e: Option<&super::ledger::LedgerEvidence>) -> Target {
             None => "persist not measured".into(),
         },
     )
+}
+
+/// The search store's targets: the index stage against a plain `_bulk`, produce → searchable at
+/// 1,000 events/s; search latency is reported, with no target.
+pub fn search_targets(stages: &[StageAlone], fleet: &Fleet, limits: &Limits, search: Option<&super::search::SearchLatency>) -> Vec<Target> {
+    let index = stages.iter().find(|s| s.stage == "index");
+    let at_1k = fleet.runs.iter().find(|r| r.offered_per_sec == Some(1000));
+    let slowest = search.and_then(|s| s.queries.iter().map(|q| q.latency.p99_ms).fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))));
+    vec![
+        target(
+            "index vs plain _bulk",
+            ">= 0.7 x opensearch _bulk rate",
+            index.and_then(|s| s.ratio_to_bound),
+            |v| v >= 0.7,
+            match (index, &limits.opensearch_bulk) {
+                (Some(i), Some(b)) => format!("{:.0} ev/s vs _bulk {:.0} docs/s ({} per request)", i.events_per_sec, b.docs_per_sec, b.batch),
+                _ => "index stage or _bulk limit not measured".into(),
+            },
+        ),
+        target(
+            "p99 produce -> searchable at 1000/s",
+            "<= 2000 ms (refresh included)",
+            at_1k.and_then(|r| r.searchable_latency.as_ref()).map(|l| l.p99_ms),
+            |v| v <= 2000.0,
+            match at_1k.and_then(|r| r.searchable_latency.as_ref().map(|l| (r, l))) {
+                Some((r, l)) => format!("p50 {:.0} ms over {} probes; lost {} of {} in that run", l.p50_ms, l.samples, r.lost, r.produced),
+                None => "no 1000/s fleet run with the index stage".into(),
+            },
+        ),
+        target(
+            "search p99, slowest typical query",
+            "reported (no target)",
+            slowest,
+            |_| true,
+            match search {
+                Some(s) => format!("{} documents in {} indices", s.docs, s.indices.len()),
+                None => "search phase not run".into(),
+            },
+        ),
+    ]
 }
 
 /// The targets, judged on this report's figures.
@@ -324,6 +368,9 @@ pub fn render_table(r: &Report) -> String {
             c.backend_cpu_seconds_per_million.unwrap_or(f64::NAN)
         );
     }
+    if let Some(b) = &r.limits.opensearch_bulk {
+        let _ = writeln!(t, "  opensearch _bulk, {:>5} documents per request              {:>10}", b.batch, n(b.docs_per_sec));
+    }
     let _ = writeln!(t, "\nSTAGES ALONE on a pre-filled topic");
     let _ = writeln!(
         t,
@@ -377,6 +424,9 @@ pub fn render_table(r: &Report) -> String {
             let what = h.basis.split(':').next().unwrap_or(h.basis);
             let _ = writeln!(t, "      {:<46} {}", what, lat(h));
         }
+        if let Some(l) = &f.searchable_latency {
+            let _ = writeln!(t, "      {:<46} {}   ({} probes)", "produce -> searchable in OpenSearch", lat(l), l.samples);
+        }
         let drained: Vec<String> = f.drained.iter().map(|d| format!("{} {}/{}", d.stage, n(d.consumed as f64), n(d.input_records as f64))).collect();
         let _ = writeln!(t, "      consumed/input: {}", drained.join(", "));
         let _ = writeln!(t, "      {} alerts on security-alerts; produce -> alert record, per policy:", n(f.alerts as f64));
@@ -400,6 +450,18 @@ pub fn render_table(r: &Report) -> String {
         r.fleet.alert_latency.latency.as_ref().map(|l| format!("{} ms (p50 p99 max); ", lat(l))).unwrap_or_default(),
         r.fleet.alert_latency.note
     );
+    if let Some(s) = &r.search {
+        let _ = writeln!(
+            t,
+            "\nSEARCH over {} documents ({} indices, loaded at {} docs/s) — ms: p50 p99 max, OpenSearch took p50",
+            n(s.docs as f64),
+            s.indices.len(),
+            n(s.load_docs_per_sec)
+        );
+        for q in &s.queries {
+            let _ = writeln!(t, "  {:<42} {}  {:>5.0}   {:>9} hits   auditflow search {}", q.name, lat(&q.latency), q.took_p50_ms, n(q.hits as f64), q.cli);
+        }
+    }
     let _ = writeln!(t, "\nTARGETS");
     for g in &r.targets {
         let status = match g.status {

@@ -23,6 +23,8 @@ pub enum Bound {
     /// Kafka's consumer fetching the raw topic: a stage that writes little is bounded by
     /// how fast it can read.
     KafkaConsume,
+    /// A plain `_bulk` of the same documents into OpenSearch at the same batch size.
+    OpenSearchBulk,
 }
 
 impl Bound {
@@ -31,6 +33,7 @@ impl Bound {
             Bound::KafkaProduce => "kafka produce",
             Bound::PostgresCopy => "postgres COPY",
             Bound::KafkaConsume => "kafka consume",
+            Bound::OpenSearchBulk => "opensearch _bulk",
         }
     }
 }
@@ -97,6 +100,15 @@ pub const STAGES: &[StageSpec] = &[
         needs_database: true,
         event_table: None,
         bound: Bound::KafkaConsume,
+    },
+    StageSpec {
+        name: "index",
+        binary: "audit-index",
+        input: TopicRole::Enriched,
+        outputs: &[TopicRole::Dlq],
+        needs_database: true,
+        event_table: None,
+        bound: Bound::OpenSearchBulk,
     },
 ];
 

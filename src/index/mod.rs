@@ -42,6 +42,7 @@ pub struct IndexSettings {
     /// Per-request timeout. `AUDITFLOW_OPENSEARCH_TIMEOUT_MS`.
     pub timeout_ms: u64,
     /// `refresh_interval` of new indices (how soon a document is searchable).
+    /// `AUDITFLOW_INDEX_REFRESH_INTERVAL`.
     pub refresh_interval: String,
 }
 
@@ -86,6 +87,9 @@ impl IndexSettings {
         if let Some(v) = text("AUDITFLOW_INDEX_PREFIX") {
             self.prefix = v;
         }
+        if let Some(v) = text("AUDITFLOW_INDEX_REFRESH_INTERVAL") {
+            self.refresh_interval = v;
+        }
         if let Some(v) = text("AUDITFLOW_OPENSEARCH_TIMEOUT_MS") {
             self.timeout_ms = v.parse().map_err(|_| ConfigError::new("AUDITFLOW_OPENSEARCH_TIMEOUT_MS", format!("not a number: {v:?}")))?;
         }
@@ -105,6 +109,13 @@ impl IndexSettings {
         }
         if self.timeout_ms == 0 {
             return Err(ConfigError::new("AUDITFLOW_OPENSEARCH_TIMEOUT_MS", "must be above 0"));
+        }
+        // OpenSearch's time units; -1 turns refresh off (documents never become searchable).
+        let unit_ok = |v: &str| {
+            ["ms", "s", "m"].iter().any(|u| v.strip_suffix(u).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+        };
+        if !unit_ok(&self.refresh_interval) {
+            return Err(ConfigError::new("AUDITFLOW_INDEX_REFRESH_INTERVAL", "a duration such as 500ms, 1s or 30s"));
         }
         Ok(())
     }
