@@ -185,6 +185,7 @@ pub async fn search_latency(
         text: None,
         size: 20,
         interval: Some("1h".into()),
+        clearance: None,
     };
     let questions: Vec<(&str, String, SearchQuery)> = vec![
         ("one user, all time", format!("--user {user}"), SearchQuery { user: Some(user.clone()), ..base.clone() }),

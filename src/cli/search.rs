@@ -70,6 +70,8 @@ pub async fn run(config: &Config, args: SearchArgs) -> anyhow::Result<()> {
         text: args.text.clone(),
         size: args.limit.min(10_000),
         interval: Some(args.interval.clone()),
+        // The operator's command: no clearance bound.
+        clearance: None,
     };
     let body = query.to_body(&key, &config.privacy.personal_fields).map_err(|e| InputError(e.0))?;
     let client = SearchClient::new(&config.index)?;

@@ -34,6 +34,9 @@ pub struct SearchQuery {
     pub size: usize,
     /// Histogram bucket width, e.g. `1h`, `1d` (a fixed interval).
     pub interval: Option<String>,
+    /// The caller's clearance: events classified above it are left out of the hits, the total
+    /// and the histogram alike (a filter, so nothing about them leaks through counts).
+    pub clearance: Option<crate::event::Classification>,
 }
 
 /// The /24 (IPv4) or /48 (IPv6) networks a CIDR covers, as the index stage names them.
@@ -111,10 +114,16 @@ impl SearchQuery {
         if let Some(s) = self.success {
             filter.push(json!({"term": {"success": s}}));
         }
+        if let Some(c) = self.clearance {
+            let allowed: Vec<&str> = crate::event::Classification::ALL.iter().filter(|k| **k <= c).map(|k| k.as_str()).collect();
+            filter.push(json!({"terms": {"classification": allowed}}));
+        }
+        // Every word must appear in one of the fields. A `multi_match` takes the text as data:
+        // quotes, operators, wildcards and field names in it are only words.
         let must: Vec<Value> = self
             .text
             .iter()
-            .map(|t| json!({"simple_query_string": {"query": t, "fields": ["action", "resource", "errorMessage"], "default_operator": "and"}}))
+            .map(|t| json!({"multi_match": {"query": t, "fields": ["action", "resource", "errorMessage"], "type": "cross_fields", "operator": "and"}}))
             .collect();
         let interval = self.interval.clone().unwrap_or_else(|| "1h".into());
         Ok(json!({
@@ -172,5 +181,21 @@ mod tests {
         // An address in clear when it is not personal.
         let body = SearchQuery { ip: Some("10.0.0.1".into()), ..SearchQuery::default() }.to_body(&key, &[]).unwrap();
         assert_eq!(body["query"]["bool"]["filter"][0]["term"]["ipAddress"], "10.0.0.1");
+    }
+
+    #[test]
+    fn clearance_filters_and_free_text_is_data() {
+        use crate::event::Classification;
+        let key = SecretKey([9; 32]);
+        let q = SearchQuery {
+            clearance: Some(Classification::Internal),
+            text: Some(r#"error" OR classification:RESTRICTED | * -x"#.into()),
+            ..SearchQuery::default()
+        };
+        let body = q.to_body(&key, &[]).unwrap();
+        assert_eq!(body["query"]["bool"]["filter"][0]["terms"]["classification"], json!(["PUBLIC", "INTERNAL"]));
+        let m = &body["query"]["bool"]["must"][0]["multi_match"];
+        assert_eq!(m["query"], r#"error" OR classification:RESTRICTED | * -x"#, "passed as one value, not parsed as syntax");
+        assert!(body["query"]["bool"]["must"][0].get("simple_query_string").is_none() && body["query"]["bool"]["must"][0].get("query_string").is_none());
     }
 }
