@@ -55,6 +55,11 @@ enum Command {
     Witness(auditflow::cli::witness::WitnessArgs),
     /// Search the events in OpenSearch: filters, free text, a histogram over time, the total.
     Search(Box<auditflow::cli::search::SearchArgs>),
+    /// API tokens: `token issue` mints an HS256 token for local use and tests.
+    Token {
+        #[command(subcommand)]
+        command: auditflow::cli::token::TokenCommand,
+    },
     /// The search store: re-index a time range from PostgreSQL.
     Index {
         #[command(subcommand)]
@@ -434,6 +439,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::Witness(args) => auditflow::cli::witness::run(&config, args).await,
         Command::Search(args) => auditflow::cli::search::run(&config, *args).await,
         Command::Index { command } => auditflow::cli::index::run(&config, command).await,
+        Command::Token { command } => auditflow::cli::token::run(&config, command),
         Command::Erase { subject, reason, kind } => {
             let keys = config.privacy.keys()?;
             let signer = signer(&config)?;

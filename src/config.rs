@@ -37,6 +37,8 @@ pub struct Config {
     pub rules: crate::rules::RulesSettings,
     /// `[index]`: the OpenSearch search store of `audit-index`.
     pub index: crate::index::IndexSettings,
+    /// `[api]`: the HTTP API (token verification).
+    pub api: crate::api::ApiSettings,
     pub log: LogConfig,
 }
 
@@ -678,6 +680,7 @@ pub const SECRET_SETTINGS: &[&str] = &[
     "AUDITFLOW_PSEUDONYM_KEY",
     "AUDITFLOW_SIGNING_KEY",
     "AUDITFLOW_WITNESS_KEY",
+    "AUDITFLOW_JWT_SECRET",
     "AUDITFLOW_DATABASE_URL",
     "AUDITFLOW_REDIS_URL",
     "AUDITFLOW_SMTP_USERNAME",
@@ -856,6 +859,7 @@ impl Config {
         self.retention.apply_env(env)?;
         self.rules.apply_env(env)?;
         self.index.apply_env(env)?;
+        self.api.apply_env(env)?;
         Ok(())
     }
 
@@ -939,6 +943,7 @@ impl Config {
         self.retention.validate()?;
         self.rules.validate()?;
         self.index.validate()?;
+        self.api.validate()?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod alert;
+pub mod api;
 pub mod bench;
 pub mod checkpoints;
 pub mod cli;

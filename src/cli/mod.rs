@@ -12,5 +12,6 @@ pub mod report;
 pub mod retention;
 pub mod rules;
 pub mod search;
+pub mod token;
 pub mod topics;
 pub mod witness;
