@@ -79,6 +79,19 @@ pub struct CopyRows {
 /// Columns written by `COPY`, in the order [`copy_rows`] emits them.
 pub const COPY_COLUMNS: &str = r#"id, "timestamp", user_id, session_id, action, resource, resource_id, method, endpoint, status_code, user_agent, ip_address, location, ip_facts, classification, severity, metadata, success, error_message, duration, compliance, source_topic, source_partition, source_offset, enriched_at"#;
 
+/// The `i`-th raw event enriched in process, as `audit-enrich` would, with source coordinates
+/// spread round-robin over `partitions` of `topic`. `None` for an event enrichment refuses.
+pub fn enrich_one(enricher: &Enricher, json: &[u8], i: usize, topic: &str, partitions: i32, now: chrono::DateTime<Utc>) -> Option<EnrichedEvent> {
+    let partitions = partitions.max(1) as usize;
+    let source = SourcePosition {
+        topic: topic.to_string(),
+        partition: (i % partitions) as i32,
+        offset: (i / partitions) as i64,
+        timestamp_ms: Some(now.timestamp_millis()),
+    };
+    enricher.enrich(json, &source, now).ok()
+}
+
 /// Enrich every event in process (as `audit-enrich` would) and render the rows.
 pub fn copy_rows(enricher: &Enricher, events: &[Prepared], topic: &str, partitions: i32) -> CopyRows {
     let now = Utc::now();
@@ -88,14 +101,7 @@ pub fn copy_rows(enricher: &Enricher, events: &[Prepared], topic: &str, partitio
     let mut rows = 0u64;
     let mut months: Vec<chrono::DateTime<Utc>> = Vec::new();
     for (i, p) in events.iter().enumerate() {
-        let partitions = partitions.max(1) as usize;
-        let source = SourcePosition {
-            topic: topic.to_string(),
-            partition: (i % partitions) as i32,
-            offset: (i / partitions) as i64,
-            timestamp_ms: Some(now.timestamp_millis()),
-        };
-        let Ok(ev) = enricher.enrich(&p.json, &source, now) else { continue };
+        let Some(ev) = enrich_one(enricher, &p.json, i, topic, partitions, now) else { continue };
         avro.clear();
         encode_enriched(&ev, &mut avro);
         avro_bytes += avro.len();

@@ -147,7 +147,7 @@ const HOPS: [(&str, &str); 2] = [
 ];
 
 /// Probes looked up per poll (one indexed lookup each).
-const MAX_PROBES_PER_POLL: usize = 256;
+pub(super) const MAX_PROBES_PER_POLL: usize = 256;
 
 /// One event in this many milliseconds of sending is followed until its row is visible.
 const PROBE_EVERY: Duration = Duration::from_millis(20);
@@ -230,15 +230,14 @@ pub async fn run_fleet(
     });
 
     let probe_pool = PgPoolOptions::new().max_connections(1).connect(&db_url).await?;
-    let search = match fleet.iter().any(|s| s.bound == super::stages::Bound::OpenSearchBulk) {
-        true => {
-            let settings = phase.config(&brokers)?.index;
-            let pattern = format!("{}-*", settings.prefix);
-            Some((crate::index::client::SearchClient::new(&settings)?, pattern))
-        }
-        false => None,
+    let search = if fleet.iter().any(|s| s.bound == super::stages::Bound::OpenSearchBulk) {
+        let settings = phase.config(&brokers)?.index;
+        let pattern = format!("{}-*", settings.prefix);
+        Some((crate::index::client::SearchClient::new(&settings)?, pattern))
+    } else {
+        None
     };
-    let mut pending_search: super::search::Pending = Vec::new();
+    let mut pending_search: Vec<Probe> = Vec::new();
     let mut searchable: Vec<f64> = Vec::new();
     let mut pending: Vec<Probe> = Vec::new();
     let mut visible: Vec<f64> = Vec::new();
@@ -457,8 +456,14 @@ async fn probe(pool: &PgPool, pending: &mut Vec<Probe>, visible: &mut Vec<f64>, 
         .bind(&ids)
         .fetch_all(pool)
         .await?;
+    settle(pending, &found, visible);
+    Ok(())
+}
+
+/// Take the probes among `found` out of `pending`, recording how long after sending each was seen.
+pub(super) fn settle(pending: &mut Vec<Probe>, found: &[String], visible: &mut Vec<f64>) {
     if found.is_empty() {
-        return Ok(());
+        return;
     }
     let now = now_ms();
     pending.retain(|(id, sent)| {
@@ -469,7 +474,6 @@ async fn probe(pool: &PgPool, pending: &mut Vec<Probe>, visible: &mut Vec<f64>, 
             true
         }
     });
-    Ok(())
 }
 
 /// Records written to each stage's input (by the producer or the other stages, from their

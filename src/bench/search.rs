@@ -6,20 +6,20 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde::Serialize;
 use serde_json::json;
 
-use super::data::{rate, Prepared};
-use super::fleet::{percentiles, Latency};
+use super::data::{enrich_one, rate, Prepared};
+use super::fleet::{percentiles, settle, Latency, MAX_PROBES_PER_POLL};
+use super::produce::Probe;
 use crate::demo::EventMix;
 use crate::enrich::Enricher;
-use crate::event::{EnrichedEvent, SourcePosition};
+use crate::event::EnrichedEvent;
 use crate::index::client::SearchClient;
 use crate::index::query::{read_result, SearchQuery};
 use crate::index::{self, BulkDoc, IndexSettings, ItemOutcome};
 use crate::privacy::{PersonalField, SecretKey};
-use crate::telemetry::now_ms;
 
 /// Plain `_bulk` of the stage's documents: what OpenSearch on this machine takes at best.
 #[derive(Debug, Clone, Serialize)]
@@ -52,11 +52,8 @@ pub struct SearchLatency {
     pub queries: Vec<QueryLatency>,
 }
 
-/// An enriched event as `audit-enrich` would make it from `p`.
-fn enriched(enricher: &Enricher, p: &Prepared, i: usize, topic: &str, now: DateTime<Utc>) -> Option<EnrichedEvent> {
-    let source = SourcePosition { topic: topic.to_string(), partition: (i % 6) as i32, offset: (i / 6) as i64, timestamp_ms: Some(now.timestamp_millis()) };
-    enricher.enrich(&p.json, &source, now).ok()
-}
+/// Source partitions the in-process events are spread over (as in the bench's topics).
+const PARTITIONS: i32 = 6;
 
 /// The documents `audit-index` writes for `events`.
 pub fn documents(enricher: &Enricher, events: &[Prepared], key: &SecretKey, personal: &[PersonalField], settings: &IndexSettings) -> Vec<BulkDoc> {
@@ -64,8 +61,8 @@ pub fn documents(enricher: &Enricher, events: &[Prepared], key: &SecretKey, pers
     events
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| enriched(enricher, p, i, "audit-raw", now))
-        .map(|ev| BulkDoc { index: settings.index_for(ev.timestamp), id: ev.id.clone(), source: index::document(&ev, key, personal) })
+        .filter_map(|(i, p)| enrich_one(enricher, &p.json, i, "audit-raw", PARTITIONS, now))
+        .map(|ev| BulkDoc::of(&ev, settings, key, personal))
         .collect()
 }
 
@@ -132,10 +129,9 @@ pub async fn search_latency(
         for _ in 0..take {
             let raw = mix.next_event();
             let json = serde_json::to_vec(&raw).unwrap_or_default();
-            let p = Prepared { id: String::new(), key: Vec::new(), json };
             let i = made;
             made += 1;
-            let Some(mut ev) = enriched(enricher, &p, i as usize, "audit-raw", now) else { continue };
+            let Some(mut ev) = enrich_one(enricher, &json, i as usize, "audit-raw", PARTITIONS, now) else { continue };
             ev.timestamp = now - chrono::Duration::milliseconds(span_ms * i as i64 / n as i64);
             if sample.is_none() && ev.user_id.is_some() && ev.ip_address.is_some() {
                 sample = Some(ev.clone());
@@ -143,7 +139,7 @@ pub async fn search_latency(
             if failing.is_none() && ev.error_message.is_some() {
                 failing = Some(ev.clone());
             }
-            docs.push(BulkDoc { index: settings.index_for(ev.timestamp), id: ev.id.clone(), source: index::document(&ev, key, personal) });
+            docs.push(BulkDoc::of(&ev, settings, key, personal));
             indexed += 1;
         }
         if inflight.len() >= 2 {
@@ -241,13 +237,10 @@ pub async fn search_latency(
     Ok(SearchLatency { docs, indices, load_seconds, load_docs_per_sec: rate(docs, load_seconds), queries })
 }
 
-/// Probes `(event id, send time ms)` still to be seen in the index.
-pub type Pending = Vec<(String, i64)>;
-
 /// Look pending probes up with a search (so a hit means searchable, after a refresh, not only
 /// stored); record the latency of the ones found.
-pub async fn probe_searchable(client: &SearchClient, pattern: &str, pending: &mut Pending, visible: &mut Vec<f64>) -> anyhow::Result<()> {
-    let take = pending.len().min(200);
+pub async fn probe_searchable(client: &SearchClient, pattern: &str, pending: &mut Vec<Probe>, visible: &mut Vec<f64>) -> anyhow::Result<()> {
+    let take = pending.len().min(MAX_PROBES_PER_POLL);
     if take == 0 {
         return Ok(());
     }
@@ -259,18 +252,7 @@ pub async fn probe_searchable(client: &SearchClient, pattern: &str, pending: &mu
         Err(_) => return Ok(()),
     };
     let found: Vec<String> = r["hits"]["hits"].as_array().into_iter().flatten().filter_map(|h| h["_id"].as_str().map(str::to_string)).collect();
-    if found.is_empty() {
-        return Ok(());
-    }
-    let now = now_ms();
-    pending.retain(|(id, sent)| {
-        if found.contains(id) {
-            visible.push((now - sent) as f64);
-            false
-        } else {
-            true
-        }
-    });
+    settle(pending, &found, visible);
     Ok(())
 }
 

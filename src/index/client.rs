@@ -116,15 +116,20 @@ impl SearchClient {
     }
 
     pub async fn delete_index(&self, name: &str) -> Result<(), SearchError> {
-        match self.send(reqwest::Method::DELETE, name, None).await {
+        self.delete(name).await
+    }
+
+    pub async fn delete_template(&self, name: &str) -> Result<(), SearchError> {
+        self.delete(&format!("_index_template/{name}")).await
+    }
+
+    /// DELETE that counts "not there" as done.
+    async fn delete(&self, path: &str) -> Result<(), SearchError> {
+        match self.send(reqwest::Method::DELETE, path, None).await {
             Ok(_) => Ok(()),
             Err(SearchError::Permanent(why)) if why.starts_with("404") => Ok(()),
             Err(e) => Err(e),
         }
-    }
-
-    pub async fn delete_template(&self, name: &str) -> Result<(), SearchError> {
-        self.delete_index(&format!("_index_template/{name}")).await
     }
 
     pub async fn search(&self, index_pattern: &str, body: &Value) -> Result<Value, SearchError> {

@@ -300,6 +300,13 @@ pub struct BulkDoc {
     pub source: Value,
 }
 
+impl BulkDoc {
+    /// The document of `ev`, in its month's index, `_id` = event id.
+    pub fn of(ev: &EnrichedEvent, settings: &IndexSettings, key: &SecretKey, personal: &[PersonalField]) -> BulkDoc {
+        BulkDoc { index: settings.index_for(ev.timestamp), id: ev.id.clone(), source: document(ev, key, personal) }
+    }
+}
+
 /// The operation of a bulk item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BulkOp {

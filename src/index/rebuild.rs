@@ -154,12 +154,12 @@ async fn documents(
             Unsealed::Unreadable => return Err(RebuildError::Unreadable { id }),
         };
         let ev = event_from_row(r, fields)?;
-        let mut source = index::document(&ev, &keys.pseudonym, personal);
+        let mut doc = BulkDoc::of(&ev, settings, &keys.pseudonym, personal);
         if erased {
-            index::redact(&mut source);
+            index::redact(&mut doc.source);
             *redacted += 1;
         }
-        docs.push(BulkDoc { index: settings.index_for(ev.timestamp), id: ev.id, source });
+        docs.push(doc);
     }
     Ok(docs)
 }

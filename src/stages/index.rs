@@ -65,12 +65,12 @@ impl IndexStage {
     }
 
     fn doc(&self, ev: &EnrichedEvent) -> BulkDoc {
-        let mut source = index::document(ev, &self.settings.pseudonym_key, &self.settings.personal_fields);
-        let subject = source.get("subjectPseudonym").and_then(|v| v.as_str()).unwrap_or_default();
+        let mut doc = BulkDoc::of(ev, &self.settings.index, &self.settings.pseudonym_key, &self.settings.personal_fields);
+        let subject = doc.source.get("subjectPseudonym").and_then(|v| v.as_str()).unwrap_or_default();
         if self.erased.get(subject).is_some_and(|at| *at >= ev.enriched_at) {
-            index::redact(&mut source);
+            index::redact(&mut doc.source);
         }
-        BulkDoc { index: self.settings.index.index_for(ev.timestamp), id: ev.id.clone(), source }
+        doc
     }
 
     /// When each subject of `items` was last erased, if ever.
