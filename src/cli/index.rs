@@ -55,7 +55,7 @@ pub async fn run(config: &Config, command: IndexCommand) -> anyhow::Result<()> {
     let progress = |done: u64| bar.set_position(done);
     let report = rebuild::rebuild(&pool, &client, &config.index, &keys, &config.privacy.personal_fields, from, to, args.batch as usize, &progress)
         .await
-        .context("rebuilding the search store")?;
+        .context("rebuilding the search store (nothing is lost: run it again once the cause is fixed, it is idempotent)")?;
     bar.finish_and_clear();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
