@@ -286,6 +286,15 @@ impl Verifier {
     }
 }
 
+/// The JWKS document's text, when `AUDITFLOW_JWKS_FILE` is set.
+pub fn read_jwks(settings: &AuthSettings) -> Result<Option<String>, ConfigError> {
+    settings
+        .jwks_file
+        .as_ref()
+        .map(|p| std::fs::read_to_string(p).map_err(|e| ConfigError::new("AUDITFLOW_JWKS_FILE", format!("cannot read {}: {e}", p.display()))))
+        .transpose()
+}
+
 /// Mint an HS256 token (`auditflow token issue`): for local use and tests.
 pub fn issue(settings: &AuthSettings, subject: &str, roles: &[Role], clearance: Classification, scopes: &[String], ttl_secs: i64, now: i64) -> Result<String, ConfigError> {
     let secret = settings

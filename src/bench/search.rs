@@ -168,21 +168,7 @@ pub async fn search_latency(
     let user = sample.user_id.clone().unwrap_or_default();
     let net = index::network_of(sample.ip_address.as_deref().unwrap_or_default()).unwrap_or_default();
     let text = failing.error_message.clone().unwrap_or_default();
-    let base = SearchQuery {
-        from: None,
-        to: None,
-        user: None,
-        ip: None,
-        action: None,
-        resource: None,
-        severity: None,
-        classification: None,
-        success: None,
-        text: None,
-        size: 20,
-        interval: Some("1h".into()),
-        clearance: None,
-    };
+    let base = SearchQuery { size: 20, interval: Some("1h".into()), ..SearchQuery::default() };
     let questions: Vec<(&str, String, SearchQuery)> = vec![
         ("one user, all time", format!("--user {user}"), SearchQuery { user: Some(user.clone()), ..base.clone() }),
         ("a /24, all time", format!("--ip {net}"), SearchQuery { ip: Some(net.clone()), ..base.clone() }),

@@ -72,6 +72,7 @@ pub async fn run(config: &Config, args: SearchArgs) -> anyhow::Result<()> {
         interval: Some(args.interval.clone()),
         // The operator's command: no clearance bound.
         clearance: None,
+        ..SearchQuery::default()
     };
     let body = query.to_body(&key, &config.privacy.personal_fields).map_err(|e| InputError(e.0))?;
     let client = SearchClient::new(&config.index)?;

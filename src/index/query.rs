@@ -37,6 +37,11 @@ pub struct SearchQuery {
     /// The caller's clearance: events classified above it are left out of the hits, the total
     /// and the histogram alike (a filter, so nothing about them leaks through counts).
     pub clearance: Option<crate::event::Classification>,
+    /// Oldest first (a timeline) instead of newest first.
+    pub ascending: bool,
+    /// The sort values of the last hit of the previous page (`search_after`): pages stay
+    /// stable while new events arrive, and no page costs more than the one before.
+    pub after: Option<Value>,
 }
 
 /// The /24 (IPv4) or /48 (IPv6) networks a CIDR covers, as the index stage names them.
@@ -126,13 +131,21 @@ impl SearchQuery {
             .map(|t| json!({"multi_match": {"query": t, "fields": ["action", "resource", "errorMessage"], "type": "cross_fields", "operator": "and"}}))
             .collect();
         let interval = self.interval.clone().unwrap_or_else(|| "1h".into());
-        Ok(json!({
+        let order = if self.ascending { "asc" } else { "desc" };
+        let mut body = json!({
             "size": self.size,
             "track_total_hits": true,
-            "sort": [{"timestamp": "desc"}, {"id": "asc"}],
+            "sort": [{"timestamp": order}, {"id": "asc"}],
             "query": {"bool": {"filter": filter, "must": must}},
             "aggs": {"over_time": {"date_histogram": {"field": "timestamp", "fixed_interval": interval, "min_doc_count": 1}}}
-        }))
+        });
+        if let Some(after) = &self.after {
+            match after.as_array().map(Vec::as_slice) {
+                Some([Value::Number(_), Value::String(_)]) => body["search_after"] = after.clone(),
+                _ => return Err(QueryError("the cursor is not one this service issued".into())),
+            }
+        }
+        Ok(body)
     }
 }
 
@@ -142,6 +155,9 @@ pub struct SearchResult {
     pub total: u64,
     pub hits: Vec<Value>,
     pub histogram: Vec<(String, u64)>,
+    /// The sort values of the last hit (`search_after` for the next page).
+    #[serde(skip)]
+    pub last_sort: Option<Value>,
 }
 
 pub fn read_result(r: &Value) -> SearchResult {
@@ -157,6 +173,7 @@ pub fn read_result(r: &Value) -> SearchResult {
                     .collect()
             })
             .unwrap_or_default(),
+        last_sort: r.pointer("/hits/hits").and_then(Value::as_array).and_then(|h| h.last()).and_then(|d| d.get("sort")).cloned(),
     }
 }
 
