@@ -204,6 +204,11 @@ impl TestEnv {
         self.spawn_logged(env!("CARGO_BIN_EXE_auditflow"), args, args.first().copied().unwrap_or("auditflow"), instance, extra)
     }
 
+    /// Start any binary of the package (e.g. `audit-api`), logged like a stage.
+    pub fn start_binary(&self, exe: &str, name: &str, instance: &str, extra: &[(&str, &str)]) -> StageProcess {
+        self.spawn_logged(exe, &[], name, instance, extra)
+    }
+
     fn spawn_logged(&self, exe: &str, args: &[&str], name: &str, instance: &str, extra: &[(&str, &str)]) -> StageProcess {
         let log_path = self.log_dir.join(format!("{name}-{instance}.log"));
         let log = File::options().create(true).append(true).open(&log_path).expect("log file");
