@@ -12,11 +12,15 @@
 //!    one filled;
 //! 5. the fleet: all stages together at each `--paced-rates` for `--paced-secs`, then at
 //!    saturation;
-//! 6. search: `--search-docs` documents in OpenSearch, the CLI's typical queries timed.
+//! 6. search: `--search-docs` documents in OpenSearch, the CLI's typical queries timed;
+//! 7. api: HTTP bulk ingest through `audit-api` against producing the same events to Kafka,
+//!    and the search phase's questions through the API against the same bodies sent
+//!    straight to OpenSearch.
 //!
 //! The index stage and the search phase run when the stack has OpenSearch
 //! (`AUDITFLOW_OPENSEARCH_URL`).
 
+pub mod api;
 pub mod data;
 pub mod env;
 pub mod fleet;
@@ -75,7 +79,10 @@ pub struct BenchOptions {
     /// Timed runs of each query in the search phase (after 5 warm-up runs).
     #[arg(long, default_value_t = 50)]
     pub search_repeat: usize,
-    /// Phases to skip: limits, stages, fleet, search.
+    /// Events sent over HTTP (and straight to Kafka) in the API phase.
+    #[arg(long, default_value_t = 100_000)]
+    pub api_events: u64,
+    /// Phases to skip: limits, stages, fleet, search, api.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Extra environment for every stage process, e.g. AUDITFLOW_BATCH_MAX_MESSAGES=10000.
@@ -115,6 +122,7 @@ impl Default for BenchOptions {
             saturation_events: 300_000,
             search_docs: 1_000_000,
             search_repeat: 50,
+            api_events: 100_000,
             skip: Vec::new(),
             stage_env: Vec::new(),
             wrap_stage: Vec::new(),
@@ -218,6 +226,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let mut fill = None;
     let mut runs = Vec::new();
     let mut search_latency = None;
+    let mut api_bench = None;
 
     let outcome: anyhow::Result<()> = async {
         // Stage-alone phase: audit-raw filled once; each stage then reads what the previous wrote.
@@ -395,6 +404,26 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
                 }
             }
         }
+
+        if !skip("api") {
+            let phase = env.phase("api", true).await?;
+            let search = search_latency.as_ref();
+            let args = api::ApiRun {
+                bin_dir: &bin_dir,
+                log_dir: &log_dir,
+                phase: &phase,
+                brokers: &brokers,
+                extra_env: &stage_env,
+                search_prefix: search.and_then(|_| env.index_settings("search")).map(|s| s.prefix),
+                questions: search.map(|s| s.api_questions.clone()).unwrap_or_default(),
+                docs: search.map(|s| s.docs).unwrap_or(0),
+                repeat: opts.search_repeat,
+            };
+            match api::run(args, &events, opts.api_events).await {
+                Ok(b) => api_bench = Some(b),
+                Err(e) => errors.push(format!("api: {e:#}")),
+            }
+        }
         Ok(())
     }
     .await;
@@ -408,6 +437,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let mut targets = report::targets(&stage_results, &fleet, &limits);
     targets.extend(report::search_targets(&stage_results, &fleet, &limits, search_latency.as_ref()));
     targets.push(report::ledger_target(ledger_evidence.as_ref()));
+    targets.extend(report::api_targets(api_bench.as_ref()));
     let machine = machine();
     let provisional = load_start[0] > 0.5;
     Ok(Report {
@@ -446,6 +476,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
         ledger_evidence,
         fleet,
         search: search_latency,
+        api: api_bench,
         targets,
         errors,
         cleanup_problems,

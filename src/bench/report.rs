@@ -107,6 +107,8 @@ pub struct Report {
     pub fleet: Fleet,
     /// The CLI's typical queries over a large index.
     pub search: Option<super::search::SearchLatency>,
+    /// HTTP ingest and search through `audit-api`.
+    pub api: Option<super::api::ApiBench>,
     pub targets: Vec<Target>,
     /// Phases that failed (the rest of the report still stands).
     pub errors: Vec<String>,
@@ -185,6 +187,34 @@ pub fn search_targets(stages: &[StageAlone], fleet: &Fleet, limits: &Limits, sea
             match search {
                 Some(s) => format!("{} documents in {} indices", s.docs, s.indices.len()),
                 None => "search phase not run".into(),
+            },
+        ),
+    ]
+}
+
+/// The API against what it fronts: ingest rate against Kafka, search overhead at p50.
+pub fn api_targets(api: Option<&super::api::ApiBench>) -> Vec<Target> {
+    let ingest = api.and_then(|a| a.ingest.as_ref());
+    let worst = api.and_then(|a| a.queries.iter().max_by(|x, y| x.overhead_p50_ms.total_cmp(&y.overhead_p50_ms)));
+    vec![
+        target(
+            "HTTP bulk ingest vs Kafka produce",
+            ">= 0.5 x producing the same events",
+            ingest.map(|i| i.ratio),
+            |v| v >= 0.5,
+            match ingest {
+                Some(i) => format!("{:.0} ev/s over HTTP ({} per request, {} in flight) vs {:.0} ev/s to Kafka, {} events", i.http_events_per_sec, i.per_request, i.concurrent_requests, i.kafka_events_per_sec, i.events),
+                None => "api phase not run".into(),
+            },
+        ),
+        target(
+            "API search overhead at p50, worst typical query",
+            "<= 10 ms over the same query sent to OpenSearch",
+            worst.map(|q| q.overhead_p50_ms),
+            |v| v <= 10.0,
+            match (api, worst) {
+                (Some(a), Some(q)) => format!("{}: API p50 {:.1} ms, OpenSearch p50 {:.1} ms, over {} documents", q.name, q.api.p50_ms, q.direct.p50_ms, a.docs),
+                _ => "no search through the API (needs the search phase)".into(),
             },
         ),
     ]

@@ -50,6 +50,9 @@ pub struct SearchLatency {
     pub load_seconds: f64,
     pub load_docs_per_sec: f64,
     pub queries: Vec<QueryLatency>,
+    /// The same questions as API query strings, for the API phase.
+    #[serde(skip)]
+    pub api_questions: Vec<(String, String)>,
 }
 
 /// Source partitions the in-process events are spread over (as in the bench's topics).
@@ -192,6 +195,16 @@ pub async fn search_latency(
             ..base.clone()
         }),
     ];
+    // The same questions as the API's query strings (for the API phase).
+    let t = |d: chrono::Duration| (now - d).to_rfc3339();
+    let api_questions: Vec<(String, String)> = vec![
+        ("one user, all time".into(), super::api::query_string(&[("user", user.clone()), ("limit", "20".into())])),
+        ("a /24, all time".into(), super::api::query_string(&[("ip", net.clone()), ("limit", "20".into())])),
+        ("failed logins, last 7 days".into(), super::api::query_string(&[("action", "login".into()), ("success", "false".into()), ("from", t(chrono::Duration::days(7))), ("limit", "20".into())])),
+        ("free text on error messages".into(), super::api::query_string(&[("q", text.clone()), ("limit", "20".into())])),
+        ("high severity, last 24 h".into(), super::api::query_string(&[("severity", "HIGH".into()), ("from", t(chrono::Duration::hours(24))), ("limit", "20".into())])),
+        ("a user's failures in a /24, last 30 days".into(), super::api::query_string(&[("user", user.clone()), ("ip", net.clone()), ("success", "false".into()), ("from", t(chrono::Duration::days(30))), ("limit", "20".into())])),
+    ];
     let mut queries = Vec::new();
     for (name, cli, q) in questions {
         let body = q.to_body(key, personal).map_err(|e| anyhow::anyhow!("query {name}: {}", e.0))?;
@@ -220,7 +233,7 @@ pub async fn search_latency(
             took_p50_ms: took.get(took.len() / 2).copied().unwrap_or(f64::NAN),
         });
     }
-    Ok(SearchLatency { docs, indices, load_seconds, load_docs_per_sec: rate(docs, load_seconds), queries })
+    Ok(SearchLatency { docs, indices, load_seconds, load_docs_per_sec: rate(docs, load_seconds), queries, api_questions })
 }
 
 /// Look pending probes up with a search (so a hit means searchable, after a refresh, not only
