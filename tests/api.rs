@@ -230,13 +230,13 @@ async fn wait_rows(env: &TestEnv, sql: &str, expected: i64, timeout: Duration) -
 
 fn event(i: usize, marker: &str, classification: &str, user: &str) -> Value {
     json!({
-        "action": if i % 2 == 0 { "login" } else { "record.read" },
+        "action": if i.is_multiple_of(2) { "login" } else { "record.read" },
         "resource": marker,
         "userId": user,
         "ipAddress": format!("10.20.{}.{}", i % 200, i % 250 + 1),
         "classification": classification,
         "severity": "LOW",
-        "success": i % 3 != 0,
+        "success": !i.is_multiple_of(3),
         "metadata": {"n": i},
     })
 }
