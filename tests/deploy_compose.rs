@@ -266,7 +266,7 @@ fn compose_generates_keys_and_connects_stages_as_least_privilege_logins() {
     for (name, service) in all {
         for (var, value) in environment(service) {
             assert!(
-                !matches!(var.as_str(), "AUDITFLOW_MASTER_KEY" | "AUDITFLOW_PSEUDONYM_KEY" | "AUDITFLOW_SIGNING_KEY"),
+                !matches!(var.as_str(), "AUDITFLOW_MASTER_KEY" | "AUDITFLOW_PSEUDONYM_KEY" | "AUDITFLOW_SIGNING_KEY" | "AUDITFLOW_JWT_SECRET"),
                 "{name} sets {var}={value}: keys must be generated at first start, not shipped"
             );
         }
@@ -282,15 +282,15 @@ fn compose_generates_keys_and_connects_stages_as_least_privilege_logins() {
     assert!(init.contains("if [ -s \"$out\" ]"), "keys-init.sh must never overwrite existing keys");
 
     // Stages with a database: their own login, their keys from the volume, after the logins exist.
-    let roles = read("migrations/0006_stage_roles.sql") + &read("migrations/0010_index_role.sql");
+    let roles = read("migrations/0006_stage_roles.sql") + &read("migrations/0010_index_role.sql") + &read("migrations/0011_api.sql");
     let logins = read("deploy/compose/db-logins.sh");
     assert!(logins.contains("GRANT :\"grp\" TO :\"login\""), "db-logins.sh grants each login its stage's role");
-    for stage in ["audit-persist", "audit-compliance", "audit-alert", "audit-index"] {
+    for stage in ["audit-persist", "audit-compliance", "audit-alert", "audit-index", "audit-api"] {
         let s = &all[stage];
         let env: HashMap<String, String> = environment(s).into_iter().collect();
         assert!(!env.contains_key("AUDITFLOW_DATABASE_URL"), "{stage} must not get the owner's database URL");
         let login = env.get("STAGE_DB_LOGIN").unwrap_or_else(|| panic!("{stage}: no STAGE_DB_LOGIN"));
-        assert!(roles.contains(&format!("'auditflow_{login}'")), "{stage}: migration 0006 has no role auditflow_{login}");
+        assert!(roles.contains(&format!("'auditflow_{login}'")), "{stage}: no migration makes the role auditflow_{login}");
         assert!(logins.contains(login.as_str()), "db-logins.sh does not create the {login} login");
         assert_eq!(keys_volume(s).as_deref(), Some("keys:/run/auditflow-keys:ro"), "{stage} reads the keys read-only");
         assert_eq!(s["depends_on"]["db-logins"]["condition"], "service_completed_successfully", "{stage} waits for its login");
@@ -330,4 +330,84 @@ fn compose_redis_keeps_window_state_across_restarts() {
         redis["volumes"].as_array().into_iter().flatten().filter_map(Json::as_str).any(|v| v.ends_with(":/data")),
         "the append-only file lives on a volume"
     );
+}
+
+/// The API: its port published on the host's loopback only (as every published port here), its
+/// own login, and a token secret generated with the keys, which the shared entrypoint hands to
+/// the API alone.
+#[test]
+fn compose_api_is_local_only_with_a_generated_token_secret() {
+    let doc = compose();
+    let all = services(&doc);
+    let api = &all["audit-api"];
+    assert_eq!(command(api).expect("audit-api command"), ["audit-api"]);
+    let env: HashMap<String, String> = environment(api).into_iter().collect();
+    assert_eq!(env.get("AUDITFLOW_API_LISTEN").map(String::as_str), Some("0.0.0.0:8080"), "listens on every interface of its container");
+    assert_eq!(env.get("STAGE_DB_LOGIN").map(String::as_str), Some("api"));
+    let published: Vec<&str> = api["ports"].as_array().expect("audit-api publishes its port").iter().filter_map(Json::as_str).collect();
+    assert!(published.iter().any(|p| p.ends_with(":8080")), "audit-api publishes 8080: {published:?}");
+    for (name, service) in all {
+        for port in service["ports"].as_array().into_iter().flatten() {
+            let port = port.as_str().unwrap_or_else(|| panic!("{name}: use the short port syntax, host IP first: {port}"));
+            assert!(port.starts_with("127.0.0.1:"), "{name} publishes {port} beyond the host's loopback");
+        }
+    }
+    assert!(
+        services(&doc)["audit-api"]["depends_on"]["opensearch"]["condition"] == "service_healthy",
+        "audit-api waits for the search store, as audit-index does"
+    );
+
+    // keys-init.sh, run for real against a scratch directory: first start, then an older file
+    // made before the API existed, which must gain its entries and keep everything else.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys_dir = dir.path().to_str().expect("utf-8 path");
+    let script = read("deploy/compose/keys-init.sh").replace("/run/auditflow-keys", keys_dir).replace("chown ", ": chown ");
+    let script_path = dir.path().join("keys-init.sh");
+    std::fs::write(&script_path, script).expect("write script");
+    let run = || {
+        let out = Command::new("sh")
+            .arg(&script_path)
+            .args(["sh", "-c", "echo AUDITFLOW_MASTER_KEY=m; echo AUDITFLOW_PSEUDONYM_KEY=p; echo AUDITFLOW_SIGNING_KEY=s"])
+            .output()
+            .expect("run keys-init.sh");
+        assert!(out.status.success(), "keys-init.sh: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(dir.path().join("keys.env")).expect("keys.env")
+    };
+    let value = |text: &str, var: &str| {
+        text.lines().find_map(|l| l.strip_prefix(&format!("{var}="))).map(str::to_string).unwrap_or_else(|| panic!("keys.env has no {var}:\n{text}"))
+    };
+    let first = run();
+    assert!(value(&first, "AUDITFLOW_JWT_SECRET").len() >= 64, "at least 32 random bytes (hex) for HS256");
+    value(&first, "STAGE_DB_PASSWORD_API");
+    assert_eq!(run(), first, "a second start changes nothing");
+    let older = "AUDITFLOW_MASTER_KEY=old\nSTAGE_DB_PASSWORD_PERSIST=kept\n";
+    let path = dir.path().join("keys.env");
+    // The script leaves it read-only (0400); the container runs it as root, this test may not.
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod");
+    std::fs::write(&path, older).expect("write older keys.env");
+    let upgraded = run();
+    assert!(upgraded.starts_with(older), "existing keys and passwords are never changed:\n{upgraded}");
+    value(&upgraded, "AUDITFLOW_JWT_SECRET");
+    value(&upgraded, "STAGE_DB_PASSWORD_API");
+
+    // The shared entrypoint, run for real: the API gets the token secret and its own login; any
+    // other stage never sees the secret (whoever holds it can mint any token).
+    let entry: Vec<String> = api["entrypoint"].as_array().expect("entrypoint").iter().filter_map(Json::as_str).map(str::to_string).collect();
+    assert_eq!(entry[..2], ["/bin/sh", "-c"]);
+    let shell = entry[2].replace("$$", "$").replace("/run/auditflow-keys/keys.env", path.to_str().expect("utf-8"));
+    for login in ["api", "index"] {
+        let out = Command::new("sh")
+            .args(["-c", &shell, "stage", "env"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("STAGE_DB_LOGIN", login)
+            .output()
+            .expect("run the entrypoint");
+        assert!(out.status.success(), "entrypoint ({login}): {}", String::from_utf8_lossy(&out.stderr));
+        let seen = String::from_utf8(out.stdout).expect("utf-8");
+        let url = value(&seen, "AUDITFLOW_DATABASE_URL");
+        assert!(url.starts_with(&format!("postgres://auditflow_{login}_login:")), "{login}: {url}");
+        assert!(!seen.contains("STAGE_DB_PASSWORD_"), "{login}: the logins' passwords are dropped:\n{seen}");
+        assert_eq!(seen.contains("AUDITFLOW_JWT_SECRET="), login == "api", "{login}: the token secret goes to the API only");
+    }
 }

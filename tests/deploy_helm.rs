@@ -134,51 +134,102 @@ fn pod_specs(docs: &[Json]) -> Vec<(String, &Json)> {
         .collect()
 }
 
+/// The API's values, when it is deployed.
+fn api_values(values: &Json) -> Option<&Json> {
+    let api = &values["api"];
+    (api.is_object() && api["enabled"].as_bool().unwrap_or(true)).then_some(api)
+}
+
+/// A container's env as name → entry.
+fn env_map(container: &Json) -> HashMap<String, Json> {
+    container["env"].as_array().into_iter().flatten().map(|e| (e["name"].as_str().unwrap_or_default().to_string(), e.clone())).collect()
+}
+
+/// What the pod of every Deployment (each stage's and the API's) must have: a real binary,
+/// /metrics and probes on 9100 `http`, time to drain, the hardening, a stable instance id, and a
+/// PodDisruptionBudget and a Service selecting its pods.
+fn check_pod(docs: &[Json], bins: &BTreeSet<String>, name: &str) {
+    let deployment = for_stage(docs, "Deployment", name);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+
+    let binary = container["command"][0].as_str().expect("stage container has a command");
+    assert!(bins.contains(binary), "stage {name} runs {binary}, not a [[bin]] of Cargo.toml");
+    assert_eq!(container["ports"][0]["containerPort"], 9100, "{name}: port 9100");
+    assert_eq!(container["ports"][0]["name"], "http", "{name}: port named http");
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{name}: {probe} on {path}");
+        let port = &container[probe]["httpGet"]["port"];
+        assert!(port == "http" || port == 9100, "{name}: {probe} on the http port, not {port}");
+    }
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("terminationGracePeriodSeconds set");
+    assert!(grace >= 30, "{name}: terminationGracePeriodSeconds {grace} < 30 leaves no time to drain");
+
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}: pod runAsNonRoot");
+    assert_eq!(pod["securityContext"]["runAsUser"], 10001, "{name}: uid 10001, as in the Dockerfile");
+    let sc = &container["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}: readOnlyRootFilesystem");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}: allowPrivilegeEscalation");
+    assert!(sc["capabilities"]["drop"].as_array().is_some_and(|d| d.contains(&"ALL".into())), "{name}: drop ALL");
+
+    let env = container["env"].as_array().expect("env");
+    let instance = env.iter().find(|e| e["name"] == "AUDITFLOW_INSTANCE_ID").expect("AUDITFLOW_INSTANCE_ID set");
+    assert_eq!(instance["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "{name}: instance id = pod name");
+    assert!(env.iter().any(|e| e["name"] == "AUDITFLOW_HTTP_LISTEN" && e["value"] == "0.0.0.0:9100"));
+
+    let selector = &deployment["spec"]["selector"]["matchLabels"];
+    let pdb = for_stage(docs, "PodDisruptionBudget", name);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector, "{name}: the PDB selects the stage's pods");
+    let service = for_stage(docs, "Service", name);
+    assert_eq!(&service["spec"]["selector"], selector, "{name}: the Service selects the stage's pods");
+    let metrics = service["spec"]["ports"].as_array().expect("ports").iter().find(|p| p["name"] == "http");
+    assert!(metrics.is_some_and(|p| p["port"] == 9100 && p["targetPort"] == "http"), "{name}: /metrics on Service port http 9100 (the ServiceMonitor's)");
+}
+
+/// The API's Deployment and Service: the API port beside the stage's, listened on in the pod and
+/// exposed by the Service; replicas as configured (no partitions bound them).
+fn check_api(docs: &[Json], api: &Json) {
+    let deployment = for_stage(docs, "Deployment", "api");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["command"][0], "audit-api");
+    let ports = container["ports"].as_array().expect("ports");
+    assert!(ports.iter().any(|p| p["name"] == "api" && p["containerPort"] == 8080), "api: container port api 8080: {ports:?}");
+    let env = env_map(container);
+    assert_eq!(env["AUDITFLOW_API_LISTEN"]["value"], "0.0.0.0:8080", "api: listens on the container port, on every interface");
+    let service = for_stage(docs, "Service", "api");
+    let port = service["spec"]["ports"].as_array().expect("ports").iter().find(|p| p["name"] == "api").expect("the Service exposes the API");
+    assert_eq!(port["targetPort"], "api");
+    assert_eq!(port["port"], api["service"]["port"]);
+    if api["autoscaling"]["enabled"].as_bool().unwrap_or(false) {
+        assert!(deployment["spec"].get("replicas").is_none(), "api: the HPA owns replicas");
+        let hpa = for_stage(docs, "HorizontalPodAutoscaler", "api");
+        assert_eq!(hpa["spec"]["maxReplicas"], api["autoscaling"]["maxReplicas"]);
+    } else {
+        assert_eq!(deployment["spec"]["replicas"], api["replicas"], "api: replicas as configured");
+    }
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().expect("grace");
+    let drain = api["requestTimeoutSecs"].as_i64().expect("requestTimeoutSecs") + api["preStopSleepSeconds"].as_i64().unwrap_or(0);
+    assert!(grace > drain, "api: {grace} s grace for requests of up to {drain} s");
+}
+
 /// What every render must satisfy, whatever the values.
 fn check_fleet(docs: &[Json], values: &Json) {
     let bins = cargo_bins();
     let stages = stages(values);
     assert!(!stages.is_empty());
     for (name, stage) in &stages {
+        check_pod(docs, &bins, name);
         let deployment = for_stage(docs, "Deployment", name);
-        let pod = &deployment["spec"]["template"]["spec"];
-        let container = &pod["containers"][0];
-
-        let binary = container["command"][0].as_str().expect("stage container has a command");
-        assert!(bins.contains(binary), "stage {name} runs {binary}, not a [[bin]] of Cargo.toml");
-        assert_eq!(container["ports"][0]["containerPort"], 9100, "{name}: port 9100");
-        assert_eq!(container["ports"][0]["name"], "http", "{name}: port named http");
-        for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
-            assert_eq!(container[probe]["httpGet"]["path"], path, "{name}: {probe} on {path}");
-            let port = &container[probe]["httpGet"]["port"];
-            assert!(port == "http" || port == 9100, "{name}: {probe} on the http port, not {port}");
-        }
-        let grace = pod["terminationGracePeriodSeconds"].as_i64().expect("terminationGracePeriodSeconds set");
-        assert!(grace >= 30, "{name}: terminationGracePeriodSeconds {grace} < 30 leaves no time to drain");
-
-        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}: pod runAsNonRoot");
-        assert_eq!(pod["securityContext"]["runAsUser"], 10001, "{name}: uid 10001, as in the Dockerfile");
-        let sc = &container["securityContext"];
-        assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}: readOnlyRootFilesystem");
-        assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}: allowPrivilegeEscalation");
-        assert!(sc["capabilities"]["drop"].as_array().is_some_and(|d| d.contains(&"ALL".into())), "{name}: drop ALL");
-
-        let env = container["env"].as_array().expect("env");
-        let instance = env.iter().find(|e| e["name"] == "AUDITFLOW_INSTANCE_ID").expect("AUDITFLOW_INSTANCE_ID set");
-        assert_eq!(instance["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name", "{name}: instance id = pod name");
-        assert!(env.iter().any(|e| e["name"] == "AUDITFLOW_HTTP_LISTEN" && e["value"] == "0.0.0.0:9100"));
-
-        let selector = &deployment["spec"]["selector"]["matchLabels"];
-        let pdb = for_stage(docs, "PodDisruptionBudget", name);
-        assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector, "{name}: the PDB selects the stage's pods");
         let service = for_stage(docs, "Service", name);
-        assert_eq!(&service["spec"]["selector"], selector, "{name}: the Service selects the stage's pods");
         assert_eq!(service["spec"]["ports"][0]["port"], 9100);
-
         let partitions = stage["partitions"].as_i64().expect("stage partitions");
         if let Some(replicas) = deployment["spec"]["replicas"].as_i64() {
             assert!(replicas <= partitions, "{name}: {replicas} replicas for {partitions} partitions");
         }
+    }
+    if let Some(api) = api_values(values) {
+        check_pod(docs, &bins, "api");
+        check_api(docs, api);
     }
 
     // Secrets: referenced, never rendered.
@@ -310,7 +361,8 @@ fn autoscaler_maximum_never_exceeds_partitions() {
 
 /// Every stage binary of Cargo.toml runs as a Deployment, with the outside services it needs:
 /// the rules' Redis and the index's OpenSearch user from Secrets, the search store's URL in
-/// auditflow.toml, and retention as a CronJob of the schema owner (not a stage's login).
+/// auditflow.toml, the API's token secret and keys from Secrets behind a Service on its port,
+/// and retention as a CronJob of the schema owner (not a stage's login).
 #[test]
 fn every_stage_binary_is_deployed_with_what_it_needs() {
     let docs = render(&[]);
@@ -334,6 +386,30 @@ fn every_stage_binary_is_deployed_with_what_it_needs() {
     assert!(from_secret(&stage_env("rules"), "AUDITFLOW_REDIS_URL"), "audit-rules: the Redis URL (with its password) from a Secret");
     assert!(!stage_env("rules").contains_key("AUDITFLOW_DATABASE_URL"), "audit-rules has no database");
     assert_eq!(stage_env("compliance")["AUDITFLOW_RETENTION_SCHEDULE"]["value"], "false", "the stage's login cannot drop partitions");
+    let api = stage_env("api");
+    for var in [
+        "AUDITFLOW_JWT_SECRET",
+        "AUDITFLOW_DATABASE_URL",
+        "AUDITFLOW_MASTER_KEY",
+        "AUDITFLOW_PSEUDONYM_KEY",
+        "AUDITFLOW_SIGNING_KEY",
+        "AUDITFLOW_OPENSEARCH_USERNAME",
+        "AUDITFLOW_OPENSEARCH_PASSWORD",
+    ] {
+        assert!(from_secret(&api, var), "audit-api: {var} from a Secret");
+    }
+    assert_eq!(api["AUDITFLOW_JWT_SECRET"]["valueFrom"]["secretKeyRef"]["name"], "auditflow-api", "the token secret has a Secret of its own");
+    assert_eq!(api["AUDITFLOW_JWT_ISSUER"]["value"], "auditflow");
+    assert_eq!(api["AUDITFLOW_JWT_AUDIENCE"]["value"], "auditflow-api");
+    assert_eq!(api["AUDITFLOW_API_TRUST_FORWARDED_FOR"]["value"], "false", "X-Forwarded-For is trusted only when asked");
+    assert!(!api.contains_key("AUDITFLOW_JWKS_FILE"), "no JWKS unless one is configured");
+    let service = for_stage(&docs, "Service", "api");
+    assert_eq!(service["spec"]["type"], "ClusterIP");
+    assert!(
+        service["spec"]["ports"].as_array().expect("ports").iter().any(|p| p["port"] == 8080 && p["targetPort"] == "api"),
+        "the API Service exposes 8080: {service}"
+    );
+    assert!(of_kind(&docs, "HorizontalPodAutoscaler").iter().all(|h| component(h) != "api"), "fixed API replicas unless autoscaling is asked for");
     let toml_text = of_kind(&docs, "ConfigMap").into_iter().find_map(|c| c["data"]["auditflow.toml"].as_str()).expect("auditflow.toml");
     let config = auditflow::config::Config::from_sources(Some(toml_text), &HashMap::new()).expect("auditflow.toml is accepted");
     assert_eq!(config.index.url.as_deref(), Some("https://opensearch-cluster-master:9200"));
@@ -353,6 +429,53 @@ fn chart_refuses_values_that_would_break_a_stage() {
     assert!(err.contains("stages.enrich.partitions"), "{err}");
     let err = run_helm(&["template", "auditflow", CHART, "--set", "terminationGracePeriodSeconds=10"]).expect_err("grace");
     assert!(err.contains("terminationGracePeriodSeconds"), "{err}");
+    // audit-api refuses to start without a way to verify tokens, so the chart refuses first.
+    let err = run_helm(&["template", "auditflow", CHART, "--set", "api.secretEnv={masterKey,pseudonymKey}"]).expect_err("no token key");
+    assert!(err.contains("api") && err.contains("jwtSecret") && err.contains("api.jwks"), "{err}");
+    run_helm(&["template", "auditflow", CHART, "--set", "api.secretEnv={masterKey,pseudonymKey}", "--set", "api.jwks.configMap=idp-jwks"])
+        .expect("a JWKS alone verifies tokens");
+    let err = run_helm(&["template", "auditflow", CHART, "--set", "api.requestTimeoutSecs=120"]).expect_err("requests outlast the grace period");
+    assert!(err.contains("terminationGracePeriodSeconds") && err.contains("requestTimeoutSecs"), "{err}");
+    let err = run_helm(&["template", "auditflow", CHART, "--set", "api.secretEnv={jwtSecret,nope}"]).expect_err("unknown entry");
+    assert!(err.contains("api.secretEnv") && err.contains("nope"), "{err}");
+    let docs = render(&["--set", "api.enabled=false"]);
+    assert!(docs.iter().all(|d| component(d) != "api"), "api.enabled=false renders no API");
+}
+
+/// values-full.yaml: the API autoscaled on CPU, tokens from a JWKS mounted as a directory (a key
+/// rotation reaches the pods in place) and its own database login; only the allowed callers
+/// reach its port, and the ServiceMonitor scrapes it like a stage.
+#[test]
+fn full_values_deploy_the_api_behind_an_ingress_with_a_jwks() {
+    let docs = render(&["-f", FULL]);
+    let deployment = for_stage(&docs, "Deployment", "api");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = env_map(container);
+    let file = env["AUDITFLOW_JWKS_FILE"]["value"].as_str().expect("AUDITFLOW_JWKS_FILE");
+    let mount = container["volumeMounts"].as_array().expect("mounts").iter().find(|m| m["name"] == "jwks").expect("a jwks mount");
+    assert!(mount.get("subPath").is_none(), "a subPath mount is never updated in place");
+    let dir = mount["mountPath"].as_str().expect("mountPath");
+    let volume = pod["volumes"].as_array().expect("volumes").iter().find(|v| v["name"] == "jwks").expect("a jwks volume");
+    assert_eq!(volume["configMap"]["name"], "auditflow-jwks");
+    let item = volume["configMap"]["items"][0]["path"].as_str().expect("item path");
+    assert_eq!(file, format!("{dir}/{item}"), "AUDITFLOW_JWKS_FILE names the mounted file");
+    assert_eq!(env["AUDITFLOW_API_TRUST_FORWARDED_FOR"]["value"], "true");
+    assert_eq!(env["AUDITFLOW_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["name"], "auditflow-database-api", "the API's own login");
+    let hpa = for_stage(&docs, "HorizontalPodAutoscaler", "api");
+    assert_eq!(hpa["spec"]["metrics"][0]["resource"]["name"], "cpu", "no consumer lag to scale the API on");
+    assert!(of_kind(&docs, "ScaledObject").iter().all(|d| component(d) != "api"));
+
+    let policy = of_kind(&docs, "NetworkPolicy")[0];
+    let rule = policy["spec"]["ingress"]
+        .as_array()
+        .expect("ingress")
+        .iter()
+        .find(|r| r["ports"][0]["port"] == "api")
+        .expect("an ingress rule for the API port");
+    assert_eq!(rule["from"], values(Some(FULL))["networkPolicy"]["apiFrom"], "only the allowed callers");
+    let monitor = of_kind(&docs, "ServiceMonitor")[0];
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "http", "the port every stage's and the API's Service names http");
 }
 
 #[test]
@@ -400,6 +523,7 @@ fn chart_configuration_is_accepted_by_the_binaries() {
         let values = values(extra.get(1).copied());
         assert_eq!(config.kafka.brokers, values["kafka"]["brokers"].as_str().expect("brokers"));
         assert_eq!(config.http.listen, "0.0.0.0:9100");
+        assert_eq!(config.api.listen, "0.0.0.0:8080");
         assert_eq!(i64::from(config.topics.raw.partitions), values["topics"]["raw"]["partitions"].as_i64().expect("p"));
         assert_eq!(config.topics.raw.max_message_bytes, 4 * 1024 * 1024, "the raw topic keeps its 4 MiB limit");
         // The grace period covers the drain the configuration allows.
@@ -416,10 +540,15 @@ fn chart_configuration_is_accepted_by_the_binaries() {
 /// tell whether it got past its configuration checks: `Ok` once it tries the database,
 /// `Err(message)` if it refused a setting.
 fn persist_starts_with(env: &[(String, String)], config_file: &Path) -> Result<(), String> {
+    binary_starts_with(env!("CARGO_BIN_EXE_audit-persist"), env, config_file)
+}
+
+/// The same for any stage binary.
+fn binary_starts_with(binary: &str, env: &[(String, String)], config_file: &Path) -> Result<(), String> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log_path = dir.path().join("persist.log");
+    let log_path = dir.path().join("stage.log");
     let log = std::fs::File::create(&log_path).expect("log");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_audit-persist"))
+    let mut child = Command::new(binary)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -428,7 +557,7 @@ fn persist_starts_with(env: &[(String, String)], config_file: &Path) -> Result<(
         .stdout(log.try_clone().expect("log"))
         .stderr(log)
         .spawn()
-        .expect("audit-persist starts");
+        .unwrap_or_else(|e| panic!("{binary} starts: {e}"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let outcome = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -504,6 +633,76 @@ fn persist_deployment_gets_everything_persist_needs_to_start() {
                 .err()
                 .unwrap_or_else(|| panic!("{extra:?}: persist started without {missing}; why does the chart give it?"));
             assert!(err.contains(missing.as_str()), "{extra:?}: without {missing}, persist failed for another reason: {err}");
+        }
+    }
+}
+
+/// The rendered environment of a stage's container, Secret references filled with generated
+/// values (the database URL at a closed port), files it names written under `dir`: what the
+/// binary would see in its pod. Returns the environment and the names that came from Secrets.
+fn rendered_env(container: &Json, dir: &Path) -> (Vec<(String, String)>, Vec<String>) {
+    let mut env = Vec::new();
+    let mut from_secrets = Vec::new();
+    for e in container["env"].as_array().expect("env") {
+        let name = e["name"].as_str().expect("name").to_string();
+        if name == "AUDITFLOW_CONFIG" || name == "AUDITFLOW_HTTP_LISTEN" {
+            continue;
+        }
+        let value = if name == "AUDITFLOW_JWKS_FILE" {
+            // The mounted document, here one without keys (the HS256 secret verifies tokens).
+            let path = dir.join("jwks.json");
+            std::fs::write(&path, r#"{"keys": []}"#).expect("write jwks");
+            path.display().to_string()
+        } else if let Some(v) = e["value"].as_str() {
+            v.to_string()
+        } else if e["valueFrom"]["secretKeyRef"].is_object() {
+            from_secrets.push(name.clone());
+            if name == "AUDITFLOW_DATABASE_URL" {
+                "postgres://stage:unused@127.0.0.1:9/auditflow".to_string()
+            } else {
+                hex::encode(rand_bytes())
+            }
+        } else if e["valueFrom"]["fieldRef"].is_object() {
+            "test-pod".to_string()
+        } else {
+            panic!("env {name}: neither a value nor a Secret/field reference: {e}");
+        };
+        env.push((name, value));
+    }
+    (env, from_secrets)
+}
+
+/// The API Deployment as rendered gets what audit-api needs to start: given only that
+/// environment, the real binary gets past its configuration, keys, token verification and
+/// search client to the database; without the master key, the pseudonym key or the token
+/// secret it refuses, naming it.
+#[test]
+fn api_deployment_gets_everything_the_api_needs_to_start() {
+    for extra in [&[][..], &["-f", FULL][..]] {
+        let docs = render(extra);
+        let toml_text = of_kind(&docs, "ConfigMap")
+            .into_iter()
+            .find_map(|c| c["data"]["auditflow.toml"].as_str())
+            .expect("a ConfigMap with auditflow.toml")
+            .to_string();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_file = dir.path().join("auditflow.toml");
+        std::fs::write(&config_file, &toml_text).expect("write config");
+        let container = &for_stage(&docs, "Deployment", "api")["spec"]["template"]["spec"]["containers"][0];
+        let (env, from_secrets) = rendered_env(container, dir.path());
+        assert!(from_secrets.iter().any(|n| n == "AUDITFLOW_DATABASE_URL"), "{extra:?}: no database URL from a Secret");
+        binary_starts_with(env!("CARGO_BIN_EXE_audit-api"), &env, &config_file)
+            .unwrap_or_else(|e| panic!("{extra:?}: audit-api does not start as rendered: {e}"));
+        if !extra.is_empty() {
+            continue;
+        }
+        for missing in ["AUDITFLOW_MASTER_KEY", "AUDITFLOW_PSEUDONYM_KEY", "AUDITFLOW_JWT_SECRET"] {
+            assert!(from_secrets.iter().any(|n| n == missing), "{missing} from a Secret");
+            let fewer: Vec<(String, String)> = env.iter().filter(|(k, _)| k != missing).cloned().collect();
+            let err = binary_starts_with(env!("CARGO_BIN_EXE_audit-api"), &fewer, &config_file)
+                .err()
+                .unwrap_or_else(|| panic!("audit-api started without {missing}"));
+            assert!(err.contains(missing), "without {missing}, audit-api failed for another reason: {err}");
         }
     }
 }

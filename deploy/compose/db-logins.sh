@@ -1,9 +1,10 @@
 #!/bin/sh
-# After `auditflow migrate`: one login per stage, member of that stage's group role only
-# (migration 0006), with the password generated into the keys volume. Idempotent.
+# After `auditflow migrate`: one login per stage and one for the API, each a member of its own
+# group role only (migrations 0006, 0010, 0011), with the password generated into the keys
+# volume. Idempotent.
 set -eu
 . /run/auditflow-keys/keys.env
-for stage in persist compliance alert index; do
+for stage in persist compliance alert index api; do
   var="STAGE_DB_PASSWORD_$(echo "$stage" | tr a-z A-Z)"
   eval "password=\$$var"
   psql -v ON_ERROR_STOP=1 -v login="auditflow_${stage}_login" -v grp="auditflow_${stage}" \
@@ -14,4 +15,4 @@ ALTER ROLE :"login" LOGIN NOCREATEROLE NOCREATEDB PASSWORD :'password';
 GRANT :"grp" TO :"login";
 SQL
 done
-echo "db-logins: persist, compliance, alert and index logins ready"
+echo "db-logins: persist, compliance, alert, index and api logins ready"

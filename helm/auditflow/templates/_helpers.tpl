@@ -113,6 +113,40 @@ partition count get nothing and sit idle, so scaling past it adds cost, not thro
 {{- end -}}
 {{- end -}}
 
+{{/* Refuse API values that would stop audit-api at start or cut requests short. Context: {root, name, stage}. */}}
+{{- define "auditflow.api.validate" -}}
+{{- if hasKey (.root.Values.stages | default dict) .name -}}
+{{- fail (printf "stages.%s: the name is taken by the API (api:); rename the stage" .name) -}}
+{{- end -}}
+{{- range .stage.secretEnv | default list -}}
+{{- if not (hasKey ($.root.Values.secrets.env | default dict) .) -}}
+{{- fail (printf "api.secretEnv: %q is not an entry of secrets.env" .) -}}
+{{- end -}}
+{{- end -}}
+{{- $jwks := .stage.jwks | default dict -}}
+{{- if and $jwks.configMap $jwks.secret -}}
+{{- fail "api.jwks: set configMap or secret, not both" -}}
+{{- end -}}
+{{- $hs256 := false -}}
+{{- range .stage.secretEnv | default list -}}
+{{- if eq (index $.root.Values.secrets.env .).env "AUDITFLOW_JWT_SECRET" -}}
+{{- $hs256 = true -}}
+{{- end -}}
+{{- end -}}
+{{- if not (or $hs256 $jwks.configMap $jwks.secret) -}}
+{{- fail "api: no way to verify tokens (audit-api would refuse to start): list jwtSecret in api.secretEnv, or set api.jwks.configMap or api.jwks.secret" -}}
+{{- end -}}
+{{- $drain := add (int (.stage.preStopSleepSeconds | default 0)) (int (.stage.requestTimeoutSecs | default 30)) -}}
+{{- $grace := int (include "auditflow.stage.grace" .) -}}
+{{- if le $grace $drain -}}
+{{- fail (printf "api: terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + requestTimeoutSecs (%d s), or requests in flight are cut off" $grace $drain) -}}
+{{- end -}}
+{{- $as := .stage.autoscaling | default dict -}}
+{{- if and $as.enabled (gt (int ($as.minReplicas | default 1)) (int ($as.maxReplicas | default 1))) -}}
+{{- fail (printf "api.autoscaling: minReplicas (%d) exceeds maxReplicas (%d)" (int $as.minReplicas) (int $as.maxReplicas)) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Pod- and container-level hardening shared by stages and jobs. */}}
 {{- define "auditflow.podSecurityContext" -}}
 runAsNonRoot: true
