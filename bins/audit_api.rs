@@ -18,7 +18,7 @@ async fn main() -> anyhow::Result<()> {
     let p = process::start_from_args("audit-api", "auditflow API: HTTP ingest and queries, JWT, every read audited").await?;
     let config = p.config.clone();
     let settings = config.api.clone();
-    let tokens = Tokens::new(&settings.auth)?;
+    let tokens = Tokens::new(&settings.auth).await?;
     let keys = config.privacy.keys()?;
     let signer = config.ledger.signing_key.is_some().then(|| auditflow::cli::ledger::signer(&config)).transpose()?;
     let verifying_keys = match (&config.ledger.verify_key, &signer) {

@@ -510,3 +510,74 @@ async fn ten_thousand_events_over_http_with_retries_are_ten_thousand_rows() {
     assert!(metrics.contains("auditflow_api_requests_total"), "{metrics}");
     drop(api.process);
 }
+
+/// A JWKS endpoint on loopback: serves whatever document it holds, counting fetches.
+fn jwks_server(doc: std::sync::Arc<std::sync::Mutex<String>>, fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = doc.lock().map(|d| d.clone()).unwrap_or_default();
+            let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    format!("http://{addr}/.well-known/jwks.json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_identity_provider_key_is_fetched_once_when_a_token_names_it() {
+    let _serial = SERIAL.lock().await;
+    let env = TestEnv::new("api_jwks", 1).await;
+    let full: Value = serde_json::from_str(&vector("jwks.json")).expect("jwks");
+    let mut before = full.clone();
+    before["keys"] = json!(full["keys"].as_array().expect("keys").iter().filter(|k| k["kid"] == "test-rsa-1").cloned().collect::<Vec<_>>());
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(before.to_string()));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = jwks_server(doc.clone(), fetches.clone());
+    // No HS256 secret: only the provider's keys.
+    let jwks = String::new();
+    let api = {
+        let vars: Vec<(&str, &str)> = vec![("AUDITFLOW_API_LISTEN", "127.0.0.1:0"), ("AUDITFLOW_JWKS_URL", &url), ("AUDITFLOW_JWKS_FILE", &jwks)];
+        let process = env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "jwks", &vars);
+        let start = Instant::now();
+        let base = loop {
+            let log = process.log();
+            if let Some(line) = log.lines().find(|l| l.contains("serving the API")) {
+                let at = line.find("addr=").expect("addr") + 5;
+                let rest = &line[at..];
+                let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+                break format!("http://{}", rest[..end].trim_matches('"'));
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "audit-api did not start:\n{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Api { process, base, http: reqwest::Client::new() }
+    };
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "fetched at start");
+    let ec = EncodingKey::from_ec_pem(vector("ec-private.pem").as_bytes()).expect("pem");
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some("test-ec-1".into());
+    let t = jsonwebtoken::encode(&h, &claims("rotated", &[Role::Auditor], Classification::Restricted, None, "auditflow-api", now() + 600), &ec).expect("sign");
+    // The provider rotates in the EC key; the first token naming it makes the API fetch again.
+    *doc.lock().expect("doc") = full.to_string();
+    let (s, v) = api.get("/v1/ledger/checkpoints", &t).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Forged key ids right after: refused without a fetch each.
+    for i in 0..5 {
+        h.kid = Some(format!("forged-{i}"));
+        let forged = jsonwebtoken::encode(&h, &claims("x", &[Role::Auditor], Classification::Restricted, None, "auditflow-api", now() + 600), &ec).expect("sign");
+        let (s, _) = api.get("/v1/ledger/checkpoints", &forged).await;
+        assert_eq!(s, 401);
+    }
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2, "reloads are rate-limited");
+    // An HS256 token is refused: no secret is configured.
+    let (s, _) = api.get("/v1/ledger/checkpoints", &token("x", &[Role::Auditor], Classification::Restricted, None)).await;
+    assert_eq!(s, 401);
+    drop(api.process);
+}

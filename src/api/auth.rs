@@ -89,6 +89,9 @@ pub struct AuthSettings {
     pub jwt_secret: Option<String>,
     /// A JWKS document (RS256 / ES256 public keys). `AUDITFLOW_JWKS_FILE`.
     pub jwks_file: Option<std::path::PathBuf>,
+    /// An identity provider's JWKS endpoint (https; http only to loopback).
+    /// `AUDITFLOW_JWKS_URL`.
+    pub jwks_url: Option<String>,
     /// Required `iss`. `AUDITFLOW_JWT_ISSUER`.
     pub issuer: String,
     /// Required `aud`. `AUDITFLOW_JWT_AUDIENCE`.
@@ -104,6 +107,7 @@ impl Default for AuthSettings {
         AuthSettings {
             jwt_secret: None,
             jwks_file: None,
+            jwks_url: None,
             issuer: "auditflow".into(),
             audience: "auditflow-api".into(),
             leeway_secs: 30,
@@ -117,6 +121,7 @@ impl fmt::Debug for AuthSettings {
         f.debug_struct("AuthSettings")
             .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| "<redacted>"))
             .field("jwks_file", &self.jwks_file)
+            .field("jwks_url", &self.jwks_url)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("leeway_secs", &self.leeway_secs)
@@ -133,6 +138,9 @@ impl AuthSettings {
         }
         if let Some(v) = text("AUDITFLOW_JWKS_FILE") {
             self.jwks_file = Some(v.into());
+        }
+        if let Some(v) = text("AUDITFLOW_JWKS_URL") {
+            self.jwks_url = Some(v);
         }
         if let Some(v) = text("AUDITFLOW_JWT_ISSUER") {
             self.issuer = v;
@@ -152,6 +160,15 @@ impl AuthSettings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 32) {
             return Err(ConfigError::new("AUDITFLOW_JWT_SECRET", "at least 32 bytes (e.g. `openssl rand -base64 48`)"));
+        }
+        if self.jwks_file.is_some() && self.jwks_url.is_some() {
+            return Err(ConfigError::new("AUDITFLOW_JWKS_FILE / AUDITFLOW_JWKS_URL", "one or the other"));
+        }
+        if let Some(u) = &self.jwks_url {
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"].iter().any(|p| u.starts_with(p));
+            if !u.starts_with("https://") && !loopback {
+                return Err(ConfigError::new("AUDITFLOW_JWKS_URL", "https:// (plain http only to a loopback address): the keys decide who gets in"));
+            }
         }
         if self.leeway_secs > MAX_LEEWAY_SECS {
             return Err(ConfigError::new("AUDITFLOW_JWT_LEEWAY_SECS", format!("at most {MAX_LEEWAY_SECS}")));
@@ -234,7 +251,7 @@ impl Verifier {
             }
         }
         if secret.is_none() && keys.is_empty() {
-            return Err(ConfigError::new("AUDITFLOW_JWT_SECRET / AUDITFLOW_JWKS_FILE", "one is required: the API admits no caller without a way to verify tokens"));
+            return Err(ConfigError::new("AUDITFLOW_JWT_SECRET / AUDITFLOW_JWKS_FILE / AUDITFLOW_JWKS_URL", "one is required: the API admits no caller without a way to verify tokens"));
         }
         Ok(Verifier { settings: settings.clone(), secret, jwks: keys })
     }
@@ -286,13 +303,27 @@ impl Verifier {
     }
 }
 
-/// The JWKS document's text, when `AUDITFLOW_JWKS_FILE` is set.
-pub fn read_jwks(settings: &AuthSettings) -> Result<Option<String>, ConfigError> {
-    settings
-        .jwks_file
-        .as_ref()
-        .map(|p| std::fs::read_to_string(p).map_err(|e| ConfigError::new("AUDITFLOW_JWKS_FILE", format!("cannot read {}: {e}", p.display()))))
-        .transpose()
+/// The JWKS document's text: read from `AUDITFLOW_JWKS_FILE` or fetched from
+/// `AUDITFLOW_JWKS_URL` (10 s timeout, no redirects), when one is set.
+pub async fn read_jwks(settings: &AuthSettings) -> Result<Option<String>, ConfigError> {
+    if let Some(p) = &settings.jwks_file {
+        return tokio::fs::read_to_string(p)
+            .await
+            .map(Some)
+            .map_err(|e| ConfigError::new("AUDITFLOW_JWKS_FILE", format!("cannot read {}: {e}", p.display())));
+    }
+    let Some(url) = &settings.jwks_url else { return Ok(None) };
+    let err = |e: String| ConfigError::new("AUDITFLOW_JWKS_URL", e);
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let r = client.get(url).send().await.map_err(|e| err(format!("cannot fetch the JWKS: {e}")))?;
+    if !r.status().is_success() {
+        return Err(err(format!("the JWKS endpoint answered {}", r.status())));
+    }
+    r.text().await.map(Some).map_err(|e| err(format!("cannot read the JWKS: {e}")))
 }
 
 /// Mint an HS256 token (`auditflow token issue`): for local use and tests.

@@ -51,42 +51,46 @@ impl ApiMetrics {
     }
 }
 
-/// Token verification that re-reads the JWKS when a token names a key it does not know (an
-/// identity provider rotated its keys), at most once per `JWKS_RELOAD_EVERY`.
+/// Token verification that reloads the JWKS (file or URL) when a token names a key it does not
+/// know (an identity provider rotated its keys), at most once per `JWKS_RELOAD_EVERY`, so a
+/// stream of forged `kid`s cannot turn into a stream of fetches.
 pub struct Tokens {
     verifier: RwLock<Arc<Verifier>>,
     settings: super::auth::AuthSettings,
-    last_reload: std::sync::Mutex<Instant>,
+    last_reload: tokio::sync::Mutex<Instant>,
 }
 
 const JWKS_RELOAD_EVERY: Duration = Duration::from_secs(30);
 
 impl Tokens {
-    pub fn new(settings: &super::auth::AuthSettings) -> Result<Tokens, crate::error::ConfigError> {
-        let verifier = Verifier::new(settings, super::auth::read_jwks(settings)?.as_deref())?;
-        Ok(Tokens { verifier: RwLock::new(Arc::new(verifier)), settings: settings.clone(), last_reload: std::sync::Mutex::new(Instant::now()) })
+    pub async fn new(settings: &super::auth::AuthSettings) -> Result<Tokens, crate::error::ConfigError> {
+        let verifier = Verifier::new(settings, super::auth::read_jwks(settings).await?.as_deref())?;
+        // The first unknown key after start may reload at once.
+        let last = Instant::now().checked_sub(JWKS_RELOAD_EVERY).unwrap_or_else(Instant::now);
+        Ok(Tokens { verifier: RwLock::new(Arc::new(verifier)), settings: settings.clone(), last_reload: tokio::sync::Mutex::new(last) })
     }
 
     fn current(&self) -> Arc<Verifier> {
         self.verifier.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+    pub async fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let has_jwks = self.settings.jwks_file.is_some() || self.settings.jwks_url.is_some();
         match self.current().verify(token) {
-            Err(AuthError::UnknownKey(kid)) if self.settings.jwks_file.is_some() => {
+            Err(AuthError::UnknownKey(kid)) if has_jwks => {
                 {
-                    let mut last = self.last_reload.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut last = self.last_reload.lock().await;
                     if last.elapsed() < JWKS_RELOAD_EVERY {
                         return Err(AuthError::UnknownKey(kid));
                     }
                     *last = Instant::now();
-                }
-                match super::auth::read_jwks(&self.settings).and_then(|j| Verifier::new(&self.settings, j.as_deref())) {
-                    Ok(v) => {
-                        tracing::info!("JWKS reloaded for an unknown key id");
-                        *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
+                    match super::auth::read_jwks(&self.settings).await.and_then(|j| Verifier::new(&self.settings, j.as_deref())) {
+                        Ok(v) => {
+                            tracing::info!("JWKS reloaded for an unknown key id");
+                            *self.verifier.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(v);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "JWKS reload failed; keeping the keys already loaded"),
                     }
-                    Err(e) => tracing::warn!(error = %e, "JWKS reload failed; keeping the keys already loaded"),
                 }
                 self.current().verify(token)
             }
@@ -282,7 +286,11 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         }
     };
     if let Access::Roles { .. } = route.access {
-        let caller = match bearer(&headers).and_then(|t| state.tokens.verify(t)) {
+        let verified = match bearer(&headers) {
+            Ok(t) => state.tokens.verify(t).await,
+            Err(e) => Err(e),
+        };
+        let caller = match verified {
             Ok(c) => c,
             Err(e) => {
                 let metric = match e {
