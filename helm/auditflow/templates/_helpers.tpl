@@ -127,14 +127,17 @@ partition count get nothing and sit idle, so scaling past it adds cost, not thro
 {{- if and $jwks.configMap $jwks.secret -}}
 {{- fail "api.jwks: set configMap or secret, not both" -}}
 {{- end -}}
+{{- if and $jwks.url (or $jwks.configMap $jwks.secret) -}}
+{{- fail "api.jwks: set url or a configMap/secret, not both" -}}
+{{- end -}}
 {{- $hs256 := false -}}
 {{- range .stage.secretEnv | default list -}}
 {{- if eq (index $.root.Values.secrets.env .).env "AUDITFLOW_JWT_SECRET" -}}
 {{- $hs256 = true -}}
 {{- end -}}
 {{- end -}}
-{{- if not (or $hs256 $jwks.configMap $jwks.secret) -}}
-{{- fail "api: no way to verify tokens (audit-api would refuse to start): list jwtSecret in api.secretEnv, or set api.jwks.configMap or api.jwks.secret" -}}
+{{- if not (or $hs256 $jwks.configMap $jwks.secret $jwks.url) -}}
+{{- fail "api: no way to verify tokens (audit-api would refuse to start): list jwtSecret in api.secretEnv, or set api.jwks.url, api.jwks.configMap or api.jwks.secret" -}}
 {{- end -}}
 {{- $drain := add (int (.stage.preStopSleepSeconds | default 0)) (int (.stage.requestTimeoutSecs | default 30)) -}}
 {{- $grace := int (include "auditflow.stage.grace" .) -}}
