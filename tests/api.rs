@@ -143,6 +143,17 @@ impl Api {
     }
 }
 
+/// A login in `auditflow_api` for this test's database: the API runs with exactly its grants.
+async fn api_login(env: &TestEnv) -> String {
+    let name = format!("t_{}", env.id);
+    let admin = sqlx::PgPool::connect(&admin_database_url()).await.expect("admin");
+    sqlx::query(&format!("CREATE ROLE \"{name}\" LOGIN PASSWORD 'test-only' IN ROLE auditflow_api")).execute(&admin).await.expect("create login");
+    admin.close().await;
+    let url = env.database_url.replacen("auditflow:auditflow@", &format!("{name}:test-only@"), 1);
+    assert!(url.contains(&name), "database URL not of the form user:password@…");
+    url
+}
+
 fn concrete(path: &str) -> String {
     path.replace("{id}", &uuid::Uuid::new_v4().to_string())
         .replace("{kind}", "user")
@@ -248,7 +259,8 @@ async fn clearance_pii_self_audit_and_injection_on_the_live_pipeline() {
     let _enrich = env.start_stage("audit-enrich", "1");
     let _persist = env.start_stage("audit-persist", "1");
     let _index = env.start_stage("audit-index", "1");
-    let api = start_api(&env, &[]);
+    let login = api_login(&env).await;
+    let api = start_api(&env, &[("AUDITFLOW_DATABASE_URL", &login)]);
     let keys = test_keys();
     let marker = format!("res-{}", env.id);
     let ingest = token("svc-ingest", &[Role::Ingest], Classification::Public, None);
@@ -389,7 +401,8 @@ async fn clearance_pii_self_audit_and_injection_on_the_live_pipeline() {
     let (_, v) = api.get(&format!("/v1/alerts/{low}"), &public).await;
     assert_eq!(v["triage"][0]["note"], "looking");
     assert_eq!(v["evidence"][0]["id"], json!(ids[0]));
-    let updates = read_topic(&format!("{}.security-alerts", env.id), 2, Duration::from_secs(3));
+    let partitions = env.config().topics.security_alerts.partitions;
+    let updates = read_topic(&format!("{}.security-alerts", env.id), partitions, Duration::from_secs(3));
     let update = updates.iter().filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok()).find(|u| u["type"] == "alert.triage");
     assert_eq!(update.expect("triage update on security-alerts")["triageStatus"], "acknowledged");
 
@@ -429,7 +442,8 @@ async fn ten_thousand_events_over_http_with_retries_are_ten_thousand_rows() {
     let env = TestEnv::new("api_ingest", 2).await;
     let _enrich = env.start_stage("audit-enrich", "1");
     let _persist = env.start_stage("audit-persist", "1");
-    let api = start_api(&env, &[("AUDITFLOW_API_MAX_BODY_BYTES", "1048576"), ("AUDITFLOW_API_MAX_EVENTS", "2000")]);
+    let login = api_login(&env).await;
+    let api = start_api(&env, &[("AUDITFLOW_API_MAX_BODY_BYTES", "1048576"), ("AUDITFLOW_API_MAX_EVENTS", "2000"), ("AUDITFLOW_DATABASE_URL", &login)]);
     let t = token("svc-bulk", &[Role::Ingest], Classification::Public, None);
     let marker = format!("bulk-{}", env.id);
 

@@ -184,6 +184,21 @@ async fn operator_checks(pool: &PgPool) -> Result<(), String> {
     Ok(())
 }
 
+async fn api_checks(pool: &PgPool) -> Result<(), String> {
+    operator_checks(pool).await?;
+    allowed(pool, "UPDATE audit_alerts SET triage_status = 'acknowledged', triaged_by = 'me', triaged_at = now() WHERE false").await?;
+    allowed(pool, "SELECT 1 FROM alert_triage LIMIT 1").await?;
+    allowed(pool, "INSERT INTO api_idempotency_keys (caller, key, body_sha256, received_at) VALUES ('c', 'k', '\\x00', now())").await?;
+    allowed(pool, "DELETE FROM api_idempotency_keys WHERE received_at < now() - interval '1 day'").await?;
+    allowed(pool, "INSERT INTO ledger_verifications (id, started_by) VALUES (gen_random_uuid(), 'me')").await?;
+    allowed(pool, "SELECT 1 FROM privacy_key_check LIMIT 1").await?;
+    denied(pool, "INSERT INTO audit_events (id, \"timestamp\", action, resource, classification, severity, success, compliance, source_topic, source_partition, source_offset, enriched_at)
+                  VALUES ('x', now(), 'a', 'r', 'PUBLIC', 'LOW', true, '{}', 't', 0, 0, now())").await?;
+    denied(pool, "DELETE FROM alert_triage").await?;
+    denied(pool, "UPDATE ledger_checkpoints SET signature = '\\x00'").await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_stage_login_has_exactly_its_privileges() {
     let mut fx = Fixture::new().await;
@@ -192,16 +207,18 @@ async fn each_stage_login_has_exactly_its_privileges() {
     let alert = fx.login("auditflow_alert").await;
     let auditor = fx.login("auditflow_auditor").await;
     let operator = fx.login("auditflow_operator").await;
+    let api = fx.login("auditflow_api").await;
     // Persist first: the others then find rows and partitions to be refused or allowed on.
     let outcome = async {
         persist_checks(&persist).await.map_err(|e| format!("auditflow_persist: {e}"))?;
         compliance_checks(&compliance).await.map_err(|e| format!("auditflow_compliance: {e}"))?;
         alert_checks(&alert).await.map_err(|e| format!("auditflow_alert: {e}"))?;
         auditor_checks(&auditor).await.map_err(|e| format!("auditflow_auditor: {e}"))?;
-        operator_checks(&operator).await.map_err(|e| format!("auditflow_operator: {e}"))
+        operator_checks(&operator).await.map_err(|e| format!("auditflow_operator: {e}"))?;
+        api_checks(&api).await.map_err(|e| format!("auditflow_api: {e}"))
     }
     .await;
-    for pool in [persist, compliance, alert, auditor, operator] {
+    for pool in [persist, compliance, alert, auditor, operator, api] {
         pool.close().await;
     }
     fx.close().await;
