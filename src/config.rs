@@ -999,11 +999,14 @@ impl Config {
         if let Some((input, outputs)) = self.stage_topics(stage) {
             lines.push(("topics", format!("{input} → {}", outputs.join(", "))));
         }
-        if stage == "index" {
+        if stage == "api" {
+            lines.push(("api", format!("listening on {}, bodies up to {} bytes, {} events per request", self.api.listen, self.api.max_body_bytes, self.api.max_events)));
+        }
+        if stage == "index" || (stage == "api" && self.index.url.is_some()) {
             let host = self.index.url.as_deref().and_then(crate::redact::url_host).unwrap_or("?");
             lines.push(("opensearch", format!("{host}, indices {}-YYYY.MM", self.index.prefix)));
         }
-        if matches!(stage, "persist" | "alert" | "compliance" | "index") {
+        if matches!(stage, "persist" | "alert" | "compliance" | "index" | "api") {
             let host = crate::redact::url_host(&self.database.url).unwrap_or("?");
             let db = crate::redact::url_path(&self.database.url).unwrap_or("?");
             lines.push(("database", format!("{host}/{db}, {} connection(s) at most", self.database.max_connections)));
@@ -1011,10 +1014,12 @@ impl Config {
         if stage == "rules" {
             lines.push(("redis", crate::redact::url_host(&self.redis.url).unwrap_or("?").to_string()));
         }
-        lines.push((
-            "batches",
-            format!("up to {} messages or {} ms", self.stage.batch_max_messages, self.stage.batch_max_wait_ms),
-        ));
+        if stage != "api" {
+            lines.push((
+                "batches",
+                format!("up to {} messages or {} ms", self.stage.batch_max_messages, self.stage.batch_max_wait_ms),
+            ));
+        }
         lines
     }
 
