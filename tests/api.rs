@@ -89,7 +89,11 @@ fn start_api(env: &TestEnv, extra: &[(&str, &str)]) -> Api {
         ("AUDITFLOW_JWKS_FILE", &jwks),
     ];
     vars.extend_from_slice(extra);
-    let process = env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "1", &vars);
+    serving(env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "1", &vars))
+}
+
+/// The API once it has logged its address.
+fn serving(process: StageProcess) -> Api {
     let start = Instant::now();
     let base = loop {
         let log = process.log();
@@ -555,23 +559,8 @@ async fn a_rotated_identity_provider_key_is_fetched_once_when_a_token_names_it()
     let url = jwks_server(doc.clone(), fetches.clone());
     // No HS256 secret: only the provider's keys.
     let jwks = String::new();
-    let api = {
-        let vars: Vec<(&str, &str)> = vec![("AUDITFLOW_API_LISTEN", "127.0.0.1:0"), ("AUDITFLOW_JWKS_URL", &url), ("AUDITFLOW_JWKS_FILE", &jwks)];
-        let process = env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "jwks", &vars);
-        let start = Instant::now();
-        let base = loop {
-            let log = process.log();
-            if let Some(line) = log.lines().find(|l| l.contains("serving the API")) {
-                let at = line.find("addr=").expect("addr") + 5;
-                let rest = &line[at..];
-                let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-                break format!("http://{}", rest[..end].trim_matches('"'));
-            }
-            assert!(start.elapsed() < Duration::from_secs(60), "audit-api did not start:\n{log}");
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        Api { process, base, http: reqwest::Client::new() }
-    };
+    let vars: Vec<(&str, &str)> = vec![("AUDITFLOW_API_LISTEN", "127.0.0.1:0"), ("AUDITFLOW_JWKS_URL", &url), ("AUDITFLOW_JWKS_FILE", &jwks)];
+    let api = serving(env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "jwks", &vars));
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "fetched at start");
     let ec = EncodingKey::from_ec_pem(vector("ec-private.pem").as_bytes()).expect("pem");
     let mut h = Header::new(Algorithm::ES256);

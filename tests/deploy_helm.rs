@@ -594,30 +594,7 @@ fn persist_deployment_gets_everything_persist_needs_to_start() {
         std::fs::write(&config_file, &toml_text).expect("write config");
         let deployment = for_stage(&docs, "Deployment", "persist");
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
-        let mut env: Vec<(String, String)> = Vec::new();
-        let mut from_secrets: Vec<String> = Vec::new();
-        for e in container["env"].as_array().expect("env") {
-            let name = e["name"].as_str().expect("name").to_string();
-            if name == "AUDITFLOW_CONFIG" || name == "AUDITFLOW_HTTP_LISTEN" {
-                continue;
-            }
-            let value = if let Some(v) = e["value"].as_str() {
-                v.to_string()
-            } else if e["valueFrom"]["secretKeyRef"].is_object() {
-                from_secrets.push(name.clone());
-                if name == "AUDITFLOW_DATABASE_URL" {
-                    // A closed port: the stage gets as far as connecting, and no further.
-                    "postgres://persist:unused@127.0.0.1:9/auditflow".to_string()
-                } else {
-                    hex::encode(rand_bytes())
-                }
-            } else if e["valueFrom"]["fieldRef"].is_object() {
-                "persist-test-pod".to_string()
-            } else {
-                panic!("persist env {name}: neither a value nor a Secret/field reference: {e}");
-            };
-            env.push((name, value));
-        }
+        let (env, from_secrets) = rendered_env(container, dir.path());
         assert!(from_secrets.iter().any(|n| n == "AUDITFLOW_DATABASE_URL"), "{extra:?}: no database URL from a Secret");
         assert!(
             !container["volumeMounts"].as_array().into_iter().flatten().any(|m| m["mountPath"].as_str().unwrap_or("").contains("secrets")),
