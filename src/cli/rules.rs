@@ -317,7 +317,8 @@ mod tests {
         let mut out = Vec::new();
         validate(&root().join("rules"), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("ok: 10 rules in force"), "{text}");
+        assert!(text.starts_with("ok: 11 rules in force"), "{text}");
+        assert!(text.contains("bulk-pii-reads"), "{text}");
         assert!(text.contains("grant-then-export") && text.contains("sequence"), "{text}");
     }
 }
