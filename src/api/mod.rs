@@ -8,6 +8,7 @@
 pub mod alerts;
 pub mod auth;
 pub mod compliance;
+pub mod console;
 pub mod dlq;
 pub mod events;
 pub mod ingest;

@@ -60,6 +60,8 @@ const SEARCH_QUERY: &[(&str, &str)] = &[
 ];
 const REASON: &[(&str, &str)] = &[("reason", "why personal fields are read in clear (with scope pii:read); without it they stay pseudonyms")];
 const JSON: &str = "application/json";
+const HTML: &str = "text/html";
+const FORM: &str = "application/x-www-form-urlencoded";
 
 pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/openapi.json", access: Access::Anyone, tag: "meta", summary: "This OpenAPI document", query: &[], body: &[], ok: (200, JSON) },
@@ -88,6 +90,18 @@ pub const ROUTES: &[Route] = &[
     Route { method: "GET", path: "/v1/dead-letters", access: roles(&[Analyst, Admin]), tag: "dead-letters", summary: "Dead letters with their reasons (payloads only with scope pii:read and a reason)", query: &[("stage", "enrich, persist, rules, alert, compliance, index"), ("kind", "rejection kind"), ("limit", "1–1000 (default 100)"), ("reason", "why payloads are shown")], body: &[], ok: (200, JSON) },
     Route { method: "GET", path: "/v1/dead-letters/{partition}/{offset}", access: roles(&[Analyst, Admin]), tag: "dead-letters", summary: "One dead letter", query: REASON, body: &[], ok: (200, JSON) },
     Route { method: "POST", path: "/v1/dead-letters/replay", access: roles(&[Admin]), tag: "dead-letters", summary: "Send dead letters back to their stage's input, each at most once (body: positions [\"p:o\"], or stage/kind)", query: &[], body: &[JSON], ok: (200, JSON) },
+    // The console: HTML pages over the handlers above, under the same rules (not in the OpenAPI
+    // document). Sign-in and the stylesheet need no token; everything else does.
+    Route { method: "GET", path: "/ui", access: Access::Anyone, tag: "console", summary: "to the alerts", query: &[], body: &[], ok: (303, HTML) },
+    Route { method: "GET", path: "/ui/assets/console.css", access: Access::Anyone, tag: "console", summary: "stylesheet", query: &[], body: &[], ok: (200, "text/css") },
+    Route { method: "GET", path: "/ui/login", access: Access::Anyone, tag: "console", summary: "sign-in form", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "POST", path: "/ui/login", access: Access::Anyone, tag: "console", summary: "sign in with a token", query: &[], body: &[FORM], ok: (303, HTML) },
+    Route { method: "POST", path: "/ui/logout", access: Access::Anyone, tag: "console", summary: "sign out", query: &[], body: &[FORM], ok: (303, HTML) },
+    Route { method: "GET", path: "/ui/alerts", access: roles(&[Analyst, Auditor]), tag: "console", summary: "alerts page", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "GET", path: "/ui/alerts/{id}", access: roles(&[Analyst, Auditor]), tag: "console", summary: "alert page", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "POST", path: "/ui/alerts/{id}/triage", access: roles(&[Analyst]), tag: "console", summary: "triage form", query: &[], body: &[FORM], ok: (303, HTML) },
+    Route { method: "GET", path: "/ui/events", access: roles(&[Analyst, Auditor]), tag: "console", summary: "events page", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "GET", path: "/ui/events/{id}", access: roles(&[Analyst, Auditor]), tag: "console", summary: "event page", query: &[], body: &[], ok: (200, HTML) },
 ];
 
 /// The table's entry for a matched route.
@@ -116,7 +130,7 @@ pub fn refusal(access: Access, caller: &Caller) -> Option<String> {
 pub fn openapi() -> Value {
     let problem = json!({"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}});
     let mut paths = Map::new();
-    for r in ROUTES {
+    for r in ROUTES.iter().filter(|r| r.tag != "console") {
         let mut params: Vec<Value> = Vec::new();
         for seg in r.path.split('/').filter(|s| s.starts_with('{')) {
             let name = seg.trim_matches(|c| c == '{' || c == '}');

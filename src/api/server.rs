@@ -21,7 +21,7 @@ use super::auth::{AuthError, Caller, Role, Verifier};
 use super::problem::{ApiResult, Problem};
 use super::routes::{self, Access, Route};
 use super::self_audit::{Access as Accessed, RawProducer};
-use super::{alerts, compliance, dlq, events, ingest, ledger, subjects, ApiSettings, PII_SCOPE};
+use super::{alerts, compliance, console, dlq, events, ingest, ledger, subjects, ApiSettings, PII_SCOPE};
 use crate::alert::disclose::Disclosure;
 use crate::config::Config;
 use crate::index::client::SearchClient;
@@ -125,6 +125,9 @@ pub struct Ctx {
     pub ip: Option<IpAddr>,
     pub user_agent: Option<String>,
     pub request_id: String,
+    /// The console's CSRF value, when the caller signed in with the console's cookie (forms
+    /// must carry it; a bearer token is never sent by a browser on its own).
+    pub csrf: Option<String>,
 }
 
 impl Ctx {
@@ -200,6 +203,16 @@ pub fn handlers() -> Vec<(&'static str, &'static str, Handler)> {
         ("GET", "/v1/dead-letters", get(dlq::list)),
         ("GET", "/v1/dead-letters/{partition}/{offset}", get(dlq::one)),
         ("POST", "/v1/dead-letters/replay", post(dlq::replay)),
+        ("GET", "/ui", get(console::root)),
+        ("GET", "/ui/assets/console.css", get(console::stylesheet)),
+        ("GET", "/ui/login", get(console::login_form)),
+        ("POST", "/ui/login", post(console::login)),
+        ("POST", "/ui/logout", post(console::logout)),
+        ("GET", "/ui/alerts", get(console::alerts_page)),
+        ("GET", "/ui/alerts/{id}", get(console::alert_page)),
+        ("POST", "/ui/alerts/{id}/triage", post(console::triage_form)),
+        ("GET", "/ui/events", get(console::events_page)),
+        ("GET", "/ui/events/{id}", get(console::event_page)),
     ]
 }
 
@@ -244,6 +257,18 @@ fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>, trust_forwarded: boo
     peer.map(|p| p.ip())
 }
 
+/// The browser says the form came from this origin: `Sec-Fetch-Site` when it sends one, else an
+/// `Origin` naming this host (or none, as non-browser clients send).
+fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        return site == "same-origin" || site == "none";
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else { return true };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let named = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+    !host.is_empty() && named == host
+}
+
 fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let value = headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
     let text = value.to_str().map_err(|_| AuthError::Malformed("not text".into()))?;
@@ -270,7 +295,8 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
         tracing::error!(%method, route = %matched, "route has no access rule; refused");
         return Problem::forbidden("this endpoint admits nobody").into_response();
     };
-    let mut ctx = Ctx { caller: None, route, method, endpoint, ip, user_agent, request_id };
+    let console = route.path.starts_with("/ui");
+    let mut ctx = Ctx { caller: None, route, method, endpoint, ip, user_agent, request_id, csrf: None };
     let refused = |ctx: &Ctx, status: StatusCode, why: String, metric: &'static str| {
         let state = state.clone();
         let ctx = ctx.clone();
@@ -282,13 +308,30 @@ async fn guard(State(state): State<Arc<AppState>>, req: Request, next: Next) -> 
                 tracing::warn!(detail = %e.detail, "refusal not audited");
             }
             state.metrics.requests.with_label_values(&[ctx.route.path, status.as_str()]).inc();
-            Problem::new(status, why).into_response()
+            if !ctx.route.path.starts_with("/ui") {
+                Problem::new(status, why).into_response()
+            } else if status == StatusCode::UNAUTHORIZED {
+                axum::response::Redirect::to("/ui/login?why=signin").into_response()
+            } else {
+                super::console::problem_page(Some(&ctx), Problem::new(status, why))
+            }
         }
     };
+    // A console form posted from another site is refused whatever it carries (login CSRF too).
+    if console && ctx.method == "POST" && !same_origin(&headers) {
+        return refused(&ctx, StatusCode::FORBIDDEN, "the form was posted from another site".into(), "cross_site").await;
+    }
     if let Access::Roles { .. } = route.access {
-        let verified = match bearer(&headers) {
-            Ok(t) => state.tokens.verify(t).await,
-            Err(e) => Err(e),
+        // The console's pages also take the session cookie (only there: an API call never
+        // rides on a browser's ambient credentials).
+        let cookie = if console { super::console::session_token(&headers) } else { None };
+        let verified = match (bearer(&headers), &cookie) {
+            (Ok(t), _) => state.tokens.verify(t).await,
+            (Err(AuthError::Missing), Some(t)) => {
+                ctx.csrf = Some(super::console::csrf_of(t));
+                state.tokens.verify(t).await
+            }
+            (Err(e), _) => Err(e),
         };
         let caller = match verified {
             Ok(c) => c,

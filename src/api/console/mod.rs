@@ -1,0 +1,404 @@
+//! The web console, served by `audit-api` under `/ui`: server-rendered HTML over the API's own
+//! handlers, so every number on a page is the API's answer, under the caller's token, roles and
+//! clearance, and every page view is audited like the API call it makes. No script runs (the
+//! CSP forbids it); forms do the work. Sign-in takes a token (`auditflow token issue`) and
+//! keeps it in an HttpOnly, SameSite=Strict cookie scoped to `/ui`; forms sent with that cookie
+//! carry a CSRF value derived from the token, which a cross-site page cannot compute.
+
+pub mod page;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Extension;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use self::page::{cell, enc, esc, histogram, page, Nav};
+use super::auth::Role;
+use super::problem::Problem;
+use super::server::{read_body, AppState, Ctx};
+use super::{alerts, events};
+
+/// The session cookie's name.
+pub const COOKIE: &str = "af_session";
+/// Longest a console session lasts, whatever the token's own expiry.
+const MAX_SESSION_SECS: i64 = 8 * 3600;
+
+/// The token of a console session, from its cookie.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// The CSRF value of a session: only whoever holds the token can compute it.
+pub fn csrf_of(token: &str) -> String {
+    let d = Sha256::digest(format!("auditflow-console-csrf\u{0}{token}").as_bytes());
+    hex::encode(&d[..16])
+}
+
+/// `application/x-www-form-urlencoded` pairs (also query strings).
+pub fn form_pairs(text: &str) -> HashMap<String, String> {
+    let dec = |v: &str| -> String {
+        let b = v.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            let hex = b.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+            match (b[i], hex) {
+                (b'%', Some(x)) => {
+                    out.push(x);
+                    i += 3;
+                }
+                (b'+', _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (c, _) => {
+                    out.push(c);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    text.split('&').filter(|kv| !kv.is_empty()).map(|kv| kv.split_once('=').unwrap_or((kv, ""))).map(|(k, v)| (dec(k), dec(v))).collect()
+}
+
+fn nav<'a>(ctx: &'a Ctx, active: &'a str) -> Nav<'a> {
+    Nav { subject: ctx.caller.as_ref().map(|c| c.subject.as_str()), active, csrf: ctx.csrf.as_deref() }
+}
+
+/// A refused or failed request as a page (the API's reason, nothing more).
+pub fn problem_page(ctx: Option<&Ctx>, p: Problem) -> Response {
+    let body = format!(r#"<p class="error" role="alert">{}</p><p><a href="/ui/alerts">Back to the alerts</a></p>"#, esc(&p.detail));
+    let nav = ctx.map(|c| nav(c, "")).unwrap_or(Nav { subject: None, active: "", csrf: None });
+    page(p.status, nav, p.status.canonical_reason().unwrap_or("Error"), &body)
+}
+
+type Page = Result<Response, Response>;
+
+fn fail(ctx: &Ctx) -> impl Fn(Problem) -> Response + '_ {
+    move |p| problem_page(Some(ctx), p)
+}
+
+/// The query string without empty values (an unfilled form field is no filter).
+fn filled(q: HashMap<String, String>) -> HashMap<String, String> {
+    q.into_iter().filter(|(_, v)| !v.trim().is_empty()).collect()
+}
+
+pub async fn root() -> Redirect {
+    Redirect::to("/ui/alerts")
+}
+
+pub async fn stylesheet() -> Response {
+    let mut r = (StatusCode::OK, include_str!("console.css")).into_response();
+    page::secure_headers(&mut r, "text/css; charset=utf-8");
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    r
+}
+
+pub async fn login_form(Query(q): Query<HashMap<String, String>>) -> Response {
+    // Only fixed messages: nothing from the query string is shown.
+    let note = match q.get("why").map(String::as_str) {
+        Some("signin") => r#"<p class="error" role="alert">Sign in first (or your session ended).</p>"#,
+        Some("refused") => r#"<p class="error" role="alert">That token was refused (expired, wrong audience, unknown signer or malformed).</p>"#,
+        _ => "",
+    };
+    let body = format!(
+        r#"{note}<form method="post" action="/ui/login">
+<label for="token">Token (from your identity provider, or <code>auditflow token issue</code>)</label>
+<textarea id="token" name="token" required autocomplete="off" spellcheck="false"></textarea>
+<p><button type="submit">Sign in</button></p></form>
+<p class="muted">The token is kept in an HttpOnly cookie for this console only, never in the page or a URL.</p>"#
+    );
+    page(StatusCode::OK, Nav { subject: None, active: "", csrf: None }, "Sign in", &body)
+}
+
+pub async fn login(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, headers: HeaderMap, body: Body) -> Response {
+    let Ok(bytes) = read_body(body, 64 * 1024).await else { return Redirect::to("/ui/login?why=refused").into_response() };
+    let form = form_pairs(&String::from_utf8_lossy(&bytes));
+    let token = form.get("token").map(|t| t.trim().to_string()).unwrap_or_default();
+    match state.tokens.verify(&token).await {
+        Ok(caller) => {
+            // Verified above; only its expiry is read again, for the cookie's lifetime.
+            let exp = token
+                .split('.')
+                .nth(1)
+                .and_then(|p| { use base64::Engine; base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok() })
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .and_then(|c| c["exp"].as_i64())
+                .unwrap_or(0);
+            let max_age = (exp - chrono::Utc::now().timestamp()).clamp(0, MAX_SESSION_SECS);
+            let ctx = Ctx { caller: Some(caller), ..ctx };
+            if let Err(p) = state.audit(&ctx, "auth.signin", None, None, 303, Value::Null).await {
+                return problem_page(None, p);
+            }
+            let secure = if loopback(&headers) { "" } else { "; Secure" };
+            let cookie = format!("{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+            let mut r = Redirect::to("/ui/alerts").into_response();
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::warn!(ip = ?ctx.ip, "console sign-in refused: {e}");
+            let _ = state.audit(&ctx, "auth.denied", None, None, 401, serde_json::json!({"why": e.to_string()})).await;
+            Redirect::to("/ui/login?why=refused").into_response()
+        }
+    }
+}
+
+/// A console opened on the machine itself (local use) may keep its cookie over plain http.
+fn loopback(headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+pub async fn logout(Extension(ctx): Extension<Ctx>, body: Body) -> Response {
+    let bytes = read_body(body, 16 * 1024).await.unwrap_or_default();
+    let form = form_pairs(&String::from_utf8_lossy(&bytes));
+    if let Some(expected) = &ctx.csrf {
+        if form.get("csrf") != Some(expected) {
+            return problem_page(Some(&ctx), Problem::forbidden("the form is not from this console (CSRF check)"));
+        }
+    }
+    let mut r = Redirect::to("/ui/login").into_response();
+    r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("af_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"));
+    r
+}
+
+fn sev(s: &Value) -> String {
+    let t = s.as_str().unwrap_or("");
+    format!(r#"<span class="sev-{}">{}</span>"#, esc(t), esc(t))
+}
+
+pub async fn alerts_page(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Query(q): Query<HashMap<String, String>>) -> Page {
+    let q = filled(q);
+    let v = alerts::list(State(state.clone()), Extension(ctx.clone()), Query(q.clone())).await.map_err(fail(&ctx))?.0;
+    let select = |name: &str, options: &[&str]| {
+        let current = q.get(name).map(String::as_str).unwrap_or("");
+        let mut s = format!(r#"<label>{name}<select name="{name}"><option value="">any</option>"#);
+        for o in options {
+            let sel = if *o == current { " selected" } else { "" };
+            s.push_str(&format!(r#"<option{sel}>{o}</option>"#));
+        }
+        s + "</select></label>"
+    };
+    let mut body = format!(
+        r#"<form class="filters" method="get" action="/ui/alerts">{}{}<label>policy<input name="policy" value="{}"></label><label>rule<input name="rule" value="{}"></label><button type="submit">Filter</button></form>"#,
+        select("status", &["open", "acknowledged", "resolved"]),
+        select("severity", &["LOW", "MEDIUM", "HIGH", "CRITICAL"]),
+        esc(q.get("policy").map(String::as_str).unwrap_or("")),
+        esc(q.get("rule").map(String::as_str).unwrap_or("")),
+    );
+    let list = v["alerts"].as_array().cloned().unwrap_or_default();
+    body.push_str(&format!(r#"<p id="alert-count" data-count="{}">{} alert(s) shown</p>"#, list.len(), list.len()));
+    body.push_str("<table><thead><tr><th>first seen</th><th>severity</th><th>rule</th><th>policy</th><th>group</th><th>matches</th><th>suppressed</th><th>triage</th></tr></thead><tbody>");
+    for a in &list {
+        let id = a["alertId"].as_str().unwrap_or("");
+        body.push_str(&format!(
+            r#"<tr><td>{}</td><td>{}</td><td><a href="/ui/alerts/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="triage">{}</td></tr>"#,
+            cell(&a["firstSeen"]),
+            sev(&a["severity"]),
+            enc(id),
+            cell(&a["ruleName"]),
+            cell(&a["policyName"]),
+            cell(&a["groupKey"]),
+            cell(&a["matchCount"]),
+            cell(&a["suppressedCount"]),
+            cell(&a["triageStatus"]),
+        ));
+    }
+    body.push_str("</tbody></table>");
+    if let Some(next) = v["next"].as_str() {
+        let mut more = q.clone();
+        more.insert("cursor".into(), next.to_string());
+        body.push_str(&format!(r#"<p><a href="/ui/alerts?{}">Older alerts</a></p>"#, esc(&query(&more))));
+    }
+    Ok(page(StatusCode::OK, nav(&ctx, "Alerts"), "Alerts", &body))
+}
+
+fn query(q: &HashMap<String, String>) -> String {
+    let mut pairs: Vec<_> = q.iter().collect();
+    pairs.sort();
+    pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&")
+}
+
+pub async fn alert_page(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> Page {
+    let a = alerts::one(State(state.clone()), Extension(ctx.clone()), Path(id.clone())).await.map_err(fail(&ctx))?.0;
+    let mut body = String::from("<dl>");
+    for (k, label) in [
+        ("ruleName", "rule"), ("policyName", "policy"), ("severity", "severity"), ("triageStatus", "triage"), ("assignee", "assignee"),
+        ("triagedBy", "triaged by"), ("groupKey", "group"), ("matchCount", "matches"), ("suppressedCount", "suppressed"),
+        ("windowStart", "window start"), ("windowEnd", "window end"), ("firstSeen", "first seen"), ("lastSeen", "last seen"),
+        ("compliance", "compliance"), ("dispatchStatus", "notification"),
+    ] {
+        body.push_str(&format!(r#"<dt>{label}</dt><dd id="alert-{k}">{}</dd>"#, cell(&a[k])));
+    }
+    body.push_str("</dl><h2>Evidence</h2><table><thead><tr><th>time</th><th>action</th><th>resource</th><th>classification</th><th>success</th></tr></thead><tbody>");
+    for e in a["evidence"].as_array().into_iter().flatten() {
+        body.push_str(&format!(
+            r#"<tr><td><a href="/ui/events/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            enc(e["id"].as_str().unwrap_or("")),
+            cell(&e["timestamp"]),
+            cell(&e["action"]),
+            cell(&e["resource"]),
+            cell(&e["classification"]),
+            cell(&e["success"]),
+        ));
+    }
+    body.push_str("</tbody></table><h2>Triage</h2><ul>");
+    for t in a["triage"].as_array().into_iter().flatten() {
+        body.push_str(&format!("<li>{} — {} by {}{}</li>", cell(&t["at"]), cell(&t["status"]), cell(&t["by"]), t["note"].as_str().map(|n| format!(": {}", esc(n))).unwrap_or_default()));
+    }
+    body.push_str("</ul>");
+    if ctx.caller.as_ref().is_some_and(|c| c.has(Role::Analyst)) {
+        let csrf = ctx.csrf.as_deref().map(|c| format!(r#"<input type="hidden" name="csrf" value="{}">"#, esc(c))).unwrap_or_default();
+        body.push_str(&format!(
+            r#"<form method="post" action="/ui/alerts/{id}/triage" class="filters">{csrf}<label>note<input name="note" maxlength="4000"></label><label>assignee<input name="assignee" maxlength="200" value="{assignee}"></label>
+<button type="submit" name="action" value="acknowledge">Acknowledge</button><button type="submit" name="action" value="resolve">Resolve</button><button type="submit" name="action" value="reopen">Reopen</button></form>"#,
+            id = enc(&id),
+            assignee = cell(&a["assignee"]),
+        ));
+    }
+    Ok(page(StatusCode::OK, nav(&ctx, "Alerts"), &format!("Alert: {}", a["ruleName"].as_str().unwrap_or("")), &body))
+}
+
+pub async fn triage_form(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>, body: Body) -> Page {
+    let bytes = read_body(body, 64 * 1024).await.map_err(fail(&ctx))?;
+    let form = form_pairs(&String::from_utf8_lossy(&bytes));
+    if let Some(expected) = &ctx.csrf {
+        if form.get("csrf") != Some(expected) {
+            return Err(problem_page(Some(&ctx), Problem::forbidden("the form is not from this console (CSRF check)")));
+        }
+    }
+    let mut json = serde_json::Map::new();
+    for k in ["note", "assignee"] {
+        if let Some(v) = form.get(k).filter(|v| !v.trim().is_empty()) {
+            json.insert(k.into(), Value::String(v.clone()));
+        }
+    }
+    let b = Body::from(Value::Object(json).to_string());
+    let (s, c, p) = (State(state), Extension(ctx.clone()), Path(id.clone()));
+    let done = match form.get("action").map(String::as_str) {
+        Some("acknowledge") => alerts::acknowledge(s, c, p, b).await,
+        Some("resolve") => alerts::resolve(s, c, p, b).await,
+        Some("reopen") => alerts::reopen(s, c, p, b).await,
+        _ => Err(Problem::bad_request("action: acknowledge, resolve or reopen")),
+    };
+    let _updated = done.map_err(fail(&ctx))?;
+    Ok(Redirect::to(&format!("/ui/alerts/{}", enc(&id))).into_response())
+}
+
+pub async fn events_page(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Query(q): Query<HashMap<String, String>>) -> Page {
+    let q = filled(q);
+    let field = |name: &str, label: &str| format!(r#"<label>{label}<input name="{name}" value="{}"></label>"#, esc(q.get(name).map(String::as_str).unwrap_or("")));
+    let mut body = format!(
+        r#"<form class="filters" method="get" action="/ui/events">{}{}{}{}{}{}{}<label>success<select name="success"><option value="">any</option><option{}>true</option><option{}>false</option></select></label><button type="submit">Search</button></form>"#,
+        field("q", "text"),
+        field("user", "user"),
+        field("ip", "address or network"),
+        field("action", "action"),
+        field("severity", "severity"),
+        field("from", "from"),
+        field("to", "to"),
+        if q.get("success").map(String::as_str) == Some("true") { " selected" } else { "" },
+        if q.get("success").map(String::as_str) == Some("false") { " selected" } else { "" },
+    );
+    let v = events::search(State(state.clone()), Extension(ctx.clone()), Query(q.clone())).await.map_err(fail(&ctx))?.0;
+    let buckets: Vec<(String, u64)> = v["histogram"].as_array().into_iter().flatten().map(|b| (b["at"].as_str().unwrap_or("").to_string(), b["count"].as_u64().unwrap_or(0))).collect();
+    body.push_str(&format!(r#"<p id="total" data-total="{}">{} event(s)</p>"#, cell(&v["total"]), cell(&v["total"])));
+    body.push_str(&histogram(&buckets, |from, to| {
+        let mut zoom = q.clone();
+        zoom.remove("cursor");
+        zoom.insert("from".into(), from.to_string());
+        if !to.is_empty() {
+            zoom.insert("to".into(), to.to_string());
+        }
+        format!("/ui/events?{}", query(&zoom))
+    }));
+    body.push_str("<table><thead><tr><th>time</th><th>action</th><th>resource</th><th>severity</th><th>classification</th><th>success</th><th>user (pseudonym)</th><th>error</th></tr></thead><tbody>");
+    for h in v["hits"].as_array().into_iter().flatten() {
+        body.push_str(&format!(
+            r#"<tr><td><a href="/ui/events/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            enc(h["id"].as_str().unwrap_or("")),
+            cell(&h["timestamp"]),
+            cell(&h["action"]),
+            cell(&h["resource"]),
+            sev(&h["severity"]),
+            cell(&h["classification"]),
+            cell(&h["success"]),
+            cell(&h["userPseudonym"]),
+            cell(&h["errorMessage"]),
+        ));
+    }
+    body.push_str("</tbody></table>");
+    if let Some(next) = v["next"].as_str() {
+        let mut more = q.clone();
+        more.insert("cursor".into(), next.to_string());
+        body.push_str(&format!(r#"<p><a href="/ui/events?{}">Older events</a></p>"#, esc(&query(&more))));
+    }
+    Ok(page(StatusCode::OK, nav(&ctx, "Events"), "Events", &body))
+}
+
+pub async fn event_page(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> Page {
+    let q = filled(q);
+    let e = events::one(State(state.clone()), Extension(ctx.clone()), Path(id.clone()), Query(q.clone())).await.map_err(fail(&ctx))?.0;
+    let mut body = String::from("<dl>");
+    for k in [
+        "id", "timestamp", "action", "resource", "resourceId", "method", "endpoint", "statusCode", "classification", "severity", "success",
+        "errorMessage", "duration", "userId", "sessionId", "ipAddress", "userAgent", "location", "metadata", "subjectPseudonym",
+        "userPseudonym", "personalDataErased", "compliance", "ipFacts", "enrichedAt",
+    ] {
+        body.push_str(&format!(r#"<dt>{k}</dt><dd id="event-{k}">{}</dd>"#, cell(&e[k])));
+    }
+    body.push_str(&format!(
+        r#"</dl><h2>Ledger</h2><dl><dt>chain</dt><dd>{}</dd><dt>position</dt><dd>{}</dd><dt>row hash</dt><dd>{}</dd><dt>link verifies</dt><dd id="link-verifies">{}</dd></dl>"#,
+        cell(&e["ledger"]["chain"]),
+        cell(&e["ledger"]["seq"]),
+        cell(&e["ledger"]["rowHash"]),
+        cell(&e["ledger"]["linkVerifies"]),
+    ));
+    if let Some(u) = e["userPseudonym"].as_str() {
+        body.push_str(&format!(r#"<p class="muted">Personal fields are shown as pseudonyms (user {}).</p>"#, esc(u)));
+    }
+    let may_reveal = ctx.caller.as_ref().is_some_and(|c| c.scopes.contains(super::PII_SCOPE));
+    if may_reveal && e["personalFieldsShown"] != Value::Bool(true) {
+        body.push_str(&format!(
+            r#"<form method="get" action="/ui/events/{}" class="filters"><label>reason for revealing personal fields<input name="reason" required maxlength="500"></label><button type="submit">Reveal</button></form>"#,
+            enc(&id)
+        ));
+    }
+    Ok(page(StatusCode::OK, nav(&ctx, "Events"), "Event", &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_forms_and_csrf() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("a=1; af_session=tok.en.x; b=2"));
+        assert_eq!(session_token(&h).as_deref(), Some("tok.en.x"));
+        assert_eq!(csrf_of("t1"), csrf_of("t1"));
+        assert_ne!(csrf_of("t1"), csrf_of("t2"));
+        let f = form_pairs("note=two+words%21&csrf=ab&empty=");
+        assert_eq!(f["note"], "two words!");
+        assert_eq!(f["empty"], "");
+    }
+}

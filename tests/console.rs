@@ -1,0 +1,274 @@
+//! The console in a real headless Chromium (Debian's `chromium` + `chromium-driver`, driven over
+//! the W3C WebDriver protocol), against `audit-api` on the real Kafka, PostgreSQL and OpenSearch:
+//! sign in with a token, find the brute-force user, open an event and its alert, acknowledge it
+//! and see the state change; a caller cleared for INTERNAL never sees a RESTRICTED event; markup
+//! in event fields stays inert text; every count on a page is the API's. Screenshots of each page
+//! go to `target/console-screenshots/`.
+
+mod support;
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auditflow::api::auth::Role;
+use auditflow::event::Classification;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::*;
+
+const SECRET: &str = "console-test-secret-of-at-least-32-bytes";
+
+fn token(sub: &str, roles: &[Role], clearance: Classification) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let c = json!({
+        "sub": sub, "iss": "auditflow", "aud": "auditflow-api", "exp": now + 600, "nbf": now - 5, "iat": now - 5,
+        "clearance": clearance.as_str(), "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+    });
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &c, &EncodingKey::from_secret(SECRET.as_bytes())).expect("sign")
+}
+
+/// chromedriver and one browser session, spoken to over HTTP (W3C WebDriver).
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; scripts/prereqs installs it)");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(started.elapsed() < Duration::from_secs(30), "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let profile = tempfile::tempdir().expect("profile dir").keep();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": "/usr/bin/chromium",
+                // The machine's network is closed: no background requests, no first-run work.
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                         "--disable-dev-shm-usage", "--window-size=1280,800", format!("--user-data-dir={}", profile.display())]
+            }
+        }}});
+        let r = json_of(http.post(format!("{base}/session")).header("content-type", "application/json").body(caps.to_string()).send().await.expect("new session")).await;
+        let session = r["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {r}")).to_string();
+        Browser { driver, base, session, http }
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{}", self.base, self.session, path);
+        let req = match method {
+            "GET" => self.http.get(&url),
+            "DELETE" => self.http.delete(&url),
+            _ => self.http.post(&url).header("content-type", "application/json").body(body.unwrap_or(json!({})).to_string()),
+        };
+        let v = json_of(req.send().await.expect("webdriver")).await;
+        if v["value"]["error"].is_string() {
+            panic!("webdriver {method} {path}: {}", v["value"]);
+        }
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({"url": url}))).await;
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str).unwrap_or_else(|| panic!("no element {css}")).to_string()
+    }
+
+    async fn count(&self, css: &str) -> usize {
+        self.cmd("POST", "/elements", Some(json!({"using": "css selector", "value": css}))).await.as_array().map(Vec::len).unwrap_or(0)
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.find(css).await;
+        self.cmd("POST", &format!("/element/{e}/value"), Some(json!({"text": text}))).await;
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.find(css).await;
+        self.cmd("POST", &format!("/element/{e}/click"), None).await;
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let e = self.find(css).await;
+        self.cmd("GET", &format!("/element/{e}/text"), None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn attr(&self, css: &str, name: &str) -> String {
+        let e = self.find(css).await;
+        self.cmd("GET", &format!("/element/{e}/attribute/{name}"), None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn url(&self) -> String {
+        self.cmd("GET", "/url", None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn source(&self) -> String {
+        self.cmd("GET", "/source", None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.cmd("POST", "/execute/sync", Some(json!({"script": js, "args": []}))).await
+    }
+
+    async fn screenshot(&self, name: &str) {
+        use base64::Engine;
+        let v = self.cmd("GET", "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap_or_default()).expect("png");
+        let dir = repo_root().join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).expect("screenshot dir");
+        std::fs::write(dir.join(format!("{name}.png")), png).expect("screenshot");
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+async fn json_of(r: reqwest::Response) -> Value {
+    serde_json::from_slice(&r.bytes().await.expect("body")).expect("a JSON answer")
+}
+
+async fn api_get(http: &reqwest::Client, base: &str, path: &str, token: &str) -> Value {
+    json_of(http.get(format!("{base}{path}")).bearer_auth(token).send().await.expect("api")).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it() {
+    let env = TestEnv::new("console", 1).await;
+    let _enrich = env.start_stage("audit-enrich", "1");
+    let _persist = env.start_stage("audit-persist", "1");
+    let _index = env.start_stage("audit-index", "1");
+    let api_proc = env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "1", &[("AUDITFLOW_API_LISTEN", "127.0.0.1:0"), ("AUDITFLOW_JWT_SECRET", SECRET)]);
+    let started = Instant::now();
+    let base = loop {
+        let log = api_proc.log();
+        if let Some(line) = log.lines().find(|l| l.contains("serving the API")) {
+            let at = line.find("addr=").expect("addr") + 5;
+            let rest = &line[at..];
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            break format!("http://{}", rest[..end].trim_matches('"'));
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "audit-api did not start:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let http = reqwest::Client::new();
+    let marker = format!("console-{}", env.id);
+
+    // The demo's brute force (INTERNAL), one RESTRICTED event of the same user, and an event
+    // whose fields carry markup and script.
+    let mut events: Vec<Value> = (0..12)
+        .map(|_| json!({"action": "login", "resource": marker, "userId": "mallory", "ipAddress": "198.51.100.7", "success": false,
+                       "severity": "HIGH", "classification": "INTERNAL", "errorMessage": "Invalid credentials"}))
+        .collect();
+    events.push(json!({"action": "data_export", "resource": marker, "userId": "mallory", "classification": "RESTRICTED",
+                       "severity": "HIGH", "success": true, "errorMessage": "restricted-marker-7f3"}));
+    events.push(json!({"action": "login", "resource": marker, "userId": "mallory", "classification": "INTERNAL", "success": false,
+                       "errorMessage": "<script>window.__pwned = 1</script><img src=x onerror=\"window.__pwned = 2\">",
+                       "endpoint": "javascript:window.__pwned=3", "userAgent": "</style><style>body{display:none}</style>"}));
+    let ingest = token("svc", &[Role::Ingest], Classification::Public);
+    let r = http.post(format!("{base}/v1/events")).bearer_auth(&ingest).header("content-type", "application/json").body(Value::Array(events).to_string()).send().await.expect("ingest");
+    assert_eq!(r.status().as_u16(), 202);
+    let ids: Vec<String> = json_of(r).await["ids"].as_array().expect("ids").iter().map(|v| v["id"].as_str().unwrap_or_default().to_string()).collect();
+    let (first, restricted, hostile) = (ids[0].clone(), ids[12].clone(), ids[13].clone());
+    let auditor = token("auditor", &[Role::Auditor], Classification::Restricted);
+    let started = Instant::now();
+    while api_get(&http, &base, &format!("/v1/events?resource={marker}&limit=1"), &auditor).await["total"] != 14 {
+        assert!(started.elapsed() < Duration::from_secs(90), "events never searchable");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let alert = uuid::Uuid::new_v4();
+    sqlx::query(&format!(
+        "INSERT INTO audit_alerts (id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key, group_hash,
+            window_start, window_end, first_seen, last_seen, match_count, suppressed_count, evidence_event_ids, trigger_match, dispatch_after)
+         VALUES ('{alert}', '{alert}', 'default', 'Default', 'failed-logins-per-user', 'Brute force against one account', 'HIGH',
+            '{{\"user_id\": \"mallory\"}}', 'g', now(), now() + interval '1 hour', now(), now(), 12, 11, ARRAY['{first}'], '{{}}', now())"
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("alert");
+
+    let analyst = token("analyst-ina", &[Role::Analyst], Classification::Internal);
+    let b = Browser::start().await;
+
+    // Without a session: sent to sign in. Then sign in by pasting the token.
+    b.goto(&format!("{base}/ui/alerts")).await;
+    assert!(b.url().await.contains("/ui/login"), "not sent to sign in: {}", b.url().await);
+    b.type_into("#token", &analyst).await;
+    b.screenshot("sign-in").await;
+    b.click("button[type=submit]").await;
+    assert!(b.url().await.ends_with("/ui/alerts"), "{}", b.url().await);
+    assert!(!b.url().await.contains(&analyst[..20]), "the token is never in a URL");
+    let cookie_visible = b.script("return document.cookie").await;
+    assert_eq!(cookie_visible, json!(""), "the session cookie is HttpOnly");
+    let listed = api_get(&http, &base, "/v1/alerts", &analyst).await["alerts"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(b.attr("#alert-count", "data-count").await, listed.to_string(), "the page shows the API's count");
+    b.screenshot("alerts").await;
+
+    // Search the brute-force user: the page's total is the API's, RESTRICTED left out.
+    b.goto(&format!("{base}/ui/events?user=mallory&resource={marker}")).await;
+    let api_total = api_get(&http, &base, &format!("/v1/events?user=mallory&resource={marker}"), &analyst).await["total"].clone();
+    assert_eq!(api_total, 13);
+    assert_eq!(b.attr("#total", "data-total").await, api_total.to_string());
+    let page = b.source().await;
+    assert!(!page.contains(&restricted) && !page.contains("restricted-marker-7f3"), "a RESTRICTED event on an INTERNAL caller's page");
+    assert!(!b.text("table").await.contains("mallory"), "the user shows as a pseudonym only");
+    assert!(b.count(".histogram .bar").await >= 1);
+    b.screenshot("events").await;
+
+    // An event: pseudonyms, its ledger link; the RESTRICTED one is not there.
+    b.goto(&format!("{base}/ui/events/{first}")).await;
+    assert_eq!(b.text("#event-userId").await, "");
+    assert_eq!(b.text("#link-verifies").await, "true");
+    b.screenshot("event").await;
+    b.goto(&format!("{base}/ui/events/{restricted}")).await;
+    assert!(b.source().await.contains("no such resource"));
+
+    // Markup in fields stays text: no script ran, nothing was hidden.
+    b.goto(&format!("{base}/ui/events/{hostile}")).await;
+    assert_eq!(b.script("return typeof window.__pwned").await, json!("undefined"), "a script from an event ran");
+    assert!(b.text("#event-errorMessage").await.contains("<script>window.__pwned = 1</script>"), "shown as text");
+    assert_eq!(b.count("#event-errorMessage img, #event-errorMessage script, a[href^='javascript']").await, 0);
+    assert_eq!(b.script("return getComputedStyle(document.body).display").await, json!("block"), "CSS from an event applied");
+    b.screenshot("hostile-event").await;
+
+    // The alert: acknowledge it and see the new state.
+    b.goto(&format!("{base}/ui/alerts/{alert}")).await;
+    assert_eq!(b.text("#alert-triageStatus").await, "open");
+    b.type_into("input[name=note]", "looking into it").await;
+    b.click("button[value=acknowledge]").await;
+    assert_eq!(b.text("#alert-triageStatus").await, "acknowledged");
+    assert_eq!(b.text("#alert-triagedBy").await, "analyst-ina");
+    let via_api = api_get(&http, &base, &format!("/v1/alerts/{alert}"), &analyst).await;
+    assert_eq!(via_api["triageStatus"], "acknowledged");
+    b.screenshot("alert-acknowledged").await;
+
+    // Every page carries the CSP; the stylesheet is the only other resource.
+    let r = http.get(format!("{base}/ui/login")).send().await.expect("login page");
+    let csp = r.headers().get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    assert!(csp.contains("default-src 'none'") && !csp.contains("unsafe"), "{csp}");
+    // A form posted from another site is refused.
+    let r = http.post(format!("{base}/ui/logout")).header("origin", "https://evil.example").send().await.expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+    let _ = b.cmd("DELETE", "", None).await;
+    drop(api_proc);
+}
