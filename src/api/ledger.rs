@@ -102,13 +102,14 @@ pub async fn start(State(state): State<Arc<AppState>>, Extension(ctx): Extension
 async fn run(state: &AppState) -> anyhow::Result<(bool, Value)> {
     let config = state.config.clone();
     let topic = config.topics.checkpoints.name.clone();
+    let read_at = chrono::Utc::now();
     let records = tokio::task::spawn_blocking(move || crate::cli::ops::read_all(&config, &config.topics.checkpoints.name)).await??;
     let mut copies = OutsideCopies::default();
     for r in &records {
         copies.add(&format!("{topic}[{}]@{}", r.partition, r.offset), &r.payload);
     }
     copies.sort();
-    let outside = Outside { copies: &copies, publish_grace: chrono::Duration::seconds(600) };
+    let outside = Outside { copies: &copies, publish_grace: chrono::Duration::seconds(600), read_at };
     let report = verify(&state.pool, &state.verifying_keys, None, None, Some(outside), |_| {}).await?;
     let breaks: Vec<Value> = report
         .breaks

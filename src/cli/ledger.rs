@@ -39,6 +39,8 @@ pub struct Outside<'a> {
     pub copies: &'a OutsideCopies,
     /// A checkpoint unpublished for longer than this is reported, not waited for.
     pub publish_grace: chrono::Duration,
+    /// When reading the copies began: a checkpoint published after it cannot be among them.
+    pub read_at: DateTime<Utc>,
 }
 
 /// The columns [`ledger_row`] reads, in the forms the writer hashed.
@@ -116,6 +118,12 @@ pub async fn verify(
     let from = from.unwrap_or_else(|| DateTime::from_timestamp(-2_208_988_800, 0).unwrap_or_default());
     let to = to.unwrap_or_else(|| DateTime::from_timestamp(253_402_300_799, 0).unwrap_or_default());
     let mut report = VerifyReport::default();
+    // One snapshot for the whole walk: persist commits rows and chain heads together, and a walk
+    // reading them at different moments of a live ledger would see rows beyond a head it had
+    // read before.
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").execute(&mut *tx).await?;
+    let db = &mut *tx;
 
     // Rows that belong to no chain were put there by hand.
     let unchained: Option<(String, DateTime<Utc>)> = sqlx::query_as(
@@ -123,7 +131,7 @@ pub async fn verify(
     )
     .bind(from)
     .bind(to)
-    .fetch_optional(pool)
+    .fetch_optional(&mut *db)
     .await?;
     if let Some((id, _)) = unchained {
         report.breaks.push(Break {
@@ -148,11 +156,11 @@ pub async fn verify(
     )
     .bind(from)
     .bind(to)
-    .fetch_all(pool)
+    .fetch_all(&mut *db)
     .await?;
-    let retired_months: Vec<DateTime<Utc>> = if retention_table_exists(pool).await? {
+    let retired_months: Vec<DateTime<Utc>> = if retention_table_exists(&mut *db).await? {
         sqlx::query_scalar("SELECT month_start FROM retention_drops WHERE table_name = 'audit_events'")
-            .fetch_all(pool)
+            .fetch_all(&mut *db)
             .await?
     } else {
         Vec::new()
@@ -171,9 +179,9 @@ pub async fn verify(
             report.chains_retired += 1;
             continue;
         }
-        let rows = sqlx::query(&row_sql()).bind(&chain_id).fetch_all(pool).await?;
+        let rows = sqlx::query(&row_sql()).bind(&chain_id).fetch_all(&mut *db).await?;
         let rows: Vec<LedgerRow> = rows.iter().map(ledger_row).collect::<Result<_, _>>()?;
-        let stored = load_checkpoints(pool, &chain_id).await?;
+        let stored = load_checkpoints(&mut *db, &chain_id).await?;
         let mut checkpoints: Vec<Checkpoint> = stored.iter().map(|(c, _)| c.clone()).collect();
         let copies = outside.as_ref().and_then(|o| o.copies.by_chain.get(&chain_id)).map(Vec::as_slice).unwrap_or_default();
         // The outside copies judge the rows too: a tail cut below a published checkpoint,
@@ -209,7 +217,12 @@ pub async fn verify(
             if published(c) {
                 continue;
             }
-            if published_at.is_none() && now - c.signed_at < outside.publish_grace {
+            // Not yet out, within the grace; or published after the copies were read: in flight.
+            let in_flight = match published_at {
+                None => now - c.signed_at < outside.publish_grace,
+                Some(at) => *at > outside.read_at,
+            };
+            if in_flight {
                 report.pending_publication += 1;
             } else {
                 unpublished.push(c);
@@ -258,6 +271,7 @@ pub async fn verify(
             });
         }
     }
+    tx.commit().await?;
     Ok(report)
 }
 
@@ -269,20 +283,20 @@ fn date_trunc_month(t: DateTime<Utc>) -> DateTime<Utc> {
         .unwrap_or(t)
 }
 
-async fn retention_table_exists(pool: &PgPool) -> Result<bool, sqlx::Error> {
+async fn retention_table_exists(db: impl sqlx::PgExecutor<'_>) -> Result<bool, sqlx::Error> {
     let exists: Option<String> =
-        sqlx::query_scalar("SELECT to_regclass('retention_drops')::text").fetch_one(pool).await?;
+        sqlx::query_scalar("SELECT to_regclass('retention_drops')::text").fetch_one(db).await?;
     Ok(exists.is_some())
 }
 
 /// A chain's checkpoints in the database, oldest first, with when each was published.
-pub async fn load_checkpoints(pool: &PgPool, chain_id: &str) -> Result<Vec<(Checkpoint, Option<DateTime<Utc>>)>, sqlx::Error> {
+pub async fn load_checkpoints(db: impl sqlx::PgExecutor<'_>, chain_id: &str) -> Result<Vec<(Checkpoint, Option<DateTime<Utc>>)>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT chain_id, seq, head_hash, tree_root, signed_at, key_id, signature, published_at FROM ledger_checkpoints
           WHERE chain_id = $1 ORDER BY seq, id",
     )
     .bind(chain_id)
-    .fetch_all(pool)
+    .fetch_all(db)
     .await?;
     rows.iter()
         .map(|r| {
@@ -351,6 +365,7 @@ pub struct VerifyArgs {
 pub async fn run_verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()> {
     let keys = verifying_keys(config)?;
     let pool = crate::db::connect(&config.database, 3).await.context("connecting to PostgreSQL")?;
+    let read_at = Utc::now();
     let mut copies = OutsideCopies::default();
     let mut sources = Vec::new();
     if !args.no_topic {
@@ -370,6 +385,7 @@ pub async fn run_verify(config: &Config, args: VerifyArgs) -> anyhow::Result<()>
     let outside = (!sources.is_empty()).then(|| Outside {
         copies: &copies,
         publish_grace: chrono::Duration::seconds(args.publish_grace as i64),
+        read_at,
     });
     let bar = (!args.json && std::io::stderr().is_terminal()).then(indicatif::ProgressBar::new_spinner);
     let report = verify(&pool, &keys, args.from, args.to, outside, |chain| {
