@@ -23,6 +23,7 @@ async fn a_small_benchmark_run_reconciles() {
         phase_timeout_secs: 240,
         search_docs: 4000,
         search_repeat: 2,
+        api_events: events,
         ..BenchOptions::default()
     };
     let report = run(&opts).await.expect("benchmark runs");
@@ -82,7 +83,7 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(report.fleet.runs[0].produced, 2000);
     assert_eq!(report.fleet.runs[1].produced, 2000);
     assert!(report.fleet.alert_latency.measured, "{}", report.fleet.alert_latency.note);
-    assert_eq!(report.targets.len(), 12);
+    assert_eq!(report.targets.len(), 14);
     // Search latency over the documents it indexed, every typical query answered.
     let search = report.search.as_ref().expect("search phase ran");
     assert_eq!(search.docs, 4000);
@@ -93,4 +94,13 @@ async fn a_small_benchmark_run_reconciles() {
     let ledger = report.ledger_evidence.as_ref().expect("ledger evidence measured");
     assert!(ledger.signatures > 0 && ledger.cpu_seconds_per_million > 0.0, "{ledger:?}");
     assert!(report.targets.iter().any(|t| t.name == "ledger trees + per-batch signing" && t.value.is_some()));
+    // The API phase: the same events over HTTP and to Kafka, the search questions through the
+    // API (whose totals it checked against OpenSearch's).
+    let api = report.api.as_ref().expect("api phase ran");
+    let ingest = api.ingest.as_ref().expect("ingest measured");
+    assert_eq!(ingest.events, events);
+    assert!(ingest.http_events_per_sec > 0.0 && ingest.kafka_events_per_sec > 0.0, "{ingest:?}");
+    assert_eq!(api.queries.len(), 6);
+    assert!(api.queries.iter().all(|q| q.api.samples == 2 && q.direct.samples == 2), "{api:?}");
+    assert!(report.targets.iter().filter(|t| t.name.starts_with("HTTP bulk ingest") || t.name.starts_with("API search")).all(|t| t.value.is_some()));
 }
