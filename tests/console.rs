@@ -69,6 +69,10 @@ impl Browser {
     }
 
     async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_cmd(method, path, body).await.unwrap_or_else(|e| panic!("webdriver {method} {path}: {e}"))
+    }
+
+    async fn try_cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = format!("{}/session/{}{}", self.base, self.session, path);
         let req = match method {
             "GET" => self.http.get(&url),
@@ -77,9 +81,16 @@ impl Browser {
         };
         let v = json_of(req.send().await.expect("webdriver")).await;
         if v["value"]["error"].is_string() {
-            panic!("webdriver {method} {path}: {}", v["value"]);
+            return Err(v["value"]["message"].as_str().unwrap_or_default().chars().take(200).collect());
         }
-        v["value"].clone()
+        Ok(v["value"].clone())
+    }
+
+    /// The text of `css` now, or `None` while the page is being replaced.
+    async fn try_text(&self, css: &str) -> Option<String> {
+        let v = self.try_cmd("POST", "/element", Some(json!({"using": "css selector", "value": css}))).await.ok()?;
+        let e = v.as_object().and_then(|o| o.values().next()).and_then(Value::as_str)?.to_string();
+        self.try_cmd("GET", &format!("/element/{e}/text"), None).await.ok().and_then(|t| t.as_str().map(str::to_string))
     }
 
     async fn goto(&self, url: &str) {
@@ -113,6 +124,30 @@ impl Browser {
     async fn attr(&self, css: &str, name: &str) -> String {
         let e = self.find(css).await;
         self.cmd("GET", &format!("/element/{e}/attribute/{name}"), None).await.as_str().unwrap_or_default().to_string()
+    }
+
+    /// After a click that navigates: wait (bounded) until `css` shows `expected`.
+    async fn wait_text(&self, css: &str, expected: &str) {
+        let started = Instant::now();
+        loop {
+            let now = self.try_text(css).await;
+            if now.as_deref() == Some(expected) {
+                return;
+            }
+            if started.elapsed() > Duration::from_secs(15) {
+                panic!("{css} never showed {expected:?}; it shows {now:?} on {}", self.url().await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// After a click that navigates: wait (bounded) until the URL contains `part`.
+    async fn wait_url(&self, part: &str) {
+        let started = Instant::now();
+        while !self.url().await.contains(part) {
+            assert!(started.elapsed() < Duration::from_secs(15), "never got to {part}: at {}", self.url().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn url(&self) -> String {
@@ -158,6 +193,7 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
     let _enrich = env.start_stage("audit-enrich", "1");
     let _persist = env.start_stage("audit-persist", "1");
     let _index = env.start_stage("audit-index", "1");
+    let _compliance = env.start_stage("audit-compliance", "1");
     let api_proc = env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "1", &[("AUDITFLOW_API_LISTEN", "127.0.0.1:0"), ("AUDITFLOW_JWT_SECRET", SECRET)]);
     let started = Instant::now();
     let base = loop {
@@ -216,7 +252,8 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
     b.type_into("#token", &analyst).await;
     b.screenshot("sign-in").await;
     b.click("button[type=submit]").await;
-    assert!(b.url().await.ends_with("/ui/alerts"), "{}", b.url().await);
+    b.wait_url("/ui/alerts").await;
+    b.wait_text("h1", "Alerts").await;
     assert!(!b.url().await.contains(&analyst[..20]), "the token is never in a URL");
     let cookie_visible = b.script("return document.cookie").await;
     assert_eq!(cookie_visible, json!(""), "the session cookie is HttpOnly");
@@ -253,14 +290,77 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
 
     // The alert: acknowledge it and see the new state.
     b.goto(&format!("{base}/ui/alerts/{alert}")).await;
-    assert_eq!(b.text("#alert-triageStatus").await, "open");
+    b.wait_text("#alert-triageStatus", "open").await;
     b.type_into("input[name=note]", "looking into it").await;
     b.click("button[value=acknowledge]").await;
-    assert_eq!(b.text("#alert-triageStatus").await, "acknowledged");
+    b.wait_text("#alert-triageStatus", "acknowledged").await;
     assert_eq!(b.text("#alert-triagedBy").await, "analyst-ina");
     let via_api = api_get(&http, &base, &format!("/v1/alerts/{alert}"), &analyst).await;
     assert_eq!(via_api["triageStatus"], "acknowledged");
     b.screenshot("alert-acknowledged").await;
+
+    // The user's timeline, oldest first, the API's count.
+    b.goto(&format!("{base}/ui/timeline?kind=user&subject=mallory")).await;
+    let api_timeline = api_get(&http, &base, "/v1/subjects/user/mallory/timeline", &analyst).await["total"].clone();
+    assert_eq!(b.attr("#total", "data-total").await, api_timeline.to_string());
+    b.screenshot("timeline").await;
+
+    // Pipeline health: each stage's lag and the dead letters, as the API sees them.
+    b.goto(&format!("{base}/ui/health")).await;
+    assert!(b.count("tr.lag").await >= 1, "no stage lag shown");
+    let dead = api_get(&http, &base, "/v1/dead-letters", &analyst).await["total"].clone();
+    assert_eq!(b.attr("#dead-letters", "data-total").await, dead.to_string());
+    b.screenshot("health").await;
+    // An analyst is not an auditor: the compliance page is refused.
+    b.goto(&format!("{base}/ui/compliance")).await;
+    assert!(b.source().await.contains("needs role auditor"));
+
+    // Sign out, then in again as an auditor cleared for everything.
+    b.goto(&format!("{base}/ui/alerts")).await;
+    b.click("form.who button").await;
+    b.wait_url("/ui/login").await;
+    b.goto(&format!("{base}/ui/alerts")).await;
+    assert!(b.url().await.contains("/ui/login"), "signed out means signed out");
+    b.type_into("#token", &auditor).await;
+    b.click("button[type=submit]").await;
+    b.wait_text("h1", "Alerts").await;
+    // The compliance records of these events reach the page as the API reports them.
+    let started = Instant::now();
+    let report = loop {
+        let r = api_get(&http, &base, "/v1/reports/gdpr", &auditor).await;
+        if r["totals"]["records"].as_i64().unwrap_or(0) > 0 || started.elapsed() > Duration::from_secs(30) {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    b.goto(&format!("{base}/ui/compliance?framework=gdpr")).await;
+    assert_eq!(b.text("#records").await, report["totals"]["records"].to_string());
+    assert_eq!(b.text("#events").await, report["totals"]["events"].to_string());
+    b.screenshot("compliance").await;
+    let r = http.get(format!("{base}/ui/compliance/gdpr/report.csv")).bearer_auth(&auditor).send().await.expect("download");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers().get("content-disposition").and_then(|v| v.to_str().ok()).unwrap_or("").starts_with("attachment"));
+    // The ledger: run a verification from the page; it finishes with no break.
+    b.goto(&format!("{base}/ui/ledger")).await;
+    b.click("form[action='/ui/ledger/verify'] button").await;
+    // The run is in the background: wait for its result through the API, then on the page.
+    let started = Instant::now();
+    let latest = loop {
+        let r = http.get(format!("{base}/v1/ledger/verifications/latest")).bearer_auth(&auditor).send().await.expect("latest");
+        if r.status().as_u16() == 200 {
+            let v = json_of(r).await;
+            if !v["finishedAt"].is_null() {
+                break v;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the verification never finished");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(latest["ok"], true, "{latest}");
+    b.goto(&format!("{base}/ui/ledger")).await;
+    assert_eq!(b.text("#verification").await, "verified: no break");
+    assert_eq!(b.text("#rows").await, latest["report"]["rows"].to_string());
+    b.screenshot("ledger").await;
 
     // Every page carries the CSP; the stylesheet is the only other resource.
     let r = http.get(format!("{base}/ui/login")).send().await.expect("login page");

@@ -102,6 +102,12 @@ pub const ROUTES: &[Route] = &[
     Route { method: "POST", path: "/ui/alerts/{id}/triage", access: roles(&[Analyst]), tag: "console", summary: "triage form", query: &[], body: &[FORM], ok: (303, HTML) },
     Route { method: "GET", path: "/ui/events", access: roles(&[Analyst, Auditor]), tag: "console", summary: "events page", query: &[], body: &[], ok: (200, HTML) },
     Route { method: "GET", path: "/ui/events/{id}", access: roles(&[Analyst, Auditor]), tag: "console", summary: "event page", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "GET", path: "/ui/timeline", access: roles(&[Analyst, Auditor]), tag: "console", summary: "subject timeline", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "GET", path: "/ui/compliance", access: restricted(&[Auditor]), tag: "console", summary: "compliance figures", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "GET", path: "/ui/compliance/{framework}/{file}", access: restricted(&[Auditor]), tag: "console", summary: "report download", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "GET", path: "/ui/ledger", access: restricted(&[Auditor]), tag: "console", summary: "ledger", query: &[], body: &[], ok: (200, HTML) },
+    Route { method: "POST", path: "/ui/ledger/verify", access: restricted(&[Auditor]), tag: "console", summary: "run a verification", query: &[], body: &[FORM], ok: (303, HTML) },
+    Route { method: "GET", path: "/ui/health", access: roles(&[Analyst, Admin]), tag: "console", summary: "pipeline health", query: &[], body: &[], ok: (200, HTML) },
 ];
 
 /// The table's entry for a matched route.

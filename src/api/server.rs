@@ -213,6 +213,12 @@ pub fn handlers() -> Vec<(&'static str, &'static str, Handler)> {
         ("POST", "/ui/alerts/{id}/triage", post(console::triage_form)),
         ("GET", "/ui/events", get(console::events_page)),
         ("GET", "/ui/events/{id}", get(console::event_page)),
+        ("GET", "/ui/timeline", get(console::timeline_page)),
+        ("GET", "/ui/compliance", get(console::auditor::compliance_page)),
+        ("GET", "/ui/compliance/{framework}/{file}", get(console::auditor::report_download)),
+        ("GET", "/ui/ledger", get(console::auditor::ledger_page)),
+        ("POST", "/ui/ledger/verify", post(console::auditor::verify_form)),
+        ("GET", "/ui/health", get(console::operations::health_page)),
     ]
 }
 

@@ -5,6 +5,8 @@
 //! keeps it in an HttpOnly, SameSite=Strict cookie scoped to `/ui`; forms sent with that cookie
 //! carry a CSRF value derived from the token, which a cross-site page cannot compute.
 
+pub mod auditor;
+pub mod operations;
 pub mod page;
 
 use std::collections::HashMap;
@@ -98,6 +100,16 @@ fn filled(q: HashMap<String, String>) -> HashMap<String, String> {
     q.into_iter().filter(|(_, v)| !v.trim().is_empty()).collect()
 }
 
+/// A console form's body, once its CSRF value is checked (forms sent with the session cookie).
+async fn check_csrf(ctx: &Ctx, body: Body) -> Result<HashMap<String, String>, Response> {
+    let bytes = read_body(body, 64 * 1024).await.map_err(fail(ctx))?;
+    let form = form_pairs(&String::from_utf8_lossy(&bytes));
+    match &ctx.csrf {
+        Some(expected) if form.get("csrf") != Some(expected) => Err(problem_page(Some(ctx), Problem::forbidden("the form is not from this console (CSRF check)"))),
+        _ => Ok(form),
+    }
+}
+
 pub async fn root() -> Redirect {
     Redirect::to("/ui/alerts")
 }
@@ -169,12 +181,8 @@ fn loopback(headers: &HeaderMap) -> bool {
 }
 
 pub async fn logout(Extension(ctx): Extension<Ctx>, body: Body) -> Response {
-    let bytes = read_body(body, 16 * 1024).await.unwrap_or_default();
-    let form = form_pairs(&String::from_utf8_lossy(&bytes));
-    if let Some(expected) = &ctx.csrf {
-        if form.get("csrf") != Some(expected) {
-            return problem_page(Some(&ctx), Problem::forbidden("the form is not from this console (CSRF check)"));
-        }
+    if let Err(refused) = check_csrf(&ctx, body).await {
+        return refused;
     }
     let mut r = Redirect::to("/ui/login").into_response();
     r.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_static("af_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0"));
@@ -279,13 +287,7 @@ pub async fn alert_page(State(state): State<Arc<AppState>>, Extension(ctx): Exte
 }
 
 pub async fn triage_form(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>, body: Body) -> Page {
-    let bytes = read_body(body, 64 * 1024).await.map_err(fail(&ctx))?;
-    let form = form_pairs(&String::from_utf8_lossy(&bytes));
-    if let Some(expected) = &ctx.csrf {
-        if form.get("csrf") != Some(expected) {
-            return Err(problem_page(Some(&ctx), Problem::forbidden("the form is not from this console (CSRF check)")));
-        }
-    }
+    let form = check_csrf(&ctx, body).await?;
     let mut json = serde_json::Map::new();
     for k in ["note", "assignee"] {
         if let Some(v) = form.get(k).filter(|v| !v.trim().is_empty()) {
@@ -384,6 +386,39 @@ pub async fn event_page(State(state): State<Arc<AppState>>, Extension(ctx): Exte
         ));
     }
     Ok(page(StatusCode::OK, nav(&ctx, "Events"), "Event", &body))
+}
+
+pub async fn timeline_page(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Query(q): Query<HashMap<String, String>>) -> Page {
+    let mut q = filled(q);
+    let kind = q.remove("kind").unwrap_or_else(|| "user".into());
+    let subject = q.remove("subject");
+    let mut body = format!(
+        r#"<form class="filters" method="get" action="/ui/timeline"><label>kind<select name="kind"><option{}>user</option><option{}>ip</option></select></label><label>user id or address<input name="subject" required value="{}"></label><button type="submit">Show</button></form>"#,
+        if kind == "user" { " selected" } else { "" },
+        if kind == "ip" { " selected" } else { "" },
+        esc(subject.as_deref().unwrap_or("")),
+    );
+    if let Some(subject) = subject {
+        let params: HashMap<String, String> = q.into_iter().filter(|(k, _)| ["from", "to", "cursor"].contains(&k.as_str())).collect();
+        let v = events::timeline(State(state.clone()), Extension(ctx.clone()), Path((kind.clone(), subject.clone())), Query(params.clone())).await.map_err(fail(&ctx))?.0;
+        body.push_str(&format!(r#"<p id="total" data-total="{}">{} event(s), oldest first</p>"#, cell(&v["total"]), cell(&v["total"])));
+        body.push_str("<table><thead><tr><th>time</th><th>action</th><th>resource</th><th>severity</th><th>success</th><th>error</th></tr></thead><tbody>");
+        for h in v["hits"].as_array().into_iter().flatten() {
+            body.push_str(&format!(
+                r#"<tr><td><a href="/ui/events/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+                enc(h["id"].as_str().unwrap_or("")), cell(&h["timestamp"]), cell(&h["action"]), cell(&h["resource"]), sev(&h["severity"]), cell(&h["success"]), cell(&h["errorMessage"]),
+            ));
+        }
+        body.push_str("</tbody></table>");
+        if let Some(next) = v["next"].as_str() {
+            let mut more = params;
+            more.insert("kind".into(), kind);
+            more.insert("subject".into(), subject);
+            more.insert("cursor".into(), next.to_string());
+            body.push_str(&format!(r#"<p><a href="/ui/timeline?{}">Later events</a></p>"#, esc(&query(&more))));
+        }
+    }
+    Ok(page(StatusCode::OK, nav(&ctx, "Timeline"), "Subject timeline", &body))
 }
 
 #[cfg(test)]

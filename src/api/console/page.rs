@@ -66,13 +66,17 @@ pub fn page(status: StatusCode, nav: Nav<'_>, title: &str, body: &str) -> Respon
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · auditflow</title><link rel="stylesheet" href="/ui/assets/console.css"></head>
-<body><header><nav aria-label="main"><strong>auditflow</strong> {alerts} {events}</nav>{who}</header>
+<body><header><nav aria-label="main"><strong>auditflow</strong> {alerts} {events} {timeline} {compliance} {ledger} {health}</nav>{who}</header>
 <main id="main"><h1>{title}</h1>
 {body}
 </main></body></html>"#,
         title = esc(title),
         alerts = link("/ui/alerts", "Alerts"),
         events = link("/ui/events", "Events"),
+        timeline = link("/ui/timeline", "Timeline"),
+        compliance = link("/ui/compliance", "Compliance"),
+        ledger = link("/ui/ledger", "Ledger"),
+        health = link("/ui/health", "Health"),
     );
     let mut r = (status, html).into_response();
     secure_headers(&mut r, "text/html; charset=utf-8");
