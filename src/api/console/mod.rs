@@ -232,12 +232,16 @@ pub async fn alerts_page(State(state): State<Arc<AppState>>, Extension(ctx): Ext
         ));
     }
     body.push_str("</tbody></table>");
-    if let Some(next) = v["next"].as_str() {
-        let mut more = q.clone();
-        more.insert("cursor".into(), next.to_string());
-        body.push_str(&format!(r#"<p><a href="/ui/alerts?{}">Older alerts</a></p>"#, esc(&query(&more))));
-    }
+    body.push_str(&next_page("/ui/alerts", &q, &v, "Older alerts"));
     Ok(page(StatusCode::OK, nav(&ctx, "Alerts"), "Alerts", &body))
+}
+
+/// A link to the next page of an answer that has one (its `next` cursor), same question.
+fn next_page(path: &str, q: &HashMap<String, String>, answer: &Value, label: &str) -> String {
+    let Some(next) = answer["next"].as_str() else { return String::new() };
+    let mut more = q.clone();
+    more.insert("cursor".into(), next.to_string());
+    format!(r#"<p><a href="{path}?{}">{label}</a></p>"#, esc(&query(&more)))
 }
 
 fn query(q: &HashMap<String, String>) -> String {
@@ -349,11 +353,7 @@ pub async fn events_page(State(state): State<Arc<AppState>>, Extension(ctx): Ext
         ));
     }
     body.push_str("</tbody></table>");
-    if let Some(next) = v["next"].as_str() {
-        let mut more = q.clone();
-        more.insert("cursor".into(), next.to_string());
-        body.push_str(&format!(r#"<p><a href="/ui/events?{}">Older events</a></p>"#, esc(&query(&more))));
-    }
+    body.push_str(&next_page("/ui/events", &q, &v, "Older events"));
     Ok(page(StatusCode::OK, nav(&ctx, "Events"), "Events", &body))
 }
 
@@ -410,13 +410,10 @@ pub async fn timeline_page(State(state): State<Arc<AppState>>, Extension(ctx): E
             ));
         }
         body.push_str("</tbody></table>");
-        if let Some(next) = v["next"].as_str() {
-            let mut more = params;
-            more.insert("kind".into(), kind);
-            more.insert("subject".into(), subject);
-            more.insert("cursor".into(), next.to_string());
-            body.push_str(&format!(r#"<p><a href="/ui/timeline?{}">Later events</a></p>"#, esc(&query(&more))));
-        }
+        let mut asked = params;
+        asked.insert("kind".into(), kind);
+        asked.insert("subject".into(), subject);
+        body.push_str(&next_page("/ui/timeline", &asked, &v, "Later events"));
     }
     Ok(page(StatusCode::OK, nav(&ctx, "Timeline"), "Subject timeline", &body))
 }
