@@ -78,6 +78,18 @@ async fn main() -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs(5)).await;
         }
     });
+    // Triage decisions whose update did not reach security-alerts at once.
+    let outbox = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            match auditflow::api::alerts::publish_pending(&outbox).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!("published {n} triage update(s) from the outbox"),
+                Err(e) => tracing::warn!(error = %e, "triage outbox: will retry"),
+            }
+        }
+    });
     server::serve(state, listener, p.shutdown).await?;
     tracing::info!("stopped");
     Ok(())

@@ -423,6 +423,23 @@ async fn clearance_pii_self_audit_and_injection_on_the_live_pipeline() {
     let updates = read_topic(&format!("{}.security-alerts", env.id), partitions, Duration::from_secs(3));
     let update = updates.iter().filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok()).find(|u| u["type"] == "alert.triage");
     assert_eq!(update.expect("triage update on security-alerts")["triageStatus"], "acknowledged");
+    let unpublished: i64 = sqlx::query_scalar("SELECT count(*) FROM alert_triage WHERE published_at IS NULL").fetch_one(&env.pool).await.expect("count");
+    assert_eq!(unpublished, 0, "a published decision is marked so");
+    // A decision whose update never left (Kafka away, the process stopped): the outbox sends it.
+    sqlx::query(&format!("INSERT INTO alert_triage (alert_id, status, note, actor, at) VALUES ('{low}', 'resolved', 'from the outbox', 'outbox-test', now() - interval '1 minute')"))
+        .execute(&env.pool)
+        .await
+        .expect("pending decision");
+    let started = Instant::now();
+    loop {
+        let records = read_topic(&format!("{}.security-alerts", env.id), partitions, Duration::from_secs(1));
+        let sent = records.iter().filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok()).filter(|u| u["by"] == "outbox-test").count();
+        if sent >= 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the outbox never sent the pending decision");
+    }
+    assert_eq!(wait_rows(&env, "SELECT count(*) FROM alert_triage WHERE published_at IS NOT NULL AND actor = 'outbox-test'", 1, Duration::from_secs(10)).await, 1);
 
     // Export by the privacy role, then a refused request.
     let privacy = token("dpo-1", &[Role::Privacy], Classification::Restricted, None);

@@ -194,35 +194,82 @@ async fn triage(state: Arc<AppState>, ctx: Ctx, id: String, body: Body, status: 
     .bind(ctx.subject())
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO alert_triage (alert_id, status, assignee, note, actor, at) VALUES ($1, $2, $3, $4, $5, $6)")
+    let triage_id: i64 = sqlx::query_scalar("INSERT INTO alert_triage (alert_id, status, assignee, note, actor, at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id")
         .bind(uuid)
         .bind(status)
         .bind(&b.assignee)
         .bind(&b.note)
         .bind(ctx.subject())
         .bind(at)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
     // The audit event first: a decision nobody can trace is not taken.
     state.audit(&ctx, action, Some(id.clone()), b.note.as_deref(), 200, json!({"status": status, "assignee": b.assignee})).await?;
     tx.commit().await?;
-    let update = json!({
-        "schemaVersion": crate::alert::render::RECORD_SCHEMA_VERSION,
-        "type": "alert.triage",
-        "alertId": id,
-        "triageStatus": status,
-        "assignee": b.assignee,
-        "note": b.note,
-        "by": ctx.subject(),
-        "at": at,
-    });
-    let topic = state.config.topics.security_alerts.name.clone();
-    if let Err(e) = state.producer.send_to(&topic, &id, update.to_string().as_bytes()).await {
-        // Stored and audited already; subscribers see it with the next change or a re-read.
-        tracing::warn!(error = %e, alert = %id, "triage update not published on {topic}");
+    let decision = Decision { id: triage_id, alert_id: uuid, status: status.to_string(), assignee: b.assignee.clone(), note: b.note.clone(), actor: ctx.subject().to_string(), at };
+    if let Err(e) = publish(&state, &decision).await {
+        // Stored and audited; the outbox sweep sends it again (publish_pending).
+        tracing::warn!(error = %e, alert = %id, "triage update not published yet; the outbox will send it");
     }
     let row = fetch(&state, &ctx, &id).await?;
     Ok(Json(view(&state, &row)?))
+}
+
+/// One decision of `alert_triage`, as published on `security-alerts`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Decision {
+    pub id: i64,
+    pub alert_id: uuid::Uuid,
+    pub status: String,
+    pub assignee: Option<String>,
+    pub note: Option<String>,
+    pub actor: String,
+    pub at: DateTime<Utc>,
+}
+
+impl Decision {
+    /// The update record (key = alert id, like the alert's own records).
+    pub fn record(&self) -> Value {
+        json!({
+            "schemaVersion": crate::alert::render::RECORD_SCHEMA_VERSION,
+            "type": "alert.triage",
+            "alertId": self.alert_id.to_string(),
+            "triageStatus": self.status,
+            "assignee": self.assignee,
+            "note": self.note,
+            "by": self.actor,
+            "at": self.at,
+        })
+    }
+}
+
+/// Send one decision and mark it published.
+async fn publish(state: &AppState, d: &Decision) -> anyhow::Result<()> {
+    let topic = &state.config.topics.security_alerts.name;
+    state.producer.send_to(topic, &d.alert_id.to_string(), d.record().to_string().as_bytes()).await?;
+    sqlx::query("UPDATE alert_triage SET published_at = now() WHERE id = $1").bind(d.id).execute(&state.pool).await?;
+    Ok(())
+}
+
+/// The outbox sweep: decisions older than a few seconds and still unpublished (Kafka was away
+/// when they were taken, or the process stopped in between) are sent, oldest first. Rows another
+/// replica is sending are skipped; a record sent twice carries the same decision (`at`, `by`).
+pub async fn publish_pending(state: &AppState) -> anyhow::Result<usize> {
+    let mut tx = state.pool.begin().await?;
+    let pending: Vec<Decision> = sqlx::query_as(
+        "SELECT id, alert_id, status, assignee, note, actor, at FROM alert_triage
+          WHERE published_at IS NULL AND at < now() - interval '5 seconds'
+          ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let topic = &state.config.topics.security_alerts.name;
+    for d in &pending {
+        state.producer.send_to(topic, &d.alert_id.to_string(), d.record().to_string().as_bytes()).await?;
+        sqlx::query("UPDATE alert_triage SET published_at = now() WHERE id = $1").bind(d.id).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(pending.len())
 }
 
 pub async fn acknowledge(State(s): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>, body: Body) -> ApiResult<Json<Value>> {
