@@ -132,15 +132,32 @@ pub async fn post_events(State(state): State<Arc<AppState>>, Extension(ctx): Ext
         None => (None, Utc::now()),
     };
     let prepared = prepare(items, &state.enrich, id_base.as_deref(), received);
-    let errors: Vec<Value> = prepared.errors.iter().map(|(i, e)| json!({"index": i, "error": e})).collect();
+    let mut errors: Vec<(usize, String)> = prepared.errors;
     if prepared.accepted.is_empty() {
-        return Err(Problem::bad_request("no event in the request is valid; nothing was sent").with(json!({"errors": errors})));
+        return Err(Problem::bad_request("no event in the request is valid; nothing was sent").with(json!({"errors": error_list(&errors)})));
     }
     let events: Vec<RawEvent> = prepared.accepted.iter().map(|(_, e)| e.clone()).collect();
-    state.producer.send_all(&events).await.map_err(|e| Problem::internal("Kafka (audit-raw)", e))?;
-    let ids: Vec<Value> = prepared.accepted.iter().map(|(i, e)| json!({"index": i, "id": e.id})).collect();
-    let body = json!({"accepted": events.len(), "rejected": errors.len(), "ids": ids, "errors": errors});
+    let refused = state.producer.send_all(&events).await.map_err(|e| Problem::internal("Kafka (audit-raw)", e))?;
+    // An event the broker refuses for good is reported like an invalid one; the rest stand.
+    let refused_at: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+    errors.extend(refused.into_iter().map(|(i, why)| (prepared.accepted[i].0, why)));
+    errors.sort_by_key(|(i, _)| *i);
+    let ids: Vec<Value> = prepared
+        .accepted
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| !refused_at.contains(n))
+        .map(|(_, (i, e))| json!({"index": i, "id": e.id}))
+        .collect();
+    if ids.is_empty() {
+        return Err(Problem::bad_request("the broker refused every event; nothing was stored").with(json!({"errors": error_list(&errors)})));
+    }
+    let body = json!({"accepted": ids.len(), "rejected": errors.len(), "ids": ids, "errors": error_list(&errors)});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn error_list(errors: &[(usize, String)]) -> Vec<Value> {
+    errors.iter().map(|(i, e)| json!({"index": i, "error": e})).collect()
 }
 
 #[cfg(test)]

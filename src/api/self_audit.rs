@@ -106,9 +106,12 @@ impl RawProducer {
         Ok(RawProducer { producer: cc.create()?, topic: config.topics.raw.name.clone(), timeout: Duration::from_secs(15) })
     }
 
-    /// Send every event and wait for all acknowledgements; the first failure is returned
-    /// after all have settled (the idempotent producer keeps order and never duplicates).
-    pub async fn send_all(&self, events: &[RawEvent]) -> Result<(), SendError> {
+    /// Send every event and wait for all acknowledgements. Records the broker refuses for good
+    /// (too large for the topic, a timestamp it rejects: the runtime's own test) come back by
+    /// index with the broker's reason, so the caller can report them and keep the rest; any
+    /// other failure is returned after all have settled, to be retried (the idempotent producer
+    /// keeps order and never duplicates).
+    pub async fn send_all(&self, events: &[RawEvent]) -> Result<Vec<(usize, String)>, SendError> {
         let payloads: Vec<(Vec<u8>, Option<String>)> = events
             .iter()
             .map(|e| Ok((serde_json::to_vec(e).map_err(|x| SendError(x.to_string()))?, crate::cli::emit::event_key(e).map(str::to_string))))
@@ -120,11 +123,15 @@ impl RawProducer {
             }
             self.producer.send(r, self.timeout)
         });
-        let results = futures::future::join_all(sends).await;
-        match results.into_iter().find_map(|r| r.err()) {
-            Some((e, _)) => Err(SendError(e.to_string())),
-            None => Ok(()),
+        let mut refused = Vec::new();
+        for (i, r) in futures::future::join_all(sends).await.into_iter().enumerate() {
+            match r {
+                Ok(_) => {}
+                Err((e, _)) if crate::runtime::kafka::is_record_refusal(&e) => refused.push((i, format!("refused by the broker: {e}"))),
+                Err((e, _)) => return Err(SendError(e.to_string())),
+            }
         }
+        Ok(refused)
     }
 
     /// One record to another topic (an alert's triage update on `security-alerts`).
@@ -133,8 +140,12 @@ impl RawProducer {
         self.producer.send(r, self.timeout).await.map(|_| ()).map_err(|(e, _)| SendError(e.to_string()))
     }
 
+    /// An access's audit event; refused for good counts as not written (the read is refused).
     pub async fn record(&self, access: &Access) -> Result<(), SendError> {
-        self.send_all(std::slice::from_ref(&event(access))).await
+        match self.send_all(std::slice::from_ref(&event(access))).await?.pop() {
+            Some((_, why)) => Err(SendError(why)),
+            None => Ok(()),
+        }
     }
 
     /// Whether the brokers answer for `audit-raw` (readiness). Blocking.
