@@ -94,18 +94,7 @@ fn start_api(env: &TestEnv, extra: &[(&str, &str)]) -> Api {
 
 /// The API once it has logged its address.
 fn serving(process: StageProcess) -> Api {
-    let start = Instant::now();
-    let base = loop {
-        let log = process.log();
-        if let Some(line) = log.lines().find(|l| l.contains("serving the API")) {
-            let at = line.find("addr=").expect("addr in the log line") + 5;
-            let rest = &line[at..];
-            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-            break format!("http://{}", rest[..end].trim_matches('"'));
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "audit-api did not start:\n{log}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let base = api_base(&process);
     // Redirects are answers to check (the console's sign-in), not to follow.
     let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).redirect(reqwest::redirect::Policy::none()).build().expect("client");
     Api { process, base, http }

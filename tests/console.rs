@@ -195,18 +195,7 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
     let _index = env.start_stage("audit-index", "1");
     let _compliance = env.start_stage("audit-compliance", "1");
     let api_proc = env.start_binary(env!("CARGO_BIN_EXE_audit-api"), "audit-api", "1", &[("AUDITFLOW_API_LISTEN", "127.0.0.1:0"), ("AUDITFLOW_JWT_SECRET", SECRET)]);
-    let started = Instant::now();
-    let base = loop {
-        let log = api_proc.log();
-        if let Some(line) = log.lines().find(|l| l.contains("serving the API")) {
-            let at = line.find("addr=").expect("addr") + 5;
-            let rest = &line[at..];
-            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
-            break format!("http://{}", rest[..end].trim_matches('"'));
-        }
-        assert!(started.elapsed() < Duration::from_secs(60), "audit-api did not start:\n{log}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let base = api_base(&api_proc);
     let http = reqwest::Client::new();
     let marker = format!("console-{}", env.id);
 

@@ -584,14 +584,8 @@ fn binary_starts_with(binary: &str, env: &[(String, String)], config_file: &Path
 fn persist_deployment_gets_everything_persist_needs_to_start() {
     for extra in [&[][..], &["-f", FULL][..]] {
         let docs = render(extra);
-        let toml_text = of_kind(&docs, "ConfigMap")
-            .into_iter()
-            .find_map(|c| c["data"]["auditflow.toml"].as_str())
-            .expect("a ConfigMap with auditflow.toml")
-            .to_string();
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_file = dir.path().join("auditflow.toml");
-        std::fs::write(&config_file, &toml_text).expect("write config");
+        let config_file = rendered_config(&docs, dir.path());
         let deployment = for_stage(&docs, "Deployment", "persist");
         let container = &deployment["spec"]["template"]["spec"]["containers"][0];
         let (env, from_secrets) = rendered_env(container, dir.path());
@@ -612,6 +606,18 @@ fn persist_deployment_gets_everything_persist_needs_to_start() {
             assert!(err.contains(missing.as_str()), "{extra:?}: without {missing}, persist failed for another reason: {err}");
         }
     }
+}
+
+/// The rendered `auditflow.toml` (from the chart's ConfigMap), written under `dir`.
+fn rendered_config(docs: &[Json], dir: &Path) -> std::path::PathBuf {
+    let text = of_kind(docs, "ConfigMap")
+        .into_iter()
+        .find_map(|c| c["data"]["auditflow.toml"].as_str())
+        .expect("a ConfigMap with auditflow.toml")
+        .to_string();
+    let path = dir.join("auditflow.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
 }
 
 /// The rendered environment of a stage's container, Secret references filled with generated
@@ -657,14 +663,8 @@ fn rendered_env(container: &Json, dir: &Path) -> (Vec<(String, String)>, Vec<Str
 fn api_deployment_gets_everything_the_api_needs_to_start() {
     for extra in [&[][..], &["-f", FULL][..]] {
         let docs = render(extra);
-        let toml_text = of_kind(&docs, "ConfigMap")
-            .into_iter()
-            .find_map(|c| c["data"]["auditflow.toml"].as_str())
-            .expect("a ConfigMap with auditflow.toml")
-            .to_string();
         let dir = tempfile::tempdir().expect("tempdir");
-        let config_file = dir.path().join("auditflow.toml");
-        std::fs::write(&config_file, &toml_text).expect("write config");
+        let config_file = rendered_config(&docs, dir.path());
         let container = &for_stage(&docs, "Deployment", "api")["spec"]["template"]["spec"]["containers"][0];
         let (env, from_secrets) = rendered_env(container, dir.path());
         assert!(from_secrets.iter().any(|n| n == "AUDITFLOW_DATABASE_URL"), "{extra:?}: no database URL from a Secret");

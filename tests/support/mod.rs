@@ -438,6 +438,22 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     (body.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body)
 }
 
+/// The base URL `audit-api` logged for its API listener ("serving the API … addr=…").
+pub fn api_base(api: &StageProcess) -> String {
+    let start = Instant::now();
+    loop {
+        let log = api.log();
+        if let Some(line) = log.lines().find(|l| l.contains("serving the API")) {
+            let at = line.find("addr=").expect("addr in the log line") + 5;
+            let rest = &line[at..];
+            let end = rest.find(|c: char| c.is_whitespace()).unwrap_or(rest.len());
+            return format!("http://{}", rest[..end].trim_matches('"'));
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "audit-api did not start:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The address a stage logged for its HTTP server (`addr=…` at start).
 pub fn http_addr(stage: &StageProcess) -> String {
     let start = Instant::now();
