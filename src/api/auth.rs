@@ -5,8 +5,10 @@
 //! Each token is checked only against keys of its own family: an HS256 token against the
 //! secret, an RS256 or ES256 token against the JWKS key its `kid` names, which must be of that
 //! algorithm. So a public key can never be used as an HMAC secret (HS/RS confusion), and
-//! `alg: none` is no algorithm at all. `exp`, `nbf`, `iss`, `aud` and `sub` are required and
-//! checked, with at most 60 s of leeway. Errors say why, never echo the token.
+//! `alg: none` is no algorithm at all. `exp`, `iss`, `aud` and `sub` are required and checked,
+//! `nbf` when present (identity providers' access tokens often carry none, RFC 9068), with at
+//! most 60 s of leeway. Errors say why, never echo the token. The console's OIDC sign-in also
+//! checks the identity provider's ID token here ([`Verifier::verify_id_token`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -198,14 +200,30 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// `aud`: one audience, or several (identity providers send either).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(s: &str) -> Audience {
+        Audience::One(s.to_string())
+    }
+}
+
 /// The claims auditflow reads and writes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub iss: String,
-    pub aud: String,
+    pub aud: Audience,
     pub exp: i64,
-    pub nbf: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
+    #[serde(default)]
     pub iat: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clearance: Option<String>,
@@ -279,9 +297,38 @@ impl Verifier {
         v.validate_nbf = true;
         v.set_issuer(&[self.settings.issuer.as_str()]);
         v.set_audience(&[self.settings.audience.as_str()]);
-        v.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         let data = jsonwebtoken::decode::<Claims>(token, key, &v).map_err(|e| AuthError::Invalid(e.to_string()))?;
         self.caller(data.claims)
+    }
+
+    /// An OpenID Connect ID token from the identity provider: signed by a JWKS key (never the
+    /// HS256 secret), issued by the configured issuer for `client_id`, unexpired, carrying the
+    /// `nonce` of this sign-in. Returns its subject.
+    pub fn verify_id_token(&self, token: &str, client_id: &str, nonce: &str) -> Result<String, AuthError> {
+        #[derive(Deserialize)]
+        struct IdClaims {
+            sub: String,
+            #[serde(default)]
+            nonce: Option<String>,
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let (key, alg) = header.kid.as_ref().and_then(|k| self.jwks.get(k)).ok_or_else(|| AuthError::UnknownKey(header.kid.clone()))?;
+        if *alg != header.alg {
+            return Err(AuthError::Algorithm(format!("{:?} with a {:?} key", header.alg, alg)));
+        }
+        let mut v = Validation::new(*alg);
+        v.leeway = self.settings.leeway_secs.min(MAX_LEEWAY_SECS);
+        v.validate_nbf = true;
+        v.set_issuer(&[self.settings.issuer.as_str()]);
+        v.set_audience(&[client_id]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let data = jsonwebtoken::decode::<IdClaims>(token, key, &v).map_err(|e| AuthError::Invalid(e.to_string()))?;
+        let nonce_ok = data.claims.nonce.as_deref().is_some_and(|n| constant_time_eq(n.as_bytes(), nonce.as_bytes()));
+        if !nonce_ok {
+            return Err(AuthError::Invalid("the ID token's nonce is not this sign-in's".into()));
+        }
+        Ok(data.claims.sub)
     }
 
     fn caller(&self, c: Claims) -> Result<Caller, AuthError> {
@@ -301,6 +348,11 @@ impl Verifier {
         let scopes = c.scope.as_deref().unwrap_or_default().split_whitespace().map(str::to_string).collect();
         Ok(Caller { subject: c.sub, roles, clearance, scopes })
     }
+}
+
+/// Equal byte strings, compared in time that does not depend on where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 
 /// The JWKS document's text: read from `AUDITFLOW_JWKS_FILE` or fetched from
@@ -338,9 +390,9 @@ pub fn issue(settings: &AuthSettings, subject: &str, roles: &[Role], clearance: 
     let claims = Claims {
         sub: subject.to_string(),
         iss: settings.issuer.clone(),
-        aud: settings.audience.clone(),
+        aud: Audience::One(settings.audience.clone()),
         exp: now + ttl_secs,
-        nbf: now,
+        nbf: Some(now),
         iat: now,
         clearance: Some(clearance.as_str().to_string()),
         scope: (!scopes.is_empty()).then(|| scopes.join(" ")),
@@ -376,7 +428,7 @@ mod tests {
             iss: "auditflow".into(),
             aud: "auditflow-api".into(),
             exp: now() + exp_in,
-            nbf: now() - 5,
+            nbf: Some(now() - 5),
             iat: now() - 5,
             clearance: Some("CONFIDENTIAL".into()),
             scope: Some("pii:read other".into()),
@@ -427,7 +479,7 @@ mod tests {
         assert!(matches!(v.verify(&sign(Algorithm::HS256, None, &hs, &claims(-120))), Err(AuthError::Invalid(_))));
         // Not yet valid.
         let mut early = claims(600);
-        early.nbf = now() + 300;
+        early.nbf = Some(now() + 300);
         assert!(matches!(v.verify(&sign(Algorithm::HS256, None, &hs, &early)), Err(AuthError::Invalid(_))));
         // Wrong audience, wrong issuer.
         let mut aud = claims(600);
@@ -458,6 +510,34 @@ mod tests {
         // No error message repeats the token.
         let t = sign(Algorithm::HS256, None, &wrong_secret, &claims(600));
         assert!(!v.verify(&t).unwrap_err().to_string().contains(&t[..20]));
+    }
+
+    #[test]
+    fn provider_tokens_without_nbf_and_with_several_audiences_verify() {
+        let rsa = EncodingKey::from_rsa_pem(vector("rsa-private.pem").as_bytes()).unwrap();
+        let v = verifier();
+        let mut c = claims(600);
+        c.nbf = None;
+        c.aud = Audience::Many(vec!["https://idp.example/userinfo".into(), "auditflow-api".into()]);
+        assert_eq!(v.verify(&sign(Algorithm::RS256, Some("test-rsa-1"), &rsa, &c)).unwrap().subject, "alice");
+        c.aud = Audience::Many(vec!["someone-else".into()]);
+        assert!(matches!(v.verify(&sign(Algorithm::RS256, Some("test-rsa-1"), &rsa, &c)), Err(AuthError::Invalid(_))));
+    }
+
+    #[test]
+    fn id_tokens_need_the_client_audience_the_nonce_and_a_jwks_key() {
+        let rsa = EncodingKey::from_rsa_pem(vector("rsa-private.pem").as_bytes()).unwrap();
+        let hs = EncodingKey::from_secret(SECRET.as_bytes());
+        let v = verifier();
+        let mut c = claims(600);
+        c.aud = "console-client".into();
+        c.other.insert("nonce".into(), serde_json::json!("n-123"));
+        let t = sign(Algorithm::RS256, Some("test-rsa-1"), &rsa, &c);
+        assert_eq!(v.verify_id_token(&t, "console-client", "n-123").unwrap(), "alice");
+        assert!(v.verify_id_token(&t, "console-client", "n-456").is_err(), "another sign-in's nonce");
+        assert!(v.verify_id_token(&t, "other-client", "n-123").is_err(), "another client's token");
+        assert!(v.verify_id_token(&sign(Algorithm::HS256, None, &hs, &c), "console-client", "n-123").is_err(), "HS256 is not an ID token signer here");
+        assert!(constant_time_eq(b"abc", b"abc") && !constant_time_eq(b"abc", b"abd") && !constant_time_eq(b"ab", b"abc"));
     }
 
     #[test]
