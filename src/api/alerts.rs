@@ -110,6 +110,68 @@ pub async fn list(State(state): State<Arc<AppState>>, Extension(ctx): Extension<
     Ok(Json(json!({"alerts": alerts, "next": next})))
 }
 
+/// Alerts the caller may see whose state changed after `since` (database time), oldest change
+/// first, at most `limit`; with the time of the newest change returned, for the next call. Each
+/// carries `created`: whether it was opened after `since`. For the console's live view, which
+/// audits the watch once rather than every poll.
+pub async fn changed_since(state: &AppState, clearance: Classification, since: DateTime<Utc>, limit: i64) -> Result<(Vec<Value>, DateTime<Utc>), sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS}, a.updated_at, a.created_at > $2 AS created FROM audit_alerts a
+          WHERE a.updated_at > $2 AND {CLEARED}
+          ORDER BY a.updated_at, a.id LIMIT $3"
+    ))
+    .bind(allowed(clearance))
+    .bind(since)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    let mut newest = since;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let mut v = view(state, r)?;
+        v["created"] = json!(r.try_get::<bool, _>("created")?);
+        newest = newest.max(r.try_get::<DateTime<Utc>, _>("updated_at")?);
+        out.push(v);
+    }
+    Ok((out, newest))
+}
+
+/// Alerts the caller may see about one user or address, oldest first: those it was the group
+/// of, or whose triggering event was theirs; opened within `[from, to)` when given.
+pub async fn about_subject(
+    state: &AppState,
+    clearance: Classification,
+    kind: crate::privacy::SubjectKind,
+    subject: &str,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: i64,
+) -> Result<Vec<Value>, sqlx::Error> {
+    // The keys as the alert stage stores them: the rule's group_by name and the event's field.
+    let (group_field, event_field) = match kind {
+        crate::privacy::SubjectKind::User => ("user_id", "userId"),
+        crate::privacy::SubjectKind::Ip => ("ip_address", "ipAddress"),
+        crate::privacy::SubjectKind::Session => ("session_id", "sessionId"),
+        crate::privacy::SubjectKind::Anonymous => return Ok(Vec::new()),
+    };
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_alerts a
+          WHERE (a.group_key ->> '{group_field}' = $2 OR a.trigger_match -> 'event' ->> '{event_field}' = $2)
+            AND ($3::timestamptz IS NULL OR a.first_seen >= $3)
+            AND ($4::timestamptz IS NULL OR a.first_seen < $4)
+            AND {CLEARED}
+          ORDER BY a.first_seen, a.id LIMIT $5"
+    ))
+    .bind(allowed(clearance))
+    .bind(subject)
+    .bind(from)
+    .bind(to)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    rows.iter().map(|r| view(state, r)).collect()
+}
+
 async fn fetch(state: &AppState, ctx: &Ctx, id: &str) -> ApiResult<sqlx::postgres::PgRow> {
     let Ok(uuid) = uuid::Uuid::parse_str(id) else { return Err(Problem::not_found()) };
     sqlx::query(&format!("SELECT {COLUMNS} FROM audit_alerts a WHERE a.id = $2 AND {CLEARED}"))

@@ -124,6 +124,9 @@ pub fn subject_kind(kind: &str) -> ApiResult<SubjectKind> {
     }
 }
 
+/// Most alerts a timeline answer carries.
+const TIMELINE_ALERTS: i64 = 200;
+
 pub async fn timeline(
     State(state): State<Arc<AppState>>,
     Extension(ctx): Extension<Ctx>,
@@ -151,7 +154,16 @@ pub async fn timeline(
         _ => return Err(Problem::bad_request("timelines are searchable by user or ip (sessions are not indexed by pseudonym)")),
     }
     let pseudonym = state.keys.pseudonym(kind, &subject);
-    Ok(Json(run(&state, &ctx, query, "audit.timeline", Some(pseudonym), json!({"kind": kind.as_str()})).await?))
+    // The subject's alerts over the same period (the first page only: they are few beside the
+    // events), so a timeline shows what was detected next to what happened.
+    let alerts = if query.after.is_none() {
+        super::alerts::about_subject(&state, ctx.clearance(), kind, &subject, query.from, query.to, TIMELINE_ALERTS).await?
+    } else {
+        Vec::new()
+    };
+    let mut answer = run(&state, &ctx, query, "audit.timeline", Some(pseudonym), json!({"kind": kind.as_str(), "alerts": alerts.len()})).await?;
+    answer["alerts"] = Value::Array(alerts);
+    Ok(Json(answer))
 }
 
 pub async fn one(
