@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::Extension;
 use serde_json::Value;
 
-use super::page::{cell, enc, esc, histogram, page};
+use super::page::{bars, cell, enc, esc, histogram, page};
 use super::{fail, filled, nav, query, Page};
 use crate::api::problem::Problem;
 use crate::api::server::{AppState, Ctx};
@@ -54,7 +54,15 @@ pub async fn compliance_page(State(state): State<Arc<AppState>>, Extension(ctx):
     let days: Vec<(String, u64)> = r["perDay"].as_array().into_iter().flatten().map(|d| (d["day"].as_str().unwrap_or("").to_string(), d["events"].as_u64().unwrap_or(0))).collect();
     body.push_str("<h2>Events per day</h2>");
     body.push_str(&histogram(&days, |day, _| format!("/ui/compliance?framework={}&from={}", enc(&framework), enc(day))));
-    body.push_str("<h2>By control</h2><table><thead><tr><th>control</th><th>name</th><th>events</th><th>failures</th><th>privileged</th></tr></thead><tbody>");
+    let controls: Vec<(String, u64)> = r["controls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| (format!("{} {}", c["control"].as_str().unwrap_or(""), c["name"].as_str().unwrap_or("")), c["events"].as_u64().unwrap_or(0)))
+        .collect();
+    body.push_str("<h2>By control</h2>");
+    body.push_str(&bars(&controls, "events per control"));
+    body.push_str("<table><thead><tr><th>control</th><th>name</th><th>events</th><th>failures</th><th>privileged</th></tr></thead><tbody>");
     for c in r["controls"].as_array().into_iter().flatten() {
         body.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", cell(&c["control"]), cell(&c["name"]), cell(&c["events"]), cell(&c["failures"]), cell(&c["privileged"])));
     }
