@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let config = p.config.clone();
     let settings = config.api.clone();
     let tokens = Tokens::new(&settings.auth).await?;
+    let oidc = auditflow::api::console::oidc::Oidc::discover(&settings.oidc, &settings.auth.issuer).await?;
     let keys = config.privacy.keys()?;
     let signer = config.ledger.signing_key.is_some().then(|| auditflow::cli::ledger::signer(&config)).transpose()?;
     let verifying_keys = match (&config.ledger.verify_key, &signer) {
@@ -62,6 +63,8 @@ async fn main() -> anyhow::Result<()> {
         verifying_keys,
         disclosure,
         metrics,
+        live_streams: Arc::new(tokio::sync::Semaphore::new(auditflow::api::console::live::MAX_STREAMS)),
+        oidc,
     });
     let listener = tokio::net::TcpListener::bind(&settings.listen).await.with_context(|| format!("cannot listen on {}", settings.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving the API");

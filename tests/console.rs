@@ -183,6 +183,22 @@ async fn json_of(r: reqwest::Response) -> Value {
     serde_json::from_slice(&r.bytes().await.expect("body")).expect("a JSON answer")
 }
 
+/// An open alert about `user` with one evidence event, as audit-alert stores them.
+async fn insert_alert(pool: &sqlx::PgPool, id: uuid::Uuid, user: &str, evidence: &str) {
+    sqlx::query(
+        "INSERT INTO audit_alerts (id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key, group_hash,
+            window_start, window_end, first_seen, last_seen, match_count, suppressed_count, evidence_event_ids, trigger_match, dispatch_after)
+         VALUES ($1, $1::text, 'default', 'Default', 'failed-logins-per-user', 'Brute force against one account', 'HIGH',
+            jsonb_build_object('user_id', $2::text), 'g', now(), now() + interval '1 hour', now(), now(), 12, 11, ARRAY[$3], '{}', now())",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(evidence)
+    .execute(pool)
+    .await
+    .expect("alert");
+}
+
 async fn api_get(http: &reqwest::Client, base: &str, path: &str, token: &str) -> Value {
     json_of(http.get(format!("{base}{path}")).bearer_auth(token).send().await.expect("api")).await
 }
@@ -222,15 +238,7 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let alert = uuid::Uuid::new_v4();
-    sqlx::query(&format!(
-        "INSERT INTO audit_alerts (id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key, group_hash,
-            window_start, window_end, first_seen, last_seen, match_count, suppressed_count, evidence_event_ids, trigger_match, dispatch_after)
-         VALUES ('{alert}', '{alert}', 'default', 'Default', 'failed-logins-per-user', 'Brute force against one account', 'HIGH',
-            '{{\"user_id\": \"mallory\"}}', 'g', now(), now() + interval '1 hour', now(), now(), 12, 11, ARRAY['{first}'], '{{}}', now())"
-    ))
-    .execute(&env.pool)
-    .await
-    .expect("alert");
+    insert_alert(&env.pool, alert, "mallory", &first).await;
 
     let analyst = token("analyst-ina", &[Role::Analyst], Classification::Internal);
     let b = Browser::start().await;
@@ -288,10 +296,41 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
     assert_eq!(via_api["triageStatus"], "acknowledged");
     b.screenshot("alert-acknowledged").await;
 
+    // The live view: a change made elsewhere reaches the open list without a reload, and a new
+    // alert is announced.
+    b.goto(&format!("{base}/ui/alerts")).await;
+    let cell = format!("tr[data-alert-id='{alert}'] [data-field=triageStatus]");
+    assert_eq!(b.text(&cell).await, "acknowledged");
+    b.script("window.__notReloaded = true; return null").await;
+    // The script has opened its stream once the page is loaded; give it a moment to connect.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = http
+        .post(format!("{base}/v1/alerts/{alert}/resolve"))
+        .bearer_auth(token("analyst-two", &[Role::Analyst], Classification::Internal))
+        .header("content-type", "application/json")
+        .body(r#"{"note": "closed elsewhere"}"#)
+        .send()
+        .await
+        .expect("resolve");
+    assert_eq!(r.status().as_u16(), 200);
+    b.wait_text(&cell, "resolved").await;
+    assert_eq!(b.script("return window.__notReloaded === true").await, json!(true), "the page was reloaded");
+    let second = uuid::Uuid::new_v4();
+    insert_alert(&env.pool, second, "mallory", &first).await;
+    b.wait_text("#live-notice", "1 new alert(s) since this page was loaded: reload to see them.").await;
+    assert_eq!(b.script("return window.__notReloaded === true").await, json!(true));
+    b.screenshot("alerts-live").await;
+
     // The user's timeline, oldest first, the API's count.
     b.goto(&format!("{base}/ui/timeline?kind=user&subject=mallory")).await;
-    let api_timeline = api_get(&http, &base, "/v1/subjects/user/mallory/timeline", &analyst).await["total"].clone();
-    assert_eq!(b.attr("#total", "data-total").await, api_timeline.to_string());
+    let api_timeline = api_get(&http, &base, "/v1/subjects/user/mallory/timeline", &analyst).await;
+    assert_eq!(b.attr("#total", "data-total").await, api_timeline["total"].to_string());
+    // The alerts about mallory stand among the events, as many as the API answers.
+    let api_alerts = api_timeline["alerts"].as_array().map(Vec::len).unwrap_or(0);
+    assert_eq!(api_alerts, 2, "both alerts about mallory: {api_timeline}");
+    assert_eq!(b.attr("#timeline-alerts", "data-total").await, api_alerts.to_string());
+    assert_eq!(b.count(&format!("tr.alert-row[data-alert-id='{alert}']")).await, 1);
+    assert!(b.count("tr.alert-row").await == api_alerts);
     b.screenshot("timeline").await;
 
     // Pipeline health: each stage's lag and the dead letters, as the API sees them.
@@ -358,6 +397,118 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
     // A form posted from another site is refused.
     let r = http.post(format!("{base}/ui/logout")).header("origin", "https://evil.example").send().await.expect("post");
     assert_eq!(r.status().as_u16(), 403);
+    let _ = b.cmd("DELETE", "", None).await;
+    drop(api_proc);
+}
+
+/// A real OpenID provider (npm oidc-provider, `scripts/oidc`), stopped with the test.
+struct Provider {
+    child: Child,
+    issuer: String,
+}
+
+impl Provider {
+    fn start(port: u16, redirect: &str) -> Provider {
+        let mut child = Command::new("node")
+            .arg(repo_root().join("scripts/oidc/provider.mjs"))
+            .env("OIDC_PORT", port.to_string())
+            .env("OIDC_REDIRECT_URIS", redirect)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("node scripts/oidc/provider.mjs (scripts/prereqs installs its packages)");
+        let out = child.stdout.take().expect("stdout");
+        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+        let issuer = loop {
+            match lines.next() {
+                Some(Ok(l)) if l.contains("listening on ") => break l.rsplit(' ').next().unwrap_or_default().to_string(),
+                Some(Ok(_)) => continue,
+                _ => panic!("the OpenID provider did not start"),
+            }
+        };
+        Provider { child, issuer }
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_signs_in_through_the_identity_provider_with_pkce() {
+    let env = TestEnv::new("console_oidc", 1).await;
+    let api_port = support::smtp::free_port();
+    let callback = format!("http://127.0.0.1:{api_port}/ui/oidc/callback");
+    let idp = Provider::start(support::smtp::free_port(), &callback);
+    let issuer = idp.issuer.clone();
+    let api_proc = env.start_binary(
+        env!("CARGO_BIN_EXE_audit-api"),
+        "audit-api",
+        "1",
+        &[
+            ("AUDITFLOW_API_LISTEN", &format!("127.0.0.1:{api_port}")),
+            ("AUDITFLOW_JWT_ISSUER", &issuer),
+            ("AUDITFLOW_JWKS_URL", &format!("{issuer}/jwks")),
+            ("AUDITFLOW_JWT_AUDIENCE", "auditflow-api"),
+            ("AUDITFLOW_OIDC_CLIENT_ID", "auditflow-console"),
+            ("AUDITFLOW_OIDC_REDIRECT_URL", &callback),
+            ("AUDITFLOW_OIDC_RESOURCE", "urn:auditflow:api"),
+            ("AUDITFLOW_OIDC_SCOPES", "openid profile"),
+        ],
+    );
+    let base = api_base(&api_proc);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+
+    // A callback that no sign-in of this browser started is refused, whatever it carries.
+    let r = http.get(format!("{base}/ui/oidc/callback?code=stolen&state=guessed")).send().await.expect("callback");
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/ui/login?why=provider");
+    // The start sends the browser to the provider with a PKCE challenge, and nothing secret.
+    let r = http.get(format!("{base}/ui/oidc/start")).send().await.expect("start");
+    let to = r.headers()["location"].to_str().expect("location").to_string();
+    assert!(to.starts_with(&format!("{issuer}/auth?")), "{to}");
+    assert!(to.contains("code_challenge_method=S256") && to.contains("code_challenge=") && !to.contains("code_verifier"), "{to}");
+    let flow_cookie = r.headers()["set-cookie"].to_str().expect("cookie").to_string();
+    assert!(flow_cookie.contains("HttpOnly") && flow_cookie.contains("SameSite=Lax") && flow_cookie.contains("Path=/ui/oidc"), "{flow_cookie}");
+
+    let b = Browser::start().await;
+    b.goto(&format!("{base}/ui/alerts")).await;
+    assert!(b.url().await.contains("/ui/login"));
+    b.screenshot("sign-in-provider").await;
+    b.click("#oidc-signin").await;
+    b.wait_url("/interaction/").await;
+    b.type_into("#login", "alice").await;
+    b.click("#sign-in").await;
+    b.wait_url("/ui/alerts").await;
+    b.wait_text("h1", "Alerts").await;
+    assert_eq!(b.text("form.who span").await, "alice", "signed in as the provider's subject");
+    let url = b.url().await;
+    assert!(!url.contains("code=") && !url.contains("token"), "nothing of the flow stays in the URL: {url}");
+    assert_eq!(b.script("return document.cookie").await, json!(""), "the session cookie is HttpOnly");
+    // The provider's token carries alice's roles and clearance: analyst pages yes, auditor no.
+    b.goto(&format!("{base}/ui/events")).await;
+    b.wait_text("h1", "Events").await;
+    b.goto(&format!("{base}/ui/compliance")).await;
+    assert!(b.source().await.contains("needs role auditor"));
+
+    // The sign-in is audited with its method, under the provider's subject.
+    let started = Instant::now();
+    loop {
+        let signins: Vec<Value> = read_topic(&env.raw, 1, Duration::from_secs(2))
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.payload).ok())
+            .filter(|e| e["action"] == "auth.signin")
+            .collect();
+        if let Some(e) = signins.first() {
+            assert_eq!(e["userId"], "alice");
+            assert_eq!(e["metadata"]["request"]["method"], "oidc", "{e}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no auth.signin event on audit-raw");
+    }
     let _ = b.cmd("DELETE", "", None).await;
     drop(api_proc);
 }

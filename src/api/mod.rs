@@ -35,6 +35,8 @@ pub const PII_SCOPE: &str = "pii:read";
 pub struct ApiSettings {
     /// `[api.auth]`
     pub auth: auth::AuthSettings,
+    /// `[api.oidc]`: the console's sign-in through an identity provider.
+    pub oidc: console::oidc::OidcSettings,
     /// Where the API listens. `AUDITFLOW_API_LISTEN`.
     pub listen: String,
     /// Largest request body; a bigger one is answered 413. `AUDITFLOW_API_MAX_BODY_BYTES`.
@@ -52,6 +54,7 @@ impl Default for ApiSettings {
     fn default() -> Self {
         ApiSettings {
             auth: auth::AuthSettings::default(),
+            oidc: console::oidc::OidcSettings::default(),
             listen: "127.0.0.1:8080".into(),
             max_body_bytes: 16 * 1024 * 1024,
             max_events: 10_000,
@@ -86,6 +89,7 @@ impl ApiSettings {
                 _ => return Err(ConfigError::new("AUDITFLOW_API_TRUST_FORWARDED_FOR", "true or false")),
             };
         }
+        self.oidc.apply_env(env);
         self.auth.apply_env(env)
     }
 
@@ -102,6 +106,7 @@ impl ApiSettings {
         if !(1..=3600).contains(&self.request_timeout_secs) {
             return Err(ConfigError::new("AUDITFLOW_API_REQUEST_TIMEOUT_SECS", "between 1 and 3600"));
         }
+        self.oidc.validate()?;
         self.auth.validate()
     }
 }

@@ -99,6 +99,21 @@ impl Tokens {
     }
 }
 
+impl Tokens {
+    /// An identity provider's ID token (see [`Verifier::verify_id_token`]), with the same
+    /// reload of the JWKS for a key id not known yet.
+    pub async fn verify_id_token(&self, token: &str, client_id: &str, nonce: &str) -> Result<String, AuthError> {
+        match self.current().verify_id_token(token, client_id, nonce) {
+            Err(AuthError::UnknownKey(_)) => {
+                // `verify` reloads (rate-limited) on an unknown key; its own answer does not matter.
+                let _ = self.verify(token).await;
+                self.current().verify_id_token(token, client_id, nonce)
+            }
+            other => other,
+        }
+    }
+}
+
 pub struct AppState {
     pub settings: ApiSettings,
     pub config: Config,
@@ -113,6 +128,10 @@ pub struct AppState {
     pub enrich: crate::enrich::EnrichConfig,
     pub disclosure: Disclosure,
     pub metrics: ApiMetrics,
+    /// The console's live views open at once (see [`console::live`]).
+    pub live_streams: Arc<tokio::sync::Semaphore>,
+    /// The console's sign-in through an identity provider, when configured.
+    pub oidc: Option<console::oidc::Oidc>,
 }
 
 /// What the guard learnt about a request, for the handler and its audit event.
@@ -205,10 +224,14 @@ pub fn handlers() -> Vec<(&'static str, &'static str, Handler)> {
         ("POST", "/v1/dead-letters/replay", post(dlq::replay)),
         ("GET", "/ui", get(console::root)),
         ("GET", "/ui/assets/console.css", get(console::stylesheet)),
+        ("GET", "/ui/assets/console.js", get(console::script)),
         ("GET", "/ui/login", get(console::login_form)),
         ("POST", "/ui/login", post(console::login)),
         ("POST", "/ui/logout", post(console::logout)),
+        ("GET", "/ui/oidc/start", get(console::oidc::start)),
+        ("GET", "/ui/oidc/callback", get(console::oidc::callback)),
         ("GET", "/ui/alerts", get(console::alerts_page)),
+        ("GET", "/ui/alerts/live", get(console::live::live)),
         ("GET", "/ui/alerts/{id}", get(console::alert_page)),
         ("POST", "/ui/alerts/{id}/triage", post(console::triage_form)),
         ("GET", "/ui/events", get(console::events_page)),

@@ -6,6 +6,8 @@
 //! carry a CSRF value derived from the token, which a cross-site page cannot compute.
 
 pub mod auditor;
+pub mod live;
+pub mod oidc;
 pub mod operations;
 pub mod page;
 
@@ -31,17 +33,22 @@ pub const COOKIE: &str = "af_session";
 /// Longest a console session lasts, whatever the token's own expiry.
 const MAX_SESSION_SECS: i64 = 8 * 3600;
 
-/// The token of a console session, from its cookie.
-pub fn session_token(headers: &HeaderMap) -> Option<String> {
+/// The value of cookie `name`, if the request carries a non-empty one.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_string())
         .filter(|v| !v.is_empty())
+}
+
+/// The token of a console session, from its cookie.
+pub fn session_token(headers: &HeaderMap) -> Option<String> {
+    cookie(headers, COOKIE)
 }
 
 /// The CSRF value of a session: only whoever holds the token can compute it.
@@ -121,15 +128,30 @@ pub async fn stylesheet() -> Response {
     r
 }
 
-pub async fn login_form(Query(q): Query<HashMap<String, String>>) -> Response {
+pub async fn script() -> Response {
+    let mut r = (StatusCode::OK, include_str!("console.js")).into_response();
+    page::secure_headers(&mut r, "text/javascript; charset=utf-8");
+    r.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    r
+}
+
+pub async fn login_form(State(state): State<Arc<AppState>>, Query(q): Query<HashMap<String, String>>) -> Response {
     // Only fixed messages: nothing from the query string is shown.
     let note = match q.get("why").map(String::as_str) {
         Some("signin") => r#"<p class="error" role="alert">Sign in first (or your session ended).</p>"#,
         Some("refused") => r#"<p class="error" role="alert">That token was refused (expired, wrong audience, unknown signer or malformed).</p>"#,
+        Some("provider") => r#"<p class="error" role="alert">The sign-in through the identity provider did not complete; try again.</p>"#,
         _ => "",
     };
+    let provider = match &state.oidc {
+        Some(o) => format!(
+            r#"<p><a class="button" id="oidc-signin" href="/ui/oidc/start">Sign in with your identity provider</a> <span class="muted">({})</span></p><h2>Or paste a token</h2>"#,
+            esc(&o.provider.issuer)
+        ),
+        None => String::new(),
+    };
     let body = format!(
-        r#"{note}<form method="post" action="/ui/login">
+        r#"{note}{provider}<form method="post" action="/ui/login">
 <label for="token">Token (from your identity provider, or <code>auditflow token issue</code>)</label>
 <textarea id="token" name="token" required autocomplete="off" spellcheck="false"></textarea>
 <p><button type="submit">Sign in</button></p></form>
@@ -143,28 +165,7 @@ pub async fn login(State(state): State<Arc<AppState>>, Extension(ctx): Extension
     let form = form_pairs(&String::from_utf8_lossy(&bytes));
     let token = form.get("token").map(|t| t.trim().to_string()).unwrap_or_default();
     match state.tokens.verify(&token).await {
-        Ok(caller) => {
-            // Verified above; only its expiry is read again, for the cookie's lifetime.
-            let exp = token
-                .split('.')
-                .nth(1)
-                .and_then(|p| { use base64::Engine; base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok() })
-                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .and_then(|c| c["exp"].as_i64())
-                .unwrap_or(0);
-            let max_age = (exp - chrono::Utc::now().timestamp()).clamp(0, MAX_SESSION_SECS);
-            let ctx = Ctx { caller: Some(caller), ..ctx };
-            if let Err(p) = state.audit(&ctx, "auth.signin", None, None, 303, Value::Null).await {
-                return problem_page(None, p);
-            }
-            let secure = if loopback(&headers) { "" } else { "; Secure" };
-            let cookie = format!("{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
-            let mut r = Redirect::to("/ui/alerts").into_response();
-            if let Ok(v) = HeaderValue::from_str(&cookie) {
-                r.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            r
-        }
+        Ok(caller) => start_session(&state, ctx, &headers, &token, caller, "token").await,
         Err(e) => {
             tracing::warn!(ip = ?ctx.ip, "console sign-in refused: {e}");
             let _ = state.audit(&ctx, "auth.denied", None, None, 401, serde_json::json!({"why": e.to_string()})).await;
@@ -173,8 +174,36 @@ pub async fn login(State(state): State<Arc<AppState>>, Extension(ctx): Extension
     }
 }
 
+/// A verified token becomes the console session: audited, then kept in the session cookie for
+/// as long as it is valid (at most [`MAX_SESSION_SECS`]).
+pub(super) async fn start_session(state: &AppState, ctx: Ctx, headers: &HeaderMap, token: &str, caller: super::auth::Caller, method: &str) -> Response {
+    // Verified by the caller; only its expiry is read again, for the cookie's lifetime.
+    let exp = token
+        .split('.')
+        .nth(1)
+        .and_then(|p| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| c["exp"].as_i64())
+        .unwrap_or(0);
+    let max_age = (exp - chrono::Utc::now().timestamp()).clamp(0, MAX_SESSION_SECS);
+    let ctx = Ctx { caller: Some(caller), ..ctx };
+    if let Err(p) = state.audit(&ctx, "auth.signin", None, None, 303, serde_json::json!({"method": method})).await {
+        return problem_page(None, p);
+    }
+    let secure = if loopback(headers) { "" } else { "; Secure" };
+    let cookie = format!("{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let mut r = Redirect::to("/ui/alerts").into_response();
+    if let Ok(v) = HeaderValue::from_str(&cookie) {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
 /// A console opened on the machine itself (local use) may keep its cookie over plain http.
-fn loopback(headers: &HeaderMap) -> bool {
+pub(super) fn loopback(headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
     let name = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
     matches!(name, "127.0.0.1" | "localhost" | "[::1]")
@@ -214,12 +243,13 @@ pub async fn alerts_page(State(state): State<Arc<AppState>>, Extension(ctx): Ext
         esc(q.get("rule").map(String::as_str).unwrap_or("")),
     );
     let list = v["alerts"].as_array().cloned().unwrap_or_default();
-    body.push_str(&format!(r#"<p id="alert-count" data-count="{}">{} alert(s) shown</p>"#, list.len(), list.len()));
+    body.push_str(&format!(r#"<p id="alert-count" data-count="{}">{} alert(s) shown</p><p id="live-notice" class="live" role="status" hidden></p>"#, list.len(), list.len()));
     body.push_str("<table><thead><tr><th>first seen</th><th>severity</th><th>rule</th><th>policy</th><th>group</th><th>matches</th><th>suppressed</th><th>triage</th></tr></thead><tbody>");
     for a in &list {
         let id = a["alertId"].as_str().unwrap_or("");
         body.push_str(&format!(
-            r#"<tr><td>{}</td><td>{}</td><td><a href="/ui/alerts/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class="triage">{}</td></tr>"#,
+            r#"<tr data-alert-id="{}"><td>{}</td><td>{}</td><td><a href="/ui/alerts/{}">{}</a></td><td>{}</td><td>{}</td><td data-field="matchCount">{}</td><td data-field="suppressedCount">{}</td><td class="triage" data-field="triageStatus">{}</td></tr>"#,
+            esc(id),
             cell(&a["firstSeen"]),
             sev(&a["severity"]),
             enc(id),
@@ -252,14 +282,17 @@ fn query(q: &HashMap<String, String>) -> String {
 
 pub async fn alert_page(State(state): State<Arc<AppState>>, Extension(ctx): Extension<Ctx>, Path(id): Path<String>) -> Page {
     let a = alerts::one(State(state.clone()), Extension(ctx.clone()), Path(id.clone())).await.map_err(fail(&ctx))?.0;
-    let mut body = String::from("<dl>");
+    // The fields the live view keeps current carry `data-field` (see console.js).
+    let live = ["triageStatus", "assignee", "triagedBy", "matchCount", "suppressedCount", "lastSeen", "dispatchStatus"];
+    let mut body = format!(r#"<dl data-alert-id="{}">"#, esc(&id));
     for (k, label) in [
         ("ruleName", "rule"), ("policyName", "policy"), ("severity", "severity"), ("triageStatus", "triage"), ("assignee", "assignee"),
         ("triagedBy", "triaged by"), ("groupKey", "group"), ("matchCount", "matches"), ("suppressedCount", "suppressed"),
         ("windowStart", "window start"), ("windowEnd", "window end"), ("firstSeen", "first seen"), ("lastSeen", "last seen"),
         ("compliance", "compliance"), ("dispatchStatus", "notification"),
     ] {
-        body.push_str(&format!(r#"<dt>{label}</dt><dd id="alert-{k}">{}</dd>"#, cell(&a[k])));
+        let field = if live.contains(&k) { format!(r#" data-field="{k}""#) } else { String::new() };
+        body.push_str(&format!(r#"<dt>{label}</dt><dd id="alert-{k}"{field}>{}</dd>"#, cell(&a[k])));
     }
     body.push_str("</dl><h2>Evidence</h2><table><thead><tr><th>time</th><th>action</th><th>resource</th><th>classification</th><th>success</th></tr></thead><tbody>");
     for e in a["evidence"].as_array().into_iter().flatten() {
@@ -401,13 +434,31 @@ pub async fn timeline_page(State(state): State<Arc<AppState>>, Extension(ctx): E
     if let Some(subject) = subject {
         let params: HashMap<String, String> = q.into_iter().filter(|(k, _)| ["from", "to", "cursor"].contains(&k.as_str())).collect();
         let v = events::timeline(State(state.clone()), Extension(ctx.clone()), Path((kind.clone(), subject.clone())), Query(params.clone())).await.map_err(fail(&ctx))?.0;
-        body.push_str(&format!(r#"<p id="total" data-total="{}">{} event(s), oldest first</p>"#, cell(&v["total"]), cell(&v["total"])));
-        body.push_str("<table><thead><tr><th>time</th><th>action</th><th>resource</th><th>severity</th><th>success</th><th>error</th></tr></thead><tbody>");
+        let alerts = v["alerts"].as_array().cloned().unwrap_or_default();
+        body.push_str(&format!(
+            r#"<p id="total" data-total="{}">{} event(s), oldest first</p><p id="timeline-alerts" data-total="{}">{} alert(s) about this subject</p>"#,
+            cell(&v["total"]), cell(&v["total"]), alerts.len(), alerts.len()
+        ));
+        // Events and alerts in one time order.
+        let at = |v: &Value| v.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.timestamp_micros()).unwrap_or(i64::MAX);
+        let mut rows: Vec<(i64, String)> = Vec::new();
         for h in v["hits"].as_array().into_iter().flatten() {
-            body.push_str(&format!(
-                r#"<tr><td><a href="/ui/events/{}">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            rows.push((at(&h["timestamp"]), format!(
+                r#"<tr><td><a href="/ui/events/{}">{}</a></td><td>event</td><td>{} {}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
                 enc(h["id"].as_str().unwrap_or("")), cell(&h["timestamp"]), cell(&h["action"]), cell(&h["resource"]), sev(&h["severity"]), cell(&h["success"]), cell(&h["errorMessage"]),
-            ));
+            )));
+        }
+        for a in &alerts {
+            let id = a["alertId"].as_str().unwrap_or("");
+            rows.push((at(&a["firstSeen"]), format!(
+                r#"<tr class="alert-row" data-alert-id="{}"><td><a href="/ui/alerts/{}">{}</a></td><td>alert</td><td>{}</td><td>{}</td><td data-field="triageStatus">{}</td><td>{} match(es)</td></tr>"#,
+                esc(id), enc(id), cell(&a["firstSeen"]), cell(&a["ruleName"]), sev(&a["severity"]), cell(&a["triageStatus"]), cell(&a["matchCount"]),
+            )));
+        }
+        rows.sort_by_key(|r| r.0);
+        body.push_str("<table><thead><tr><th>time</th><th>kind</th><th>what</th><th>severity</th><th>success / triage</th><th>detail</th></tr></thead><tbody>");
+        for (_, row) in rows {
+            body.push_str(&row);
         }
         body.push_str("</tbody></table>");
         let mut asked = params;
