@@ -7,3 +7,5 @@ CREATE INDEX idx_audit_alerts_trigger_user ON audit_alerts ((trigger_match -> 'e
 CREATE INDEX idx_audit_alerts_trigger_ip ON audit_alerts ((trigger_match -> 'event' ->> 'ipAddress'));
 -- The console's live view asks for alerts changed since its last look.
 CREATE INDEX idx_audit_alerts_updated ON audit_alerts (updated_at);
+-- An event's page lists the alerts it is evidence for.
+CREATE INDEX idx_audit_alerts_evidence ON audit_alerts USING gin (evidence_event_ids);

@@ -285,8 +285,13 @@ async fn an_analyst_signs_in_finds_the_user_opens_the_alert_and_acknowledges_it(
     assert_eq!(b.script("return getComputedStyle(document.body).display").await, json!("block"), "CSS from an event applied");
     b.screenshot("hostile-event").await;
 
-    // The alert: acknowledge it and see the new state.
-    b.goto(&format!("{base}/ui/alerts/{alert}")).await;
+    // The alert, reached from the event it is evidence for: acknowledge it, see the new state.
+    b.goto(&format!("{base}/ui/events/{first}")).await;
+    let api_event = api_get(&http, &base, &format!("/v1/events/{first}"), &analyst).await;
+    assert_eq!(api_event["alerts"].as_array().map(Vec::len), Some(1), "{api_event}");
+    assert_eq!(b.attr("#event-alerts", "data-total").await, "1");
+    b.click(&format!("li[data-alert-id='{alert}'] a")).await;
+    b.wait_url(&format!("/ui/alerts/{alert}")).await;
     b.wait_text("#alert-triageStatus", "open").await;
     b.type_into("input[name=note]", "looking into it").await;
     b.click("button[value=acknowledge]").await;

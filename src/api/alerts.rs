@@ -136,6 +136,19 @@ pub async fn changed_since(state: &AppState, clearance: Classification, since: D
     Ok((out, newest))
 }
 
+/// Alerts the caller may see that hold event `id` among their evidence, oldest first.
+pub async fn with_evidence(state: &AppState, clearance: Classification, id: &str, limit: i64) -> Result<Vec<Value>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM audit_alerts a WHERE a.evidence_event_ids @> ARRAY[$2] AND {CLEARED} ORDER BY a.first_seen, a.id LIMIT $3"
+    ))
+    .bind(allowed(clearance))
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&state.pool)
+    .await?;
+    rows.iter().map(|r| view(state, r)).collect()
+}
+
 /// Alerts the caller may see about one user or address, oldest first: those it was the group
 /// of, or whose triggering event was theirs; opened within `[from, to)` when given.
 pub async fn about_subject(

@@ -124,6 +124,9 @@ pub fn subject_kind(kind: &str) -> ApiResult<SubjectKind> {
     }
 }
 
+/// Most alerts an event's answer lists.
+const EVENT_ALERTS: i64 = 50;
+
 /// Most alerts a timeline answer carries.
 const TIMELINE_ALERTS: i64 = 200;
 
@@ -245,6 +248,10 @@ pub async fn one(
             "linkVerifies": link_verifies,
         },
     });
+    // The alerts this event is evidence for (an alert with evidence above the caller's
+    // clearance stays hidden, as everywhere).
+    let mut event = event;
+    event["alerts"] = Value::Array(super::alerts::with_evidence(&state, ctx.clearance(), &r.id, EVENT_ALERTS).await?);
     let action = if pii { "audit.read_pii" } else { "audit.read" };
     state.audit(&ctx, action, Some(r.id.clone()), reason, 200, json!({"personalFields": pii})).await?;
     Ok(Json(event))

@@ -408,6 +408,16 @@ pub async fn event_page(State(state): State<Arc<AppState>>, Extension(ctx): Exte
         cell(&e["ledger"]["rowHash"]),
         cell(&e["ledger"]["linkVerifies"]),
     ));
+    let alerts = e["alerts"].as_array().cloned().unwrap_or_default();
+    body.push_str(&format!(r#"<h2>Alerts</h2><p id="event-alerts" data-total="{}">evidence for {} alert(s)</p><ul>"#, alerts.len(), alerts.len()));
+    for a in &alerts {
+        let aid = a["alertId"].as_str().unwrap_or("");
+        body.push_str(&format!(
+            r#"<li data-alert-id="{}"><a href="/ui/alerts/{}">{}</a> {} — <span data-field="triageStatus">{}</span>, first seen {}</li>"#,
+            esc(aid), enc(aid), cell(&a["ruleName"]), sev(&a["severity"]), cell(&a["triageStatus"]), cell(&a["firstSeen"]),
+        ));
+    }
+    body.push_str("</ul>");
     if let Some(u) = e["userPseudonym"].as_str() {
         body.push_str(&format!(r#"<p class="muted">Personal fields are shown as pseudonyms (user {}).</p>"#, esc(u)));
     }
