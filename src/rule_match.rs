@@ -26,7 +26,30 @@ pub enum RuleKind {
     Threshold,
     DistinctCount,
     Sequence,
+    /// Steps in any order (Sigma `temporal`).
+    Temporal,
     Absence,
+    /// A count over an ended period (Sigma `event_count` / `value_count` with `lt`, `lte`, `eq`
+    /// or a range).
+    Aggregate,
+    ImpossibleTravel,
+    FirstSeen,
+}
+
+impl RuleKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleKind::Pattern => "pattern",
+            RuleKind::Threshold => "threshold",
+            RuleKind::DistinctCount => "distinct_count",
+            RuleKind::Sequence => "sequence",
+            RuleKind::Temporal => "temporal",
+            RuleKind::Absence => "absence",
+            RuleKind::Aggregate => "aggregate",
+            RuleKind::ImpossibleTravel => "impossible_travel",
+            RuleKind::FirstSeen => "first_seen",
+        }
+    }
 }
 
 /// Window figures of a stateful match.
@@ -54,6 +77,9 @@ pub struct RuleMatch {
     pub action: RuleAction,
     /// Compliance tags of the rule (SOX, GDPR, …).
     pub compliance: Vec<String>,
+    /// The rule's other tags: MITRE ATT&CK tactics and techniques (`attack.t1110`), …
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// `group_by` field → value, e.g. {"user_id": "user123"}; empty for pattern rules.
     pub group_key: std::collections::BTreeMap<String, String>,
     pub window: Option<WindowFigures>,
@@ -63,4 +89,27 @@ pub struct RuleMatch {
     pub event: Option<EnrichedEvent>,
     /// Event time of the trigger (or the time the absence was noticed).
     pub matched_at: DateTime<Utc>,
+    /// What the kind found besides its window figures: both places and times of an impossible
+    /// travel, the new value of a first sighting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// MITRE ATT&CK technique ids among a rule's tags (`attack.t1110.001` → `T1110.001`), for
+/// showing on an alert.
+pub fn attack_techniques(tags: &[String]) -> Vec<String> {
+    tags.iter()
+        .filter_map(|t| t.strip_prefix("attack."))
+        .filter(|t| t.len() >= 5 && t.as_bytes()[0].eq_ignore_ascii_case(&b't') && t[1..5].bytes().all(|b| b.is_ascii_digit()))
+        .map(|t| t.to_uppercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn attack_technique_ids_come_from_the_tags() {
+        let tags = ["attack.credential_access", "attack.t1110", "attack.t1110.003", "cve.2021-44228", "attack.g0016"].map(String::from);
+        assert_eq!(super::attack_techniques(&tags), ["T1110", "T1110.003"]);
+    }
 }

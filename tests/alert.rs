@@ -109,6 +109,7 @@ fn event(id: &str, user: &str, action: &str, success: bool, at: DateTime<Utc>) -
         compliance: ComplianceFlags::default(),
         source: SourcePosition { topic: "audit-raw".into(), partition: 0, offset: 0, timestamp_ms: None },
         enriched_at: at,
+        asn: None,
     }
 }
 
@@ -121,11 +122,13 @@ fn rule_match(rule: &str, ev: EnrichedEvent) -> RuleMatch {
         severity: Severity::High,
         action: RuleAction::Alert,
         compliance: vec!["SOX".into(), "GDPR".into()],
+        tags: vec!["attack.credential_access".into(), "attack.t1110".into()],
         group_key: BTreeMap::new(),
         window: None,
         evidence_event_ids: vec![ev.id.clone()],
         matched_at: ev.timestamp,
         event: Some(ev),
+        detail: None,
     }
 }
 

@@ -197,6 +197,7 @@ pub(crate) mod tests {
             compliance: ComplianceFlags::default(),
             source: SourcePosition { topic: "t".into(), partition: 0, offset: 1, timestamp_ms: None },
             enriched_at: Utc.with_ymd_and_hms(2025, 1, 2, 3, 4, 6).unwrap(),
+            asn: None,
         }
     }
 
@@ -209,11 +210,13 @@ pub(crate) mod tests {
             severity,
             action,
             compliance: vec!["SOX".into(), "GDPR".into()],
+            tags: vec!["attack.credential_access".into(), "attack.t1110".into()],
             group_key: BTreeMap::new(),
             window: None,
             evidence_event_ids: vec![ev.id.clone()],
             matched_at: ev.timestamp,
             event: Some(ev),
+            detail: None,
         }
     }
 

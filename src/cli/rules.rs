@@ -35,7 +35,7 @@ pub fn validate(dir: &Path, out: &mut dyn Write) -> Result<(), RuleErrors> {
             out,
             "  {:<28} {:<14} {:<8} {:<6} {}",
             meta.id,
-            kind_name(kind),
+            RuleKind::as_str(kind),
             meta.severity.as_str(),
             format!("{:?}", meta.action).to_uppercase(),
             meta.name
@@ -45,16 +45,6 @@ pub fn validate(dir: &Path, out: &mut dyn Write) -> Result<(), RuleErrors> {
         let _ = writeln!(out, "  {id:<28} (disabled)");
     }
     Ok(())
-}
-
-fn kind_name(k: RuleKind) -> &'static str {
-    match k {
-        RuleKind::Pattern => "pattern",
-        RuleKind::Threshold => "threshold",
-        RuleKind::DistinctCount => "distinct_count",
-        RuleKind::Sequence => "sequence",
-        RuleKind::Absence => "absence",
-    }
 }
 
 /// Options of `rules test`.
@@ -128,7 +118,7 @@ pub fn run_test(
             clock = Some(ev.timestamp);
         }
         if let Some(now) = clock {
-            for m in engine.check_absence(now, &mut store)? {
+            for m in engine.check_clock(now, &mut store)? {
                 report_silence(&m, opts.json, out, &mut summary)?;
             }
         }
@@ -192,7 +182,7 @@ pub fn run_test(
                 } else {
                     "window"
                 };
-                writeln!(out, "  {tag} {:<28} {:<14} {:<30} {line}", t.rule_id, kind_name(t.kind), t.group)?;
+                writeln!(out, "  {tag} {:<28} {:<14} {:<30} {line}", t.rule_id, RuleKind::as_str(t.kind), t.group)?;
             }
             for b in &result.blocks {
                 writeln!(out, "  BLOCK  {} {} for {} s ({})", b.subject_type, b.subject, b.ttl_seconds, b.reason)?;
@@ -205,7 +195,7 @@ pub fn run_test(
     }
     let end = opts.until.or(clock);
     if let Some(now) = end {
-        for m in engine.check_absence(now, &mut store)? {
+        for m in engine.check_clock(now, &mut store)? {
             report_silence(&m, opts.json, out, &mut summary)?;
         }
     }

@@ -173,12 +173,39 @@ impl RulesEngine {
     }
 
     /// Evaluate a batch in order. `trace` also reports the window state of stateful rules.
+    ///
+    /// Rules that name others with `fired:` are evaluated in later passes over the batch, once
+    /// the rules they name have answered; each pass sends its operations in event order, so a
+    /// rule's window sees the same order whatever pass it is in.
     pub fn evaluate<S: WindowStore + ?Sized>(
         &self,
         events: &[EnrichedEvent],
         store: &mut S,
         trace: bool,
     ) -> Result<Vec<EventResult>, TransientError> {
+        let passes = self.set.rules.iter().map(|r| r.depth).max().unwrap_or(0) + 1;
+        let mut results: Vec<EventResult> = vec![EventResult::default(); events.len()];
+        let mut fired: Vec<Vec<usize>> = vec![Vec::new(); events.len()];
+        // Later passes reuse the first pass's pattern scans.
+        let mut scans: Vec<Vec<bool>> = Vec::new();
+        for depth in 0..passes {
+            self.evaluate_pass(events, store, trace, depth, passes > 1, &mut scans, &mut fired, &mut results)?;
+        }
+        Ok(results)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_pass<S: WindowStore + ?Sized>(
+        &self,
+        events: &[EnrichedEvent],
+        store: &mut S,
+        trace: bool,
+        depth: usize,
+        keep_scans: bool,
+        scans: &mut Vec<Vec<bool>>,
+        fired: &mut [Vec<usize>],
+        results: &mut [EventResult],
+    ) -> Result<(), TransientError> {
         let rules = &self.set.rules;
         let mut ops: Vec<WindowOp> = Vec::new();
         let mut pending: Vec<Pending> = Vec::new();
@@ -191,41 +218,47 @@ impl RulesEngine {
                 started.push(store.start(&ops[sent..]));
                 sent = ops.len();
             }
-            self.set.patterns.scan(ev, &mut hits);
+            let hits: &[bool] = if depth == 0 {
+                self.set.patterns.scan(ev, &mut hits);
+                if keep_scans {
+                    scans.push(hits.clone());
+                }
+                &hits
+            } else {
+                scans.get(ei).map(Vec::as_slice).unwrap_or(&[])
+            };
             let ip: Option<IpAddr> = ev.ip_address.as_deref().and_then(|s| s.parse().ok());
             let t = self.limits.window_time_ms(ev);
-            for (ri, rule) in rules.iter().enumerate() {
-                if !rule.cond.eval(ev, ip, &hits) {
+            let done = &fired[ei];
+            for (ri, rule) in rules.iter().enumerate().filter(|(_, r)| r.depth == depth) {
+                if !rule.cond.eval(ev, ip, hits, done) {
                     continue;
                 }
-                let group_by = match &rule.state {
-                    Stateful::Pattern => {
-                        pending.push(Pending { event: ei, rule: ri, group: None, op: None, made: Some(pattern_match(rule, ev, t)) });
-                        continue;
-                    }
-                    Stateful::Threshold { group_by, .. }
-                    | Stateful::Distinct { group_by, .. }
-                    | Stateful::Sequence { group_by, .. }
-                    | Stateful::Absence { group_by, .. } => group_by,
-                };
+                if let Stateful::Pattern = rule.state {
+                    pending.push(Pending { event: ei, rule: ri, group: None, op: None, made: Some(pattern_match(rule, ev, t)) });
+                    continue;
+                }
                 let steps_mask = match &rule.state {
                     Stateful::Sequence { steps, .. } => steps
                         .iter()
                         .enumerate()
-                        .filter(|(_, c)| c.eval(ev, ip, &hits))
+                        .filter(|(_, c)| c.eval(ev, ip, hits, done))
                         .fold(0u32, |m, (k, _)| m | (1 << k)),
                     _ => 0,
                 };
                 if matches!(rule.state, Stateful::Sequence { .. }) && steps_mask == 0 {
                     continue;
                 }
-                let distinct_value = match &rule.state {
-                    Stateful::Distinct { field, .. } => field.1.get(ev),
-                    _ => None,
+                // The value a kind needs besides the group (an event without it is not counted).
+                let value: Option<String> = match &rule.state {
+                    Stateful::Distinct { field, .. } | Stateful::FirstSeen { field, .. } => field.1.get(ev).map(|v| v.into_owned()),
+                    Stateful::Aggregate { distinct: Some(field), .. } => field.1.get(ev).map(|v| v.into_owned()),
+                    Stateful::Aggregate { distinct: None, .. } => Some(ev.id.clone()),
+                    Stateful::Travel { ignore, .. } => located(ev, ip, ignore),
+                    _ => Some(String::new()),
                 };
-                let needs_value = matches!(rule.state, Stateful::Distinct { .. });
-                let group = group_key(group_by, ev).filter(|_| !needs_value || distinct_value.is_some());
-                let Some((g, map)) = group else {
+                let group = value.as_ref().and_then(|_| group_key(rule.state.group_by(), ev));
+                let (Some((g, map)), Some(value)) = (group, value) else {
                     if trace {
                         traces.push((ei, ri, String::new(), None));
                     }
@@ -247,12 +280,12 @@ impl RulesEngine {
                         key,
                         event_id,
                         time_ms: t,
-                        value: distinct_value.map(|v| v.into_owned()).unwrap_or_default(),
+                        value,
                         window_ms: *window_ms,
                         lateness_ms: *lateness_ms,
                         more_than: *more_than,
                     },
-                    Stateful::Sequence { steps, within_ms, lateness_ms, .. } => WindowOp::Sequence {
+                    Stateful::Sequence { steps, within_ms, lateness_ms, ordered: true, .. } => WindowOp::Sequence {
                         key,
                         event_id,
                         time_ms: t,
@@ -262,6 +295,53 @@ impl RulesEngine {
                         lateness_ms: *lateness_ms,
                         keep: self.limits.sequence_keep,
                     },
+                    Stateful::Sequence { steps, within_ms, lateness_ms, ordered: false, at_least, .. } => WindowOp::Temporal {
+                        key,
+                        event_id,
+                        time_ms: t,
+                        steps_mask,
+                        steps: steps.len() as u32,
+                        at_least: *at_least,
+                        within_ms: *within_ms,
+                        lateness_ms: *lateness_ms,
+                        keep: self.limits.sequence_keep,
+                    },
+                    Stateful::Aggregate { period_ms, lateness_ms, .. } => {
+                        // Counted now, judged when the period is over (`check_clock`).
+                        ops.push(WindowOp::Aggregate {
+                            rule: key.rule,
+                            group: g.clone(),
+                            event_id,
+                            member: value,
+                            period_start: t.div_euclid(*period_ms) * period_ms,
+                            period_ms: *period_ms,
+                            ttl_ms: aggregate_retention_ms(*period_ms, *lateness_ms),
+                        });
+                        if trace {
+                            traces.push((ei, ri, g, Some(ops.len() - 1)));
+                        }
+                        continue;
+                    }
+                    Stateful::Travel { max_speed_kmh, within_ms, min_distance_km, .. } => {
+                        let mut parts = value.splitn(3, '|');
+                        let (latitude, longitude, place) =
+                            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                        WindowOp::Travel {
+                            key,
+                            event_id,
+                            time_ms: t,
+                            latitude: latitude.to_string(),
+                            longitude: longitude.to_string(),
+                            place: place.to_string(),
+                            within_ms: *within_ms,
+                            max_speed_kmh: *max_speed_kmh,
+                            min_distance_km: *min_distance_km,
+                            keep: TRAVEL_KEEP,
+                        }
+                    }
+                    Stateful::FirstSeen { learning_ms, forget_ms, .. } => {
+                        WindowOp::FirstSeen { key, event_id, time_ms: t, value, learning_ms: *learning_ms, forget_ms: *forget_ms }
+                    }
                     Stateful::Absence { window_ms, .. } => {
                         // Absence rules only record when the group was last seen.
                         ops.push(WindowOp::Seen { rule: key.rule, group: g.clone(), time_ms: t, window_ms: *window_ms });
@@ -307,7 +387,6 @@ impl RulesEngine {
             return Err(TransientError::new("window_store", format!("{} answers to {} operations", outcomes.len(), ops.len())));
         }
 
-        let mut results: Vec<EventResult> = vec![EventResult::default(); events.len()];
         for p in pending {
             let ev = &events[p.event];
             let rule = &rules[p.rule];
@@ -322,12 +401,18 @@ impl RulesEngine {
                 },
             };
             if let Some(m) = m {
+                fired[p.event].push(p.rule);
+                // A rule that only feeds others (`generate: false`) is not reported itself.
+                if !rule.meta.generate {
+                    continue;
+                }
                 if let Some(b) = block_decision(rule, &m) {
                     results[p.event].blocks.push(b);
                 }
                 results[p.event].matches.push(m);
             }
         }
+        fired.iter_mut().for_each(|f| f.sort_unstable());
         if trace {
             for (ei, ri, group, op) in traces {
                 let rule = &rules[ri];
@@ -338,7 +423,10 @@ impl RulesEngine {
                         let (window_ms, limit) = match state {
                             Stateful::Threshold { window_ms, count, .. } => (*window_ms, *count),
                             Stateful::Distinct { window_ms, more_than, .. } => (*window_ms, more_than + 1),
-                            Stateful::Sequence { within_ms, steps, .. } => (*within_ms, steps.len() as u64),
+                            Stateful::Sequence { within_ms, at_least, .. } => (*within_ms, u64::from(*at_least)),
+                            Stateful::Aggregate { period_ms, min, .. } => (*period_ms, *min),
+                            Stateful::Travel { within_ms, max_speed_kmh, .. } => (*within_ms, max_speed_kmh.round() as u64),
+                            Stateful::FirstSeen { learning_ms, .. } => (*learning_ms, 1),
                             _ => (0, 0),
                         };
                         TraceOutcome::Window { outcome: outcomes[op].clone(), window_ms, limit }
@@ -347,12 +435,14 @@ impl RulesEngine {
                 results[ei].trace.push(RuleTrace { rule_id: rule.meta.id.clone(), kind: rule.state.kind(), group, outcome });
             }
         }
-        Ok(results)
+        Ok(())
     }
 
-    /// Absence rules: report groups silent for their window as of `now` (wall-clock time in the
-    /// stage, a simulated clock in `rules test`). Each silence is reported once, by one instance.
-    pub fn check_absence<S: WindowStore + ?Sized>(
+    /// What depends on time passing rather than on an event, as of `now` (wall-clock time in
+    /// the stage, a clock following the events in `rules test`): absence rules report groups
+    /// silent for their window, aggregate rules close the periods that ended `lateness` ago and
+    /// report those whose count is in range. Each is reported once, by one instance.
+    pub fn check_clock<S: WindowStore + ?Sized>(
         &self,
         now: DateTime<Utc>,
         store: &mut S,
@@ -361,17 +451,29 @@ impl RulesEngine {
         let mut ops = Vec::new();
         let mut scans: Vec<(usize, usize)> = Vec::new();
         for (ri, rule) in self.set.rules.iter().enumerate() {
-            let Stateful::Absence { window_ms, group_by, expected } = &rule.state else { continue };
-            for value in expected {
-                let name = group_by.first().map(|(n, _)| n.as_str()).unwrap_or_default();
-                ops.push(WindowOp::Expect {
+            match &rule.state {
+                Stateful::Absence { window_ms, group_by, expected } => {
+                    for value in expected {
+                        let name = group_by.first().map(|(n, _)| n.as_str()).unwrap_or_default();
+                        ops.push(WindowOp::Expect {
+                            rule: rule.meta.id.clone(),
+                            group: encode_group(&[(name, value)]),
+                            now_ms,
+                            window_ms: *window_ms,
+                        });
+                    }
+                    ops.push(WindowOp::ScanSilent { rule: rule.meta.id.clone(), now_ms, window_ms: *window_ms, limit: 1000 });
+                }
+                Stateful::Aggregate { period_ms, lateness_ms, min, max, .. } => ops.push(WindowOp::ClosePeriods {
                     rule: rule.meta.id.clone(),
-                    group: encode_group(&[(name, value)]),
-                    now_ms,
-                    window_ms: *window_ms,
-                });
+                    cutoff_ms: now_ms - lateness_ms,
+                    min: *min,
+                    max: *max,
+                    limit: 1000,
+                    retention_ms: aggregate_retention_ms(*period_ms, *lateness_ms),
+                }),
+                _ => continue,
             }
-            ops.push(WindowOp::ScanSilent { rule: rule.meta.id.clone(), now_ms, window_ms: *window_ms, limit: 1000 });
             scans.push((ri, ops.len() - 1));
         }
         if ops.is_empty() {
@@ -381,14 +483,45 @@ impl RulesEngine {
         let mut out = Vec::new();
         for (ri, op) in scans {
             let rule = &self.set.rules[ri];
-            let Stateful::Absence { window_ms, .. } = &rule.state else { continue };
-            let Some(WindowOutcome::Silent(groups)) = outcomes.get(op) else { continue };
-            for (group, last_ms) in groups {
-                out.push(absence_match(rule, group, *last_ms, *window_ms));
+            match (&rule.state, outcomes.get(op)) {
+                (Stateful::Absence { window_ms, .. }, Some(WindowOutcome::Silent(groups))) => {
+                    for (group, last_ms) in groups {
+                        out.push(absence_match(rule, group, *last_ms, *window_ms));
+                    }
+                }
+                (Stateful::Aggregate { min, .. }, Some(WindowOutcome::Periods(periods))) if rule.meta.generate => {
+                    for p in periods {
+                        out.push(period_match(rule, p, *min));
+                    }
+                }
+                _ => {}
             }
         }
         Ok(out)
     }
+}
+
+/// Located events a travel rule keeps per group.
+const TRAVEL_KEEP: u32 = 50;
+
+/// How long an aggregate rule's periods (and the record of closed ones) are kept.
+fn aggregate_retention_ms(period_ms: i64, lateness_ms: i64) -> i64 {
+    2 * period_ms + lateness_ms + 24 * 3_600_000
+}
+
+/// `lat|lon|place` of an event a travel rule can place: a global address with a city-level
+/// location (a country-level one is the country's centre, no place at all), outside the rule's
+/// ignored networks.
+fn located(ev: &EnrichedEvent, ip: Option<IpAddr>, ignore: &[super::fields::Cidr]) -> Option<String> {
+    let ip = ip?;
+    if ignore.iter().any(|n| n.contains(ip)) || ev.ip.is_some_and(|f| !f.global) {
+        return None;
+    }
+    let l = ev.location.as_ref()?;
+    let (lat, lon) = (l.latitude?, l.longitude?);
+    let city = l.city.as_deref().filter(|c| !c.is_empty())?;
+    let place: Vec<&str> = [Some(city), l.region.as_deref(), l.country_code.as_deref()].into_iter().flatten().filter(|p| !p.is_empty()).collect();
+    Some(format!("{lat:.4}|{lon:.4}|{}", place.join(", ")))
 }
 
 /// `field=value` pairs joined by `&`, values escaped, in `group_by` order: the group's name in
@@ -442,11 +575,13 @@ fn base_match(rule: &CompiledRule, trigger: &str, matched_at: DateTime<Utc>) -> 
         severity: rule.meta.severity,
         action: rule.meta.action,
         compliance: rule.meta.compliance.clone(),
+        tags: rule.meta.tags.clone(),
         group_key: BTreeMap::new(),
         window: None,
         evidence_event_ids: Vec::new(),
         event: None,
         matched_at,
+        detail: None,
     }
 }
 
@@ -468,6 +603,7 @@ fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, at: i64, map: BTreeMa
         Stateful::Sequence { within_ms, .. } => *within_ms,
         _ => f.end_ms - f.start_ms,
     };
+    let detail = f.detail.clone();
     let mut m = base_match(rule, &ev.id, millis(at));
     m.group_key = map;
     m.window = Some(WindowFigures {
@@ -479,6 +615,23 @@ fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, at: i64, map: BTreeMa
     });
     m.evidence_event_ids = f.evidence.clone();
     m.event = Some(ev.clone());
+    m.detail = detail;
+    m
+}
+
+/// An ended period whose count was in the rule's range (no triggering event: the id derives
+/// from the group and the period).
+fn period_match(rule: &CompiledRule, p: &super::store::ClosedPeriod, min: u64) -> RuleMatch {
+    let mut m = base_match(rule, &format!("period:{}@{}", p.group, p.start_ms), millis(p.end_ms));
+    m.group_key = decode_group(&p.group);
+    m.window = Some(WindowFigures {
+        start: millis(p.start_ms),
+        end: millis(p.end_ms),
+        seconds: ((p.end_ms - p.start_ms) / 1000).max(0) as u64,
+        observed: p.observed,
+        limit: min,
+    });
+    m.evidence_event_ids = p.evidence.clone();
     m
 }
 
@@ -520,7 +673,9 @@ fn block_decision(rule: &CompiledRule, m: &RuleMatch) -> Option<BlockDecision> {
     let summary = match &m.window {
         Some(w) => match m.kind {
             RuleKind::DistinctCount => format!("{} distinct values in {} s (limit {})", w.observed, w.seconds, w.limit),
-            RuleKind::Sequence => format!("sequence of {} steps within {} s", w.observed, w.seconds),
+            RuleKind::Sequence | RuleKind::Temporal => format!("sequence of {} steps within {} s", w.observed, w.seconds),
+            RuleKind::ImpossibleTravel => format!("travel at {} km/h (limit {})", w.observed, w.limit),
+            RuleKind::FirstSeen => "first sighting".to_string(),
             _ => format!("{} events in {} s (limit {})", w.observed, w.seconds, w.limit),
         },
         None => format!("{} on {}", ev.action, ev.resource),

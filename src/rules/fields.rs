@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use crate::event::EnrichedEvent;
 
-/// A field a rule can group by or count distinct values of.
+/// A field a rule can test, group by or count distinct values of.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FieldRef {
     UserId,
@@ -21,14 +21,25 @@ pub enum FieldRef {
     StatusCode,
     Classification,
     Severity,
+    Success,
+    ErrorMessage,
+    DurationMs,
     CountryCode,
+    Country,
+    Region,
+    City,
+    /// The autonomous system's number.
+    Asn,
+    /// The autonomous system's organisation.
+    AsnOrg,
     /// `metadata.<dotted path>`; a scalar value is used as text.
     Metadata(Vec<String>),
 }
 
-/// The names accepted in `group_by` and `distinct.field`, for error messages.
+/// The names accepted where rules name a field, for error messages.
 pub const FIELD_NAMES: &str = "user_id, session_id, ip_address, action, resource, resource_id, method, endpoint, \
-     user_agent, status_code, classification, severity, country_code, metadata.<path>";
+     user_agent, status_code, classification, severity, success, error_message, duration_ms, country_code, country, \
+     region, city, asn, asn_org, metadata.<path>";
 
 impl FieldRef {
     pub fn parse(name: &str) -> Result<FieldRef, String> {
@@ -46,7 +57,15 @@ impl FieldRef {
             "status_code" => FieldRef::StatusCode,
             "classification" => FieldRef::Classification,
             "severity" => FieldRef::Severity,
+            "success" => FieldRef::Success,
+            "error_message" => FieldRef::ErrorMessage,
+            "duration_ms" => FieldRef::DurationMs,
             "country_code" => FieldRef::CountryCode,
+            "country" => FieldRef::Country,
+            "region" => FieldRef::Region,
+            "city" => FieldRef::City,
+            "asn" => FieldRef::Asn,
+            "asn_org" => FieldRef::AsnOrg,
             _ => match n.strip_prefix("metadata.") {
                 Some(path) => FieldRef::Metadata(parse_path(path)?),
                 None => return Err(format!("unknown field {n:?} (known: {FIELD_NAMES})")),
@@ -54,8 +73,9 @@ impl FieldRef {
         })
     }
 
-    /// The field's value in `ev`, if it has one (an empty string counts as none).
+    /// The field's value in `ev` as text, if it has one (an empty string counts as none).
     pub fn get<'a>(&self, ev: &'a EnrichedEvent) -> Option<Cow<'a, str>> {
+        let loc = || ev.location.as_ref();
         let v: Option<Cow<'a, str>> = match self {
             FieldRef::UserId => ev.user_id.as_deref().map(Cow::Borrowed),
             FieldRef::SessionId => ev.session_id.as_deref().map(Cow::Borrowed),
@@ -69,9 +89,15 @@ impl FieldRef {
             FieldRef::StatusCode => ev.status_code.map(|c| Cow::Owned(c.to_string())),
             FieldRef::Classification => Some(Cow::Borrowed(ev.classification.as_str())),
             FieldRef::Severity => Some(Cow::Borrowed(ev.severity.as_str())),
-            FieldRef::CountryCode => {
-                ev.location.as_ref().and_then(|l| l.country_code.as_deref()).map(Cow::Borrowed)
-            }
+            FieldRef::Success => Some(Cow::Borrowed(if ev.success { "true" } else { "false" })),
+            FieldRef::ErrorMessage => ev.error_message.as_deref().map(Cow::Borrowed),
+            FieldRef::DurationMs => ev.duration_ms.map(|d| Cow::Owned(d.to_string())),
+            FieldRef::CountryCode => loc().and_then(|l| l.country_code.as_deref()).map(Cow::Borrowed),
+            FieldRef::Country => loc().and_then(|l| l.country.as_deref()).map(Cow::Borrowed),
+            FieldRef::Region => loc().and_then(|l| l.region.as_deref()).map(Cow::Borrowed),
+            FieldRef::City => loc().and_then(|l| l.city.as_deref()).map(Cow::Borrowed),
+            FieldRef::Asn => ev.asn.as_ref().map(|a| Cow::Owned(a.number.to_string())),
+            FieldRef::AsnOrg => ev.asn.as_ref().and_then(|a| a.organization.as_deref()).map(Cow::Borrowed),
             FieldRef::Metadata(path) => match metadata_value(ev, path)? {
                 serde_json::Value::String(s) => Some(Cow::Borrowed(s.as_str())),
                 serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
@@ -80,6 +106,54 @@ impl FieldRef {
             },
         };
         v.filter(|s| !s.is_empty())
+    }
+
+    /// The field's value as a number: numeric fields as they are, text that reads as a number.
+    pub fn number(&self, ev: &EnrichedEvent) -> Option<f64> {
+        match self {
+            FieldRef::StatusCode => ev.status_code.map(f64::from),
+            FieldRef::DurationMs => ev.duration_ms.map(|d| d as f64),
+            FieldRef::Asn => ev.asn.as_ref().map(|a| f64::from(a.number)),
+            FieldRef::Metadata(path) => match metadata_value(ev, path)? {
+                serde_json::Value::Number(n) => n.as_f64(),
+                serde_json::Value::String(s) => s.trim().parse().ok(),
+                _ => None,
+            },
+            other => other.get(ev)?.trim().parse().ok(),
+        }
+    }
+
+    /// Whether the event has the field at all (an empty text or a JSON null still counts).
+    pub fn present(&self, ev: &EnrichedEvent) -> bool {
+        let loc = ev.location.as_ref();
+        match self {
+            FieldRef::UserId => ev.user_id.is_some(),
+            FieldRef::SessionId => ev.session_id.is_some(),
+            FieldRef::IpAddress => ev.ip_address.is_some(),
+            FieldRef::ResourceId => ev.resource_id.is_some(),
+            FieldRef::Method => ev.method.is_some(),
+            FieldRef::Endpoint => ev.endpoint.is_some(),
+            FieldRef::UserAgent => ev.user_agent.is_some(),
+            FieldRef::StatusCode => ev.status_code.is_some(),
+            FieldRef::ErrorMessage => ev.error_message.is_some(),
+            FieldRef::DurationMs => ev.duration_ms.is_some(),
+            FieldRef::CountryCode => loc.is_some_and(|l| l.country_code.is_some()),
+            FieldRef::Country => loc.is_some_and(|l| l.country.is_some()),
+            FieldRef::Region => loc.is_some_and(|l| l.region.is_some()),
+            FieldRef::City => loc.is_some_and(|l| l.city.is_some()),
+            FieldRef::Asn => ev.asn.is_some(),
+            FieldRef::AsnOrg => ev.asn.as_ref().is_some_and(|a| a.organization.is_some()),
+            FieldRef::Metadata(path) => metadata_value(ev, path).is_some(),
+            FieldRef::Action | FieldRef::Resource | FieldRef::Classification | FieldRef::Severity | FieldRef::Success => true,
+        }
+    }
+
+    /// Whether the field is absent or null (Sigma `field: null`).
+    pub fn is_null(&self, ev: &EnrichedEvent) -> bool {
+        match self {
+            FieldRef::Metadata(path) => metadata_value(ev, path).is_none_or(serde_json::Value::is_null),
+            other => !other.present(ev),
+        }
     }
 }
 
@@ -110,6 +184,12 @@ pub fn metadata_value<'a>(ev: &'a EnrichedEvent, path: &[String]) -> Option<&'a 
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
 }
 
 impl Cidr {

@@ -8,6 +8,7 @@
 //! - [`store`]: the window store trait and its in-memory implementation; the algorithms.
 //! - [`redis_store`]: the shared Redis implementation (Lua scripts, pipelined).
 //! - [`reload`]: picking up changed rule files without a restart.
+//! - [`sigma`]: Sigma rules and correlations, read and compiled into the native form.
 //!
 //! Kinds of rule: **pattern** (each matching event), **threshold** (N matching events in T per
 //! group), **distinct count** (more than K distinct values of a field in T per group),
@@ -21,6 +22,7 @@ pub mod model;
 pub mod redis_store;
 pub mod reload;
 mod settings;
+pub mod sigma;
 pub mod store;
 
 pub use compile::{load_dir, RuleError, RuleErrors, RuleSet};

@@ -12,7 +12,10 @@
 //! | `P w:{rule\|group}:dv`, `:di` | zset, hash | distinct count: value → newest time, value → its event id |
 //! | `P w:{rule\|group}:s1` … `:sN`, `:used` | zsets | sequence: step events, events used by a fired chain |
 //! | `P w:{rule\|group}:fz`, `:fh` | zset, hash | firings: trigger id → window end, trigger id → figures |
+//! | `P w:{rule\|group}:tp`, `:tl` | zset, hash | travel: located event id → time, → "lat\|lon\|place" |
+//! | `P w:{rule\|group}:fv`, `:fm` | hashes | first seen: value → last shown, `since` → first event time |
 //! | `P a:{rule}:seen`, `:reported` | zset, hash | absence: group → newest event time, group → silence reported |
+//! | `P a:{rule}:p:<group>\n<start>`, `P a:{rule}:open`, `:closed` | hash, zsets | aggregate: a period's member → event id; open and closed periods by end |
 //! | `P block:<ip\|user>:<subject>` | string | block decision (JSON), expiring with the block |
 //!
 //! Every key expires `2 × window + lateness + 10 min` after its last write.
@@ -31,7 +34,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, Value};
 
-use super::store::{state_ttl_ms, Firing, Pending, WindowKey, WindowOp, WindowOutcome, WindowStore, EVIDENCE_CAP};
+use super::store::{state_ttl_ms, ClosedPeriod, Firing, Pending, WindowKey, WindowOp, WindowOutcome, WindowStore, EVIDENCE_CAP};
 use crate::error::TransientError;
 
 const COMMON: &str = include_str!("lua/common.lua");
@@ -59,7 +62,11 @@ struct Scripts {
     threshold: Script,
     distinct: Script,
     sequence: Script,
+    temporal: Script,
     absence: Script,
+    aggregate: Script,
+    travel: Script,
+    first_seen: Script,
     block: Script,
 }
 
@@ -70,13 +77,27 @@ impl Scripts {
             threshold: with_common(include_str!("lua/threshold.lua")),
             distinct: with_common(include_str!("lua/distinct.lua")),
             sequence: with_common(include_str!("lua/sequence.lua")),
+            temporal: with_common(include_str!("lua/temporal.lua")),
             absence: with_common(include_str!("lua/absence.lua")),
+            aggregate: with_common(include_str!("lua/aggregate.lua")),
+            travel: with_common(include_str!("lua/travel.lua")),
+            first_seen: with_common(include_str!("lua/first_seen.lua")),
             block: Script::new(include_str!("lua/block.lua").to_string()),
         }
     }
 
-    fn all(&self) -> [&Script; 5] {
-        [&self.threshold, &self.distinct, &self.sequence, &self.absence, &self.block]
+    fn all(&self) -> [&Script; 9] {
+        [
+            &self.threshold,
+            &self.distinct,
+            &self.sequence,
+            &self.temporal,
+            &self.absence,
+            &self.aggregate,
+            &self.travel,
+            &self.first_seen,
+            &self.block,
+        ]
     }
 }
 
@@ -92,6 +113,10 @@ impl RedisKeys<'_> {
     }
     pub fn absence(&self, rule: &str, suffix: &str) -> String {
         format!("{}a:{{{rule}}}:{suffix}", self.prefix)
+    }
+    /// Keys of a rule as a whole (absence, aggregate periods): `P a:{rule}:<suffix>`.
+    pub fn rule(&self, rule: &str, suffix: &str) -> String {
+        self.absence(rule, suffix)
     }
     pub fn block(&self, subject_type: &str, subject: &str) -> String {
         format!("{}block:{subject_type}:{subject}", self.prefix)
@@ -113,6 +138,7 @@ pub struct RedisWindowStore {
 enum Reply {
     Done,
     Silent,
+    Periods,
     Window,
 }
 
@@ -121,6 +147,7 @@ impl Reply {
         match op {
             WindowOp::Seen { .. } | WindowOp::Expect { .. } | WindowOp::Block { .. } => Reply::Done,
             WindowOp::ScanSilent { .. } => Reply::Silent,
+            WindowOp::ClosePeriods { .. } => Reply::Periods,
             _ => Reply::Window,
         }
     }
@@ -249,6 +276,90 @@ impl RedisWindowStore {
                         .arg(state_ttl_ms(*within_ms, *lateness_ms))
                         .arg(keep);
                 }
+                WindowOp::Temporal { key, event_id, time_ms, steps_mask, steps, at_least, within_ms, lateness_ms, keep } => {
+                    let WindowKey { rule, group } = key;
+                    let c = pipe.cmd("EVALSHA").arg(self.scripts.temporal.get_hash()).arg(steps + 3);
+                    for s in 1..=*steps {
+                        c.arg(k.window(rule, group, &format!("s{s}")));
+                    }
+                    c.arg(k.window(rule, group, "used"))
+                        .arg(k.window(rule, group, "fz"))
+                        .arg(k.window(rule, group, "fh"))
+                        .arg(event_id)
+                        .arg(time_ms)
+                        .arg(steps_mask)
+                        .arg(steps)
+                        .arg(at_least)
+                        .arg(within_ms)
+                        .arg(lateness_ms)
+                        .arg(state_ttl_ms(*within_ms, *lateness_ms))
+                        .arg(keep);
+                }
+                WindowOp::Aggregate { rule, group, event_id, member, period_start, period_ms, ttl_ms } => {
+                    let period = format!("{group}\n{period_start}");
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.aggregate.get_hash())
+                        .arg(3)
+                        .arg(format!("{}{period}", k.rule(rule, "p:")))
+                        .arg(k.rule(rule, "open"))
+                        .arg(k.rule(rule, "closed"))
+                        .arg("add")
+                        .arg(member)
+                        .arg(event_id)
+                        .arg(&period)
+                        .arg(period_start + period_ms)
+                        .arg(ttl_ms);
+                }
+                WindowOp::ClosePeriods { rule, cutoff_ms, min, max, limit, retention_ms } => {
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.aggregate.get_hash())
+                        .arg(2)
+                        .arg(k.rule(rule, "open"))
+                        .arg(k.rule(rule, "closed"))
+                        .arg("close")
+                        .arg(cutoff_ms)
+                        .arg(min)
+                        .arg(max.to_string())
+                        .arg(limit)
+                        .arg(retention_ms)
+                        .arg(k.rule(rule, "p:"))
+                        .arg(EVIDENCE_CAP);
+                }
+                WindowOp::Travel { key, event_id, time_ms, latitude, longitude, place, within_ms, max_speed_kmh, min_distance_km, keep } => {
+                    let WindowKey { rule, group } = key;
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.travel.get_hash())
+                        .arg(4)
+                        .arg(k.window(rule, group, "tp"))
+                        .arg(k.window(rule, group, "tl"))
+                        .arg(k.window(rule, group, "fz"))
+                        .arg(k.window(rule, group, "fh"))
+                        .arg(event_id)
+                        .arg(time_ms)
+                        .arg(latitude)
+                        .arg(longitude)
+                        .arg(place)
+                        .arg(within_ms)
+                        .arg(max_speed_kmh.to_string())
+                        .arg(min_distance_km.to_string())
+                        .arg(keep)
+                        .arg(state_ttl_ms(*within_ms, *within_ms));
+                }
+                WindowOp::FirstSeen { key, event_id, time_ms, value, learning_ms, forget_ms } => {
+                    let WindowKey { rule, group } = key;
+                    pipe.cmd("EVALSHA")
+                        .arg(self.scripts.first_seen.get_hash())
+                        .arg(4)
+                        .arg(k.window(rule, group, "fv"))
+                        .arg(k.window(rule, group, "fm"))
+                        .arg(k.window(rule, group, "fz"))
+                        .arg(k.window(rule, group, "fh"))
+                        .arg(event_id)
+                        .arg(time_ms)
+                        .arg(value)
+                        .arg(learning_ms)
+                        .arg(forget_ms);
+                }
                 WindowOp::Seen { rule, group, time_ms, window_ms } => {
                     pipe.cmd("EVALSHA")
                         .arg(self.scripts.absence.get_hash())
@@ -365,6 +476,23 @@ fn parse_outcome(reply: Reply, v: Value) -> Result<WindowOutcome, TransientError
                 out.push((g, t as i64));
             }
             Ok(WindowOutcome::Silent(out))
+        }
+        Reply::Periods => {
+            let Value::Array(items) = &v else { return Err(bad_reply(&v)) };
+            let mut out = Vec::with_capacity(items.len() / 4);
+            for q in items.chunks(4) {
+                let texts: Vec<String> = q.iter().filter_map(text).collect();
+                let [period, end, count, evidence] = texts.as_slice() else { return Err(bad_reply(&v)) };
+                let (group, start) = period.rsplit_once('\n').ok_or_else(|| bad_reply(&v))?;
+                out.push(ClosedPeriod {
+                    group: group.to_string(),
+                    start_ms: start.parse().map_err(|_| bad_reply(&v))?,
+                    end_ms: end.parse::<f64>().map_err(|_| bad_reply(&v))? as i64,
+                    observed: count.parse().map_err(|_| bad_reply(&v))?,
+                    evidence: evidence.split('\n').filter(|e| !e.is_empty()).map(str::to_string).collect(),
+                });
+            }
+            Ok(WindowOutcome::Periods(out))
         }
         Reply::Window => {
             let Value::Array(items) = &v else { return Err(bad_reply(&v)) };

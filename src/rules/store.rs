@@ -21,6 +21,19 @@
 //! - **absence**: the newest event time per group; a periodic scan reports each group silent for
 //!   `window` once per silence (a later event re-arms it, a replayed older one does not).
 //!
+//! - **temporal** (steps in any order): the same step sets; an event completes a set when the
+//!   unused events of a window of `within` that holds it cover `at_least` steps (an event
+//!   matching several steps covers each). Windows ending at the event or at a later member are
+//!   tried, so a late event completes a set as well.
+//! - **aggregate**: per rule, periods of `period` aligned to the epoch, each a set of members
+//!   (event ids, or the distinct values counted) per group; a periodic close reports once each
+//!   ended period whose count lies in the rule's range, and a closed period takes nothing more.
+//! - **travel**: the group's recent located events (time, coordinates, place); an event is
+//!   compared with the nearest one before and after it, and a pair further apart than
+//!   `min_distance_km` whose speed exceeds the limit fires, with both places in the figures.
+//! - **first seen**: the values of a field each group showed, with when it last did; a value
+//!   not among them (or unseen for `forget_after`) fires once the group has `learning` of history.
+//!
 //! Events older than the group's newest by more than `window + lateness` are ignored (`TooLate`).
 //! State older than `2 × window + lateness` behind the newest event is trimmed.
 
@@ -66,6 +79,41 @@ pub enum WindowOp {
         /// Newest events kept per step (see [`super::WindowLimits::sequence_keep`]).
         keep: u32,
     },
+    /// `steps_mask` as for [`WindowOp::Sequence`]; fires when the window's unused events cover
+    /// `at_least` steps, in any order.
+    Temporal {
+        key: WindowKey,
+        event_id: String,
+        time_ms: i64,
+        steps_mask: u32,
+        steps: u32,
+        at_least: u32,
+        within_ms: i64,
+        lateness_ms: i64,
+        keep: u32,
+    },
+    /// Count `member` (the event id, or the distinct value counted) in the period of `group`
+    /// that starts at `period_start`; `event_id` is kept as its evidence.
+    Aggregate { rule: Arc<str>, group: String, event_id: String, member: String, period_start: i64, period_ms: i64, ttl_ms: i64 },
+    /// Close the periods of `rule` that ended at or before `cutoff_ms` (at most `limit`), and
+    /// report those whose count lies in `[min, max]`; each period is closed once.
+    ClosePeriods { rule: Arc<str>, cutoff_ms: i64, min: u64, max: u64, limit: usize, retention_ms: i64 },
+    /// A located event of the group: compared with its neighbours in time.
+    Travel {
+        key: WindowKey,
+        event_id: String,
+        time_ms: i64,
+        /// Coordinates as the text they are compared in (4 decimals), and the place's name.
+        latitude: String,
+        longitude: String,
+        place: String,
+        within_ms: i64,
+        max_speed_kmh: f64,
+        min_distance_km: f64,
+        keep: u32,
+    },
+    /// The group showed `value` (a country, an ASN).
+    FirstSeen { key: WindowKey, event_id: String, time_ms: i64, value: String, learning_ms: i64, forget_ms: i64 },
     /// An absence rule saw an event of `group`.
     Seen { rule: Arc<str>, group: String, time_ms: i64, window_ms: i64 },
     /// Watch `group` from `now_ms` even if it never sends anything.
@@ -91,7 +139,20 @@ pub enum WindowOutcome {
     TooLate,
     /// Silent groups found by a scan: (group, last event time).
     Silent(Vec<(String, i64)>),
+    /// Periods closed by a scan whose count lies in the rule's range.
+    Periods(Vec<ClosedPeriod>),
     Done,
+}
+
+/// An ended period of an aggregate rule, as its close found it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClosedPeriod {
+    pub group: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub observed: u64,
+    /// Event ids (at most [`EVIDENCE_CAP`], in id order).
+    pub evidence: Vec<String>,
 }
 
 /// Figures of a window that fired, as recorded (so a re-processed trigger yields them again).
@@ -108,6 +169,10 @@ pub struct Firing {
     /// Event ids, the triggering event last.
     #[serde(rename = "ev")]
     pub evidence: Vec<String>,
+    /// What else the kind records (the places and speed of a travel, the new value of a
+    /// first sighting).
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
 }
 
 /// Where window state lives. Operations run in order; each one is atomic.
@@ -260,6 +325,22 @@ struct GroupState {
     steps: Vec<ZSet>,
     used: ZSet,
     fired: Fired,
+    /// travel: event id → (latitude, longitude, place)
+    points: HashMap<String, (String, String, String)>,
+    /// first seen: value → when it was last shown; and the group's first event time
+    last_seen: HashMap<String, i64>,
+    since: Option<i64>,
+}
+
+/// The periods of one aggregate rule.
+#[derive(Debug, Default, Clone)]
+struct Periods {
+    /// "group\nstart" → period end
+    open: ZSet,
+    /// "group\nstart" → (member → event id)
+    members: HashMap<String, HashMap<String, String>>,
+    /// periods already closed, by end
+    closed: ZSet,
 }
 
 /// In-process window store with the same semantics as the Redis one.
@@ -272,6 +353,8 @@ pub struct MemoryStore {
     silent_fired: HashMap<Arc<str>, HashMap<String, i64>>,
     /// (subject type, subject) → (decision, ttl)
     pub blocks: HashMap<(String, String), (String, i64)>,
+    /// aggregate rule → its periods
+    periods: HashMap<Arc<str>, Periods>,
 }
 
 impl MemoryStore {
@@ -298,6 +381,53 @@ impl MemoryStore {
                 let g = self.groups.entry(key.clone()).or_default();
                 let window = SequenceWindow { steps: *steps as usize, within: *within_ms, late: *lateness_ms, keep: *keep as usize };
                 sequence(g, event_id, *time_ms, *steps_mask, window)
+            }
+            WindowOp::Temporal { key, event_id, time_ms, steps_mask, steps, at_least, within_ms, lateness_ms, keep } => {
+                let g = self.groups.entry(key.clone()).or_default();
+                let window = SequenceWindow { steps: *steps as usize, within: *within_ms, late: *lateness_ms, keep: *keep as usize };
+                temporal(g, event_id, *time_ms, *steps_mask, *at_least as u64, window)
+            }
+            WindowOp::Aggregate { rule, group, event_id, member, period_start, period_ms, .. } => {
+                let p = self.periods.entry(rule.clone()).or_default();
+                let key = format!("{group}\n{period_start}");
+                if p.closed.score(&key).is_some() {
+                    return WindowOutcome::TooLate;
+                }
+                let set = p.members.entry(key.clone()).or_default();
+                set.entry(member.clone()).or_insert_with(|| event_id.clone());
+                let observed = set.len() as u64;
+                p.open.add(&key, period_start + period_ms);
+                WindowOutcome::Counted { observed }
+            }
+            WindowOp::ClosePeriods { rule, cutoff_ms, min, max, limit, retention_ms } => {
+                let Some(p) = self.periods.get_mut(rule) else { return WindowOutcome::Periods(Vec::new()) };
+                let due: Vec<(i64, String)> = p.open.range(i64::MIN, *cutoff_ms).take(*limit).cloned().collect();
+                let mut out = Vec::new();
+                for (end, key) in due {
+                    p.open.remove(&key);
+                    let members = p.members.remove(&key).unwrap_or_default();
+                    p.closed.add(&key, end);
+                    let n = members.len() as u64;
+                    if n < *min || n > *max {
+                        continue;
+                    }
+                    let (group, start) = key.rsplit_once('\n').unwrap_or((key.as_str(), "0"));
+                    let mut evidence: Vec<String> = members.into_values().collect();
+                    evidence.sort();
+                    evidence.truncate(EVIDENCE_CAP);
+                    out.push(ClosedPeriod { group: group.to_string(), start_ms: start.parse().unwrap_or(0), end_ms: end, observed: n, evidence });
+                }
+                p.closed.trim_below(cutoff_ms - retention_ms);
+                WindowOutcome::Periods(out)
+            }
+            WindowOp::Travel { key, event_id, time_ms, latitude, longitude, place, within_ms, max_speed_kmh, min_distance_km, keep } => {
+                let g = self.groups.entry(key.clone()).or_default();
+                let limits = TravelLimits { within: *within_ms, max_speed: *max_speed_kmh, min_km: *min_distance_km, keep: *keep as usize };
+                travel(g, event_id, *time_ms, (latitude, longitude, place), limits)
+            }
+            WindowOp::FirstSeen { key, event_id, time_ms, value, learning_ms, forget_ms } => {
+                let g = self.groups.entry(key.clone()).or_default();
+                first_seen(g, event_id, *time_ms, value, *learning_ms, *forget_ms)
             }
             WindowOp::Seen { rule, group, time_ms, .. } => {
                 if self.silent_fired.get(rule).and_then(|f| f.get(group)).is_some_and(|f| *f >= *time_ms) {
@@ -402,7 +532,7 @@ fn threshold(g: &mut GroupState, id: &str, t: i64, w: i64, late: i64, limit: u64
         evidence.remove(0);
     }
     evidence.push(id.to_string());
-    let firing = Firing { start_ms: start, end_ms: end, observed: n, limit, evidence };
+    let firing = Firing { start_ms: start, end_ms: end, observed: n, limit, evidence, detail: None };
     g.fired.record(id, end, &firing);
     WindowOutcome::Fired { firing, replayed: false }
 }
@@ -456,7 +586,7 @@ fn distinct(g: &mut GroupState, id: &str, t: i64, value: &str, w: i64, late: i64
         evidence.remove(0);
     }
     evidence.push(id.to_string());
-    let firing = Firing { start_ms: start, end_ms: end, observed: n, limit: more_than + 1, evidence };
+    let firing = Firing { start_ms: start, end_ms: end, observed: n, limit: more_than + 1, evidence, detail: None };
     g.fired.record(id, end, &firing);
     WindowOutcome::Fired { firing, replayed: false }
 }
@@ -535,10 +665,191 @@ fn sequence(g: &mut GroupState, id: &str, t: i64, mask: u32, w: SequenceWindow) 
             }
             let mut evidence: Vec<String> = chain.iter().map(|(c, _)| c.clone()).filter(|c| c != id).collect();
             evidence.push(id.to_string());
-            let firing = Firing { start_ms: t1, end_ms: cur, observed: n as u64, limit: n as u64, evidence };
+            let firing = Firing { start_ms: t1, end_ms: cur, observed: n as u64, limit: n as u64, evidence, detail: None };
             g.fired.record(id, t, &firing);
             return WindowOutcome::Fired { firing, replayed: false };
         }
     }
     WindowOutcome::Counted { observed: best }
+}
+
+/// Steps in any order: the first window (ending at this event or at a later member, so a late
+/// event completes a set too) whose unused events cover `at_least` steps fires; each step takes
+/// its newest unused member in the window, this event the steps it matches.
+fn temporal(g: &mut GroupState, id: &str, t: i64, mask: u32, at_least: u64, w: SequenceWindow) -> WindowOutcome {
+    let SequenceWindow { steps: n, within, late, keep } = w;
+    if let Some(f) = g.fired.figures.get(id) {
+        return WindowOutcome::Fired { firing: f.clone(), replayed: true };
+    }
+    if g.steps.len() < n {
+        g.steps.resize_with(n, ZSet::default);
+    }
+    let newest_before = g.steps.iter().filter_map(ZSet::max_score).max();
+    let (newest, is_late) = too_late(newest_before, t, within, late);
+    if is_late {
+        return WindowOutcome::TooLate;
+    }
+    for (k, step) in g.steps.iter_mut().enumerate().take(n) {
+        if mask & (1 << k) != 0 {
+            step.add(id, t);
+        }
+    }
+    let floor = newest - 2 * within - late;
+    for step in g.steps.iter_mut() {
+        step.trim_below(floor);
+        if step.len() > keep {
+            step.keep_newest(keep);
+        }
+    }
+    g.used.trim_below(floor);
+    g.fired.trim_below(floor);
+
+    let mut ends: Vec<i64> = vec![t];
+    for step in g.steps.iter().take(n) {
+        ends.extend(step.range(t + 1, t + within).map(|(s, _)| *s));
+    }
+    ends.sort_unstable();
+    ends.dedup();
+    let mut best = 0u64;
+    for end in ends {
+        let mut covered = 0u64;
+        let mut picked: Vec<(i64, String)> = Vec::new();
+        for (k, step) in g.steps.iter().enumerate().take(n) {
+            if mask & (1 << k) != 0 {
+                covered += 1;
+                continue;
+            }
+            if let Some((s, m)) = step.range(end - within, end).rev().find(|(_, m)| m != id && g.used.score(m).is_none()) {
+                covered += 1;
+                if !picked.iter().any(|(_, x)| x == m) {
+                    picked.push((*s, m.clone()));
+                }
+            }
+        }
+        best = best.max(covered);
+        if covered < at_least {
+            continue;
+        }
+        picked.sort();
+        let start = picked.first().map_or(t, |(s, _)| (*s).min(t));
+        let last = picked.last().map_or(t, |(s, _)| (*s).max(t));
+        let mut evidence: Vec<String> = picked.iter().map(|(_, m)| m.clone()).collect();
+        evidence.push(id.to_string());
+        for (s, m) in picked.iter().chain(std::iter::once(&(t, id.to_string()))) {
+            g.used.add(m, *s);
+            for step in g.steps.iter_mut() {
+                step.remove(m);
+            }
+        }
+        let firing = Firing { start_ms: start, end_ms: last, observed: covered, limit: at_least, evidence, detail: None };
+        g.fired.record(id, t, &firing);
+        return WindowOutcome::Fired { firing, replayed: false };
+    }
+    WindowOutcome::Counted { observed: best }
+}
+
+/// Mean Earth radius (km) of the great-circle distance.
+const EARTH_RADIUS_KM: f64 = 6371.0088;
+
+/// Great-circle distance in km (haversine), as the Redis script computes it.
+pub fn distance_km(lat1: f64, lon1: f64, lat2: f64, lon2: f64) -> f64 {
+    let (p1, p2) = (lat1.to_radians(), lat2.to_radians());
+    let dp = (lat2 - lat1).to_radians();
+    let dl = (lon2 - lon1).to_radians();
+    let a = (dp / 2.0).sin().powi(2) + p1.cos() * p2.cos() * (dl / 2.0).sin().powi(2);
+    2.0 * EARTH_RADIUS_KM * a.sqrt().min(1.0).asin()
+}
+
+/// Bounds of a travel rule, as its operation carries them.
+struct TravelLimits {
+    within: i64,
+    max_speed: f64,
+    min_km: f64,
+    keep: usize,
+}
+
+/// One end of a journey, for the figures.
+fn travel_end(id: &str, t: i64, p: &(String, String, String)) -> serde_json::Value {
+    let num = |s: &str| s.parse::<f64>().map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({"eventId": id, "time": t, "place": p.2, "latitude": num(&p.0), "longitude": num(&p.1)})
+}
+
+fn travel(g: &mut GroupState, id: &str, t: i64, at: (&String, &String, &String), l: TravelLimits) -> WindowOutcome {
+    if let Some(f) = g.fired.figures.get(id) {
+        return WindowOutcome::Fired { firing: f.clone(), replayed: true };
+    }
+    g.events.add(id, t);
+    g.points.insert(id.to_string(), (at.0.clone(), at.1.clone(), at.2.clone()));
+    let newest = g.events.max_score().unwrap_or(t);
+    let floor = newest - 2 * l.within;
+    let mut gone = g.events.trim_below(floor);
+    if g.events.len() > l.keep {
+        let before: Vec<String> = g.events.order.iter().map(|(_, m)| m.clone()).collect();
+        g.events.keep_newest(l.keep);
+        gone.extend(before.into_iter().filter(|m| g.events.score(m).is_none()));
+    }
+    for m in gone {
+        g.points.remove(&m);
+    }
+    g.fired.trim_below(floor);
+    let Some(here) = g.points.get(id).cloned() else { return WindowOutcome::Counted { observed: 0 } };
+    let before = g.events.range(t - l.within, t).rev().find(|(_, m)| m != id).cloned();
+    let after = g.events.range(t, t + l.within).find(|(_, m)| m != id).cloned();
+    let mut fastest = 0u64;
+    for (s, other) in [before, after].into_iter().flatten() {
+        let Some(there) = g.points.get(&other).cloned() else { continue };
+        let coords = |p: &(String, String, String)| (p.0.parse::<f64>().unwrap_or(0.0), p.1.parse::<f64>().unwrap_or(0.0));
+        let ((la1, lo1), (la2, lo2)) = (coords(&there), coords(&here));
+        let km = distance_km(la1, lo1, la2, lo2);
+        let ms = (t - s).abs();
+        // A minute at least: two logins in the same second are not infinitely fast.
+        let hours = ms.max(60_000) as f64 / 3_600_000.0;
+        let speed = km / hours;
+        fastest = fastest.max(speed.round() as u64);
+        if km < l.min_km || speed <= l.max_speed {
+            continue;
+        }
+        let (from, to) = if s <= t { (travel_end(&other, s, &there), travel_end(id, t, &here)) } else { (travel_end(id, t, &here), travel_end(&other, s, &there)) };
+        let detail = serde_json::json!({
+            "from": from, "to": to,
+            "distanceKm": km.round() as u64, "minutes": (ms as f64 / 60_000.0).round() as u64, "speedKmh": speed.round() as u64,
+        });
+        let firing = Firing {
+            start_ms: s.min(t),
+            end_ms: s.max(t),
+            observed: speed.round() as u64,
+            limit: l.max_speed.round() as u64,
+            evidence: vec![other, id.to_string()],
+            detail: Some(detail),
+        };
+        g.fired.record(id, t, &firing);
+        return WindowOutcome::Fired { firing, replayed: false };
+    }
+    WindowOutcome::Counted { observed: fastest }
+}
+
+fn first_seen(g: &mut GroupState, id: &str, t: i64, value: &str, learning: i64, forget: i64) -> WindowOutcome {
+    if let Some(f) = g.fired.figures.get(id) {
+        return WindowOutcome::Fired { firing: f.clone(), replayed: true };
+    }
+    let since = g.since.map_or(t, |s| s.min(t));
+    g.since = Some(since);
+    if let Some(last) = g.last_seen.get_mut(value) {
+        if *last >= t - forget {
+            *last = (*last).max(t);
+            return WindowOutcome::Counted { observed: g.last_seen.len() as u64 };
+        }
+    }
+    // New, or forgotten: the group's other values still remembered are its baseline.
+    g.last_seen.retain(|v, last| v != value && *last >= t - forget);
+    let known = g.last_seen.len() as u64;
+    g.last_seen.insert(value.to_string(), t);
+    g.fired.trim_below(t - forget);
+    if known == 0 || t - since < learning {
+        return WindowOutcome::Counted { observed: known + 1 };
+    }
+    let detail = serde_json::json!({"value": value, "knownValues": known, "learningSince": since});
+    let firing = Firing { start_ms: since, end_ms: t, observed: known + 1, limit: known, evidence: vec![id.to_string()], detail: Some(detail) };
+    g.fired.record(id, t, &firing);
+    WindowOutcome::Fired { firing, replayed: false }
 }

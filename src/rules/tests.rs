@@ -36,6 +36,7 @@ fn ev(id: &str, t_ms: i64) -> EnrichedEvent {
         compliance: ComplianceFlags::default(),
         source: SourcePosition { topic: "t".into(), partition: 0, offset: 0, timestamp_ms: None },
         enriched_at: Utc.timestamp_millis_opt(t_ms).unwrap(),
+        asn: None,
     }
 }
 
@@ -537,8 +538,8 @@ fn absence_reports_each_silence_once() {
     let mut store = MemoryStore::new();
     run(&e, &mut store, &[from_service("a", T0, "billing"), from_service("b", T0 + 60_000, "hr")]);
     let at = |ms: i64| Utc.timestamp_millis_opt(T0 + ms).unwrap();
-    assert!(e.check_absence(at(15 * 60_000 - 1), &mut store).unwrap().is_empty());
-    let silent = e.check_absence(at(15 * 60_000), &mut store).unwrap();
+    assert!(e.check_clock(at(15 * 60_000 - 1), &mut store).unwrap().is_empty());
+    let silent = e.check_clock(at(15 * 60_000), &mut store).unwrap();
     assert_eq!(silent.len(), 1, "billing is silent exactly 15 min after its last event");
     let m = &silent[0];
     assert_eq!(m.kind, RuleKind::Absence);
@@ -546,13 +547,13 @@ fn absence_reports_each_silence_once() {
     assert!(m.event.is_none());
     assert_eq!(m.window.as_ref().unwrap().start, at(0));
     assert_eq!(m.matched_at, at(15 * 60_000));
-    assert!(e.check_absence(at(20 * 60_000), &mut store).unwrap().len() == 1, "hr now, billing not again");
-    assert!(e.check_absence(at(60 * 60_000), &mut store).unwrap().is_empty());
+    assert!(e.check_clock(at(20 * 60_000), &mut store).unwrap().len() == 1, "hr now, billing not again");
+    assert!(e.check_clock(at(60 * 60_000), &mut store).unwrap().is_empty());
     // a replayed old event does not re-arm billing; a new one does
     run(&e, &mut store, &[from_service("a", T0, "billing")]);
-    assert!(e.check_absence(at(90 * 60_000), &mut store).unwrap().is_empty());
+    assert!(e.check_clock(at(90 * 60_000), &mut store).unwrap().is_empty());
     run(&e, &mut store, &[from_service("c", T0 + 91 * 60_000, "billing")]);
-    let again = e.check_absence(at(120 * 60_000), &mut store).unwrap();
+    let again = e.check_clock(at(120 * 60_000), &mut store).unwrap();
     assert_eq!(again.len(), 1);
     assert_ne!(again[0].match_id, m.match_id, "a new silence, a new match");
 }
@@ -563,10 +564,10 @@ fn absence_of_expected_sources_that_never_sent() {
     let e = engine(&yaml);
     let mut store = MemoryStore::new();
     let at = |ms: i64| Utc.timestamp_millis_opt(T0 + ms).unwrap();
-    assert!(e.check_absence(at(0), &mut store).unwrap().is_empty());
-    let silent = e.check_absence(at(15 * 60_000), &mut store).unwrap();
+    assert!(e.check_clock(at(0), &mut store).unwrap().is_empty());
+    let silent = e.check_clock(at(15 * 60_000), &mut store).unwrap();
     assert_eq!(silent.len(), 1);
-    assert!(e.check_absence(at(45 * 60_000), &mut store).unwrap().is_empty(), "reported once");
+    assert!(e.check_clock(at(45 * 60_000), &mut store).unwrap().is_empty(), "reported once");
 }
 
 // ------------------------------------------------------------------------------------ blocks

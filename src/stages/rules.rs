@@ -246,7 +246,7 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
             return Ok(());
         }
         self.last_absence = Some(Instant::now());
-        for m in self.engine.check_absence(now, &mut self.store)? {
+        for m in self.engine.check_clock(now, &mut self.store)? {
             tracing::info!(stage = STAGE, rule = %m.rule_id, group = ?m.group_key, "silence detected");
             self.emit_match(&m, out);
         }
