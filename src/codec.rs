@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 
 use crate::error::{Rejection, RejectionKind};
 use crate::event::{
-    Classification, ComplianceFlags, EnrichedEvent, IpFacts, Location, RawEvent, RawTimestamp,
+    Asn, Classification, ComplianceFlags, EnrichedEvent, IpFacts, Location, RawEvent, RawTimestamp,
     Severity, SourcePosition,
 };
 
@@ -26,6 +26,10 @@ use crate::event::{
 pub const RAW_SCHEMA_JSON: &str = include_str!("../schemas/audit_raw.avsc");
 /// The `audit-enriched` schema text.
 pub const ENRICHED_SCHEMA_JSON: &str = include_str!("../schemas/audit_enriched.avsc");
+/// Version 1 of the `audit-enriched` schema (before `asn`): records written with it are still
+/// read (the new field takes its default), so the consumers of `audit-enriched` can be upgraded
+/// before `audit-enrich`.
+pub const ENRICHED_V1_SCHEMA_JSON: &str = include_str!("../schemas/audit_enriched.v1.avsc");
 /// First two bytes of every single-object encoded message.
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
 /// Magic plus fingerprint.
@@ -72,6 +76,12 @@ pub fn raw_schema() -> &'static SchemaInfo {
 pub fn enriched_schema() -> &'static SchemaInfo {
     static ENRICHED: OnceLock<SchemaInfo> = OnceLock::new();
     ENRICHED.get_or_init(|| schema_info(ENRICHED_SCHEMA_JSON, "audit_enriched.avsc"))
+}
+
+/// Version 1 of the `audit-enriched` schema, still read.
+pub fn enriched_v1_schema() -> &'static SchemaInfo {
+    static ENRICHED_V1: OnceLock<SchemaInfo> = OnceLock::new();
+    ENRICHED_V1.get_or_init(|| schema_info(ENRICHED_V1_SCHEMA_JSON, "audit_enriched.v1.avsc"))
 }
 
 /// Parsing Canonical Form per the Avro specification: `apache-avro`'s form with primitive
@@ -270,6 +280,14 @@ pub fn encode_enriched(ev: &EnrichedEvent, out: &mut Vec<u8>) {
     put_long(out, ev.source.offset);
     put_opt_long(out, ev.source.timestamp_ms);
     put_long(out, ev.enriched_at.timestamp_millis());
+    match &ev.asn {
+        None => put_long(out, 0),
+        Some(a) => {
+            put_long(out, 1);
+            put_long(out, i64::from(a.number));
+            put_opt_str(out, a.organization.as_deref());
+        }
+    }
 }
 
 /// Single-object encoding of a raw event (used by tests and `auditflow emit --format avro`).
@@ -611,7 +629,10 @@ pub fn decode_raw(bytes: &[u8]) -> Result<RawEvent, Rejection> {
 /// Decodes an `audit-enriched` Avro message. Anything malformed, including metadata that is not
 /// a JSON object, is `InvalidAvro`: a well-behaved producer never writes it.
 pub fn decode_enriched(bytes: &[u8]) -> Result<EnrichedEvent, Rejection> {
-    let datum = strip_header(bytes, enriched_schema(), "auditflow.AuditEnriched")?;
+    // A version 1 record is the current datum without the trailing `asn`.
+    let v1 = bytes.get(2..HEADER_LEN) == Some(&enriched_v1_schema().fingerprint[..]);
+    let info = if v1 { enriched_v1_schema() } else { enriched_schema() };
+    let datum = strip_header(bytes, info, "auditflow.AuditEnriched")?;
     let mut c = Cursor { buf: datum, pos: 0 };
     let id = c.string()?;
     let timestamp = c.timestamp("timestamp")?;
@@ -677,6 +698,14 @@ pub fn decode_enriched(bytes: &[u8]) -> Result<EnrichedEvent, Rejection> {
         timestamp_ms: c.opt_long()?,
     };
     let enriched_at = c.timestamp("enrichedAt")?;
+    let asn = match (v1, if v1 { 0 } else { c.branch(2)? }) {
+        (false, 1) => {
+            let number = c.long()?;
+            let number = u32::try_from(number).map_err(|_| bad(format!("asn.number {number} is out of range")))?;
+            Some(Asn { number, organization: c.opt_string()? })
+        }
+        _ => None,
+    };
     c.finish()?;
     let metadata = match metadata_text {
         None => None,
@@ -712,6 +741,7 @@ pub fn decode_enriched(bytes: &[u8]) -> Result<EnrichedEvent, Rejection> {
         compliance,
         source,
         enriched_at,
+        asn,
     })
 }
 
@@ -784,6 +814,7 @@ mod tests {
                 timestamp_ms: Some(1_700_000_000_000),
             },
             enriched_at: ts(1_700_000_000_500),
+            asn: Some(Asn { number: 4_200_000_000, organization: Some("Ünïcode Networks, \"Inc.\"".into()) }),
         }
     }
 
@@ -817,6 +848,7 @@ mod tests {
                 timestamp_ms: None,
             },
             enriched_at: ts(0),
+            asn: None,
         }
     }
 
@@ -961,6 +993,15 @@ mod tests {
                 "enrichedAt",
                 AV::TimestampMillis(ev.enriched_at.timestamp_millis()),
             ),
+            (
+                "asn",
+                opt(ev.asn.as_ref().map(|a| {
+                    rec(vec![
+                        ("number", AV::Long(i64::from(a.number))),
+                        ("organization", ostr(&a.organization)),
+                    ])
+                })),
+            ),
         ])
     }
 
@@ -1092,6 +1133,33 @@ mod tests {
             canonical_form(&plain),
             r#"{"name":"R","type":"record","fields":[{"name":"t","type":"long"}]}"#
         );
+    }
+
+    #[test]
+    fn the_asn_field_is_a_compatible_change_and_version_1_records_still_read() {
+        use apache_avro::schema_compatibility::SchemaCompatibility;
+        let (v1, v2) = (&enriched_v1_schema().schema, &enriched_schema().schema);
+        // Full compatibility: new readers read old records, old readers read new ones.
+        SchemaCompatibility::mutual_read(v1, v2).unwrap();
+        assert_ne!(enriched_v1_schema().fingerprint, enriched_schema().fingerprint);
+        for ev in enriched_cases() {
+            let mut v2_bytes = Vec::new();
+            encode_enriched(&ev, &mut v2_bytes);
+            // The same event as a version 1 writer sent it: v1's header, the datum without asn.
+            let mut v1_ev = ev.clone();
+            v1_ev.asn = None;
+            let mut v1_bytes = Vec::new();
+            encode_enriched(&v1_ev, &mut v1_bytes);
+            v1_bytes.pop(); // the trailing union index 0 of `asn: null`
+            v1_bytes[2..HEADER_LEN].copy_from_slice(&enriched_v1_schema().fingerprint);
+            // apache-avro agrees that this is a valid version 1 datum, and resolves it to v2.
+            let datum = apache_avro::from_avro_datum(v1, &mut &v1_bytes[HEADER_LEN..], Some(v2)).unwrap();
+            assert_eq!(datum, enriched_value(&v1_ev).resolve(v2).unwrap());
+            assert_eq!(decode_enriched(&v1_bytes).unwrap(), v1_ev, "a version 1 record reads without asn");
+            assert_eq!(decode_enriched(&v2_bytes).unwrap(), ev);
+            // And an old reader reads a new record, ignoring the field it does not know.
+            apache_avro::from_avro_datum(v2, &mut &v2_bytes[HEADER_LEN..], Some(v1)).unwrap();
+        }
     }
 
     #[test]

@@ -364,6 +364,30 @@ impl Location {
     }
 }
 
+/// The autonomous system (network operator) announcing a global address.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Asn {
+    pub number: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+}
+
+/// What the ledger stores of an address's facts: the [`IpFacts`] and, under `asn`, its
+/// autonomous system (one JSON column, covered by the row hash like the rest).
+pub fn stored_ip_facts(ip: Option<&IpFacts>, asn: Option<&Asn>) -> Option<serde_json::Value> {
+    let mut v = serde_json::to_value(ip?).ok()?;
+    if let (Some(a), serde_json::Value::Object(m)) = (asn, &mut v) {
+        m.insert("asn".into(), serde_json::to_value(a).ok()?);
+    }
+    Some(v)
+}
+
+/// The autonomous system kept in a stored `ip_facts` value, if any.
+pub fn stored_asn(ip_facts: &serde_json::Value) -> Option<Asn> {
+    serde_json::from_value(ip_facts.get("asn")?.clone()).ok()
+}
+
 /// Which compliance regimes the event is relevant to (decided by configured criteria).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ComplianceFlags {
@@ -421,6 +445,9 @@ pub struct EnrichedEvent {
     /// Coordinates of the raw message in `audit-raw`.
     pub source: SourcePosition,
     pub enriched_at: DateTime<Utc>,
+    /// The address's autonomous system, when the ASN database knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asn: Option<Asn>,
 }
 
 #[cfg(test)]

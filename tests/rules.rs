@@ -67,6 +67,7 @@ fn failed_login(id: &str, t_ms: i64, user: &str, ip: &str) -> EnrichedEvent {
         compliance: ComplianceFlags::default(),
         source: SourcePosition { topic: "audit-raw".into(), partition: 0, offset: 0, timestamp_ms: Some(t_ms) },
         enriched_at: t,
+        asn: None,
     }
 }
 

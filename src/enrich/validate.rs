@@ -410,6 +410,7 @@ pub(crate) fn normalize(
         compliance: ComplianceFlags::default(),
         source: source.clone(),
         enriched_at: truncate_to_millis(now),
+        asn: None,
     };
     Ok((ev, addr))
 }

@@ -408,6 +408,7 @@ mod tests {
             compliance: ComplianceFlags::default(),
             source: SourcePosition { topic: "audit-raw".into(), partition: 0, offset: 5, timestamp_ms: None },
             enriched_at: Utc::now(),
+            asn: None,
         }
     }
 

@@ -84,6 +84,7 @@ pub fn event_from_row(r: &PgRow, p: PersonalFields) -> Result<EnrichedEvent, Reb
         user_agent: p.user_agent.or(r.try_get("user_agent")?),
         ip_address: p.ip_address.or(r.try_get("ip_address")?),
         ip: json_column(r, &id, "ip_facts")?,
+        asn: json_column::<serde_json::Value>(r, &id, "ip_facts")?.as_ref().and_then(crate::event::stored_asn),
         location: match p.location {
             Some(l) => Some(l),
             None => json_column(r, &id, "location")?,

@@ -408,7 +408,7 @@ impl PersistStage {
             method: ev.method.clone(),
             endpoint: ev.endpoint.clone(),
             status_code: ev.status_code,
-            ip_facts: ev.ip.as_ref().and_then(|f| serde_json::to_value(f).ok()).map(|v| ledger::canonical_json(&v)),
+            ip_facts: crate::event::stored_ip_facts(ev.ip.as_ref(), ev.asn.as_ref()).map(|v| ledger::canonical_json(&v)),
             classification: ev.classification.as_str().to_string(),
             severity: ev.severity.as_str().to_string(),
             success: ev.success,
