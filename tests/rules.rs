@@ -444,7 +444,57 @@ const DIFF_RULES: &str = r#"rules:
         - action: { regex: "^grant_role$" }
         - action: { regex: "^data_export$" }
         - action: { regex: "^delete_user$" }
+  - id: tp
+    name: Temporal
+    severity: HIGH
+    action: ALERT
+    sequence:
+      within: 6s
+      ordered: false
+      at_least: 2
+      group_by: [user_id]
+      steps:
+        - action: { regex: "^grant_role$" }
+        - action: { regex: "^data_export$" }
+        - action: { regex: "^delete_user$" }
+  - id: ag
+    name: Aggregate
+    severity: MEDIUM
+    action: ALERT
+    match: { success: true }
+    aggregate: { period: 5s, group_by: [user_id], count: { gte: 1, lte: 2 }, lateness: 2s }
+  - id: ad
+    name: Aggregate of distinct values
+    severity: MEDIUM
+    action: ALERT
+    aggregate: { period: 8s, group_by: [user_id], distinct: ip_address, count: { eq: 2 }, lateness: 2s }
+  - id: tv
+    name: Travel
+    severity: HIGH
+    action: ALERT
+    match: { success: true }
+    travel: { max_speed_kmh: 900, within: 1h, min_distance_km: 100, group_by: [user_id] }
+  - id: fs
+    name: First seen
+    severity: MEDIUM
+    action: ALERT
+    first_seen: { field: country_code, group_by: [user_id], learning: 20s, forget_after: 1h }
+  - id: ch
+    name: Chained
+    severity: CRITICAL
+    action: ALERT
+    match: { fired: th }
+    threshold: { count: 2, window: 20s, group_by: [ip_address] }
 "#;
+
+/// Places the random streams log in from: (address, city, country, latitude, longitude).
+const PLACES: [(&str, &str, &str, f64, f64); 5] = [
+    ("128.59.1.1", "New York", "US", 40.8123, -73.9682),
+    ("144.82.1.1", "London", "GB", 51.5415, -0.1445),
+    ("141.2.1.1", "Frankfurt am Main", "DE", 50.1143, 8.6641),
+    ("133.11.1.1", "Tokyo", "JP", 35.6837, 139.6805),
+    ("134.157.1.1", "Paris", "FR", 48.8558, 2.3494),
+];
 
 /// Random streams with out-of-order events and replays give the same matches through the Redis
 /// scripts as through the in-memory store.
@@ -474,8 +524,17 @@ fn redis_scripts_agree_with_the_memory_store() {
             // a tenth arrive late, by up to 12 s (some beyond the allowed lateness)
             let t = if rng.below(10) == 0 { clock - rng.below(12_000) as i64 } else { clock };
             let user = format!("u{}", rng.below(3));
-            let ip = format!("10.0.0.{}", rng.below(2));
-            let mut e = failed_login(&format!("s{seed}-e{i}"), t, &user, &ip);
+            // Mostly one home address per user, sometimes a trip.
+            let place = &PLACES[if rng.below(6) == 0 { rng.below(5) } else { u64::from(user.as_bytes()[1]) % 5 } as usize];
+            let mut e = failed_login(&format!("s{seed}-e{i}"), t, &user, place.0);
+            e.ip = Some(auditflow::enrich::ip_facts(place.0.parse().expect("address")));
+            e.location = Some(auditflow::event::Location {
+                country_code: Some(place.2.into()),
+                city: Some(place.1.into()),
+                latitude: Some(place.3),
+                longitude: Some(place.4),
+                ..Default::default()
+            });
             e.action = ["login", "login", "grant_role", "data_export", "delete_user"][rng.below(5) as usize].into();
             e.success = rng.below(3) != 0 && e.action != "login";
             // some claim to be from an hour after they were received
@@ -495,6 +554,13 @@ fn redis_scripts_agree_with_the_memory_store() {
             let batch = &events[i..(i + n).min(events.len())];
             let a = engine.evaluate(batch, &mut memory, true).expect("memory");
             let b = engine.evaluate(batch, &mut redis, true).expect("redis");
+            // The clock the periods close on follows the stream.
+            let now = Utc.timestamp_millis_opt(clock).single().expect("time");
+            let (ca, cb) = (engine.check_clock(now, &mut memory).expect("memory"), engine.check_clock(now, &mut redis).expect("redis"));
+            assert_eq!(ca, cb, "seed {seed}: periods closed at {now}");
+            for m in &ca {
+                *seen.entry((m.rule_id.clone(), "closed")).or_default() += 1;
+            }
             for (x, (ra, rb)) in batch.iter().zip(a.iter().zip(b.iter())) {
                 assert_eq!(ra.trace, rb.trace, "seed {seed}, event {} at {}", x.id, x.timestamp);
                 assert_eq!(ra.matches, rb.matches, "seed {seed}, event {}", x.id);
@@ -526,6 +592,14 @@ fn redis_scripts_agree_with_the_memory_store() {
         ("dc", "suppressed"),
         ("sq", "fired"),
         ("sq", "replayed"),
+        ("tp", "fired"),
+        ("tp", "replayed"),
+        ("tv", "fired"),
+        ("tv", "replayed"),
+        ("fs", "fired"),
+        ("ch", "fired"),
+        ("ag", "closed"),
+        ("ad", "closed"),
     ] {
         assert!(seen.contains_key(&(rule.to_string(), what)), "no {rule}/{what} outcome in {seen:?}");
     }
