@@ -263,10 +263,18 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum RulesCommand {
-    /// Compile every rule file of DIR as audit-rules would; report each problem with file and line.
+    /// Compile every rule file of DIR (or one file) as audit-rules would, native or Sigma;
+    /// report each problem with file, line, rule and reason.
     Validate {
-        /// Directory of rule files (*.yaml, *.yml).
+        /// Directory of rule files (*.yaml, *.yml), or one file.
         dir: PathBuf,
+    },
+    /// Print the native rules that Sigma files compile to (give every file a correlation's
+    /// rules are in, or their directory).
+    Convert {
+        /// Sigma files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// Run the rules of DIR over a JSON-lines file of raw or enriched events, with an in-memory
     /// window store; print which rules fire per event and the window state.
@@ -532,6 +540,12 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             auditflow::cli::rules::validate(&dir, &mut stdout)
                 .map_err(|e| InputError(format!("{} problem(s) in the rules of {}:\n{e}", e.0.len(), dir.display())))?;
+            Ok(())
+        }
+        Command::Rules { command: RulesCommand::Convert { paths } } => {
+            let mut stdout = std::io::stdout().lock();
+            auditflow::cli::rules::convert(&paths, &mut stdout)
+                .map_err(|e| InputError(format!("{} problem(s) in the rules:\n{e}", e.0.len())))?;
             Ok(())
         }
         Command::Rules { command: RulesCommand::Test { dir, events, json, until } } => {

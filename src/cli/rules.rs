@@ -1,10 +1,11 @@
-//! `auditflow rules validate DIR` and `auditflow rules test DIR --events F.jsonl`.
+//! `auditflow rules validate PATH`, `auditflow rules test DIR --events F.jsonl` and
+//! `auditflow rules convert PATH…`.
 //!
-//! `validate` compiles the rule files exactly as `audit-rules` does and reports every problem
-//! with its file and line. `test` runs the whole engine over a file of events with an in-memory
-//! window store (no Kafka, no Redis) and prints, per event, the rules that matched and the
-//! window state of the stateful ones; absence rules are checked on a clock that follows the
-//! events' times.
+//! `validate` compiles the rule files (native or Sigma) exactly as `audit-rules` does and reports
+//! every problem with its file and line. `test` runs the whole engine over a file of events with
+//! an in-memory window store (no Kafka, no Redis) and prints, per event, the rules that matched
+//! and the window state of the stateful ones; absence and aggregate rules are checked on a clock
+//! that follows the events' times. `convert` prints the native rules Sigma files compile to.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -16,11 +17,50 @@ use crate::cli::emit::InputError;
 use crate::enrich::{EnrichConfig, Enricher};
 use crate::event::{EnrichedEvent, SourcePosition};
 use crate::rule_match::{RuleKind, RuleMatch};
-use crate::rules::{MemoryStore, RuleErrors, RulesEngine, TraceOutcome, WindowLimits, WindowOutcome};
+use crate::rules::sigma::native::SigmaFields;
+use crate::rules::{compile, MemoryStore, RuleError, RuleErrors, RulesEngine, TraceOutcome, WindowLimits, WindowOutcome};
 
-/// What `rules validate` found.
-pub fn validate(dir: &Path, out: &mut dyn Write) -> Result<(), RuleErrors> {
-    let engine = RulesEngine::load_dir(dir)?;
+/// The rule files of `paths` (directories: their rule files; files: themselves), read, with the
+/// Sigma field mapping of the (first) directory they are in.
+fn sources(paths: &[PathBuf]) -> Result<(Vec<(PathBuf, String)>, SigmaFields), RuleErrors> {
+    let one = |e: RuleError| RuleErrors(vec![e]);
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(compile::rule_files(p).map_err(one)?);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    let home = paths.first().map(|p| if p.is_dir() { p.clone() } else { p.parent().map(Path::to_path_buf).unwrap_or_default() });
+    let fields = compile::sigma_fields(&home.unwrap_or_default()).map_err(one)?;
+    let mut out = Vec::with_capacity(files.len());
+    let mut errors = Vec::new();
+    for f in files {
+        match std::fs::read_to_string(&f) {
+            Ok(text) => out.push((f, text)),
+            Err(e) => errors.push(RuleError { file: f, line: None, column: None, message: format!("cannot read: {e}") }),
+        }
+    }
+    if out.is_empty() && errors.is_empty() {
+        errors.push(RuleError { file: paths.first().cloned().unwrap_or_default(), line: None, column: None, message: "no rule files (*.yaml, *.yml)".into() });
+    }
+    if errors.is_empty() {
+        Ok((out, fields))
+    } else {
+        Err(RuleErrors(errors))
+    }
+}
+
+/// What `rules validate` found: a directory of rule files, or one file.
+pub fn validate(path: &Path, out: &mut dyn Write) -> Result<(), RuleErrors> {
+    let engine = if path.is_dir() {
+        RulesEngine::load_dir(path)?
+    } else {
+        let (sources, fields) = sources(&[path.to_path_buf()])?;
+        RulesEngine::new(compile::compile_with(&sources, &fields)?)
+    };
+    let dir = path;
     let set = engine.rule_set();
     let _ = writeln!(
         out,
@@ -33,7 +73,7 @@ pub fn validate(dir: &Path, out: &mut dyn Write) -> Result<(), RuleErrors> {
     for (meta, kind) in set.rules() {
         let _ = writeln!(
             out,
-            "  {:<28} {:<14} {:<8} {:<6} {}",
+            "  {:<28} {:<17} {:<8} {:<6} {}",
             meta.id,
             RuleKind::as_str(kind),
             meta.severity.as_str(),
@@ -45,6 +85,33 @@ pub fn validate(dir: &Path, out: &mut dyn Write) -> Result<(), RuleErrors> {
         let _ = writeln!(out, "  {id:<28} (disabled)");
     }
     Ok(())
+}
+
+/// `rules convert`: the native rules the Sigma files among `paths` compile to, as one native
+/// rule file, each rule headed by the Sigma file and line it comes from. Every file given is
+/// compiled (a correlation may name rules of another file); the native ones are not printed.
+pub fn convert(paths: &[PathBuf], out: &mut dyn Write) -> Result<usize, RuleErrors> {
+    let (sources, fields) = sources(paths)?;
+    // The whole set must compile, as audit-rules would load it.
+    compile::compile_with(&sources, &fields)?;
+    let (defs, errors) = compile::read_defs(&sources, &fields);
+    if !errors.is_empty() {
+        return Err(RuleErrors(errors));
+    }
+    let sigma_files: Vec<&PathBuf> = sources.iter().filter(|(_, t)| crate::rules::sigma::looks_like_sigma(t)).map(|(p, _)| p).collect();
+    let _ = writeln!(out, "# Native rules compiled from Sigma by `auditflow rules convert`.\nrules:");
+    let mut n = 0;
+    for (file, line, def) in defs.iter().filter(|(f, _, _)| sigma_files.contains(&f)) {
+        let yaml = serde_norway::to_string(&[def]).map_err(|e| {
+            RuleErrors(vec![RuleError { file: file.clone(), line: *line, column: None, message: format!("cannot write the native rule: {e}") }])
+        })?;
+        let _ = writeln!(out, "  # {}{}", file.display(), line.map(|l| format!(":{l}")).unwrap_or_default());
+        for l in yaml.lines() {
+            let _ = writeln!(out, "  {l}");
+        }
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// Options of `rules test`.
@@ -307,7 +374,8 @@ mod tests {
         let mut out = Vec::new();
         validate(&root().join("rules"), &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("ok: 11 rules in force"), "{text}");
+        assert!(text.starts_with("ok: 16 rules in force"), "{text}");
+        assert!(text.contains("impossible-travel") && text.contains("impossible_travel"), "{text}");
         assert!(text.contains("bulk-pii-reads"), "{text}");
         assert!(text.contains("grant-then-export") && text.contains("sequence"), "{text}");
     }

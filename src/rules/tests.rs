@@ -615,13 +615,34 @@ fn the_default_pack_compiles_and_matches_the_seed_examples() {
         "password-spraying",
         "grant-then-export",
         "audit-source-silent",
+        "bulk-pii-reads",
+        "brute-force-then-success",
+        "impossible-travel",
+        "new-country-for-user",
+        "new-network-for-user",
     ] {
         assert!(ids.contains(&id.to_string()), "{id} in {ids:?}");
     }
-    let kinds: Vec<RuleKind> = e.rule_set().rules().map(|(_, k)| k).collect();
-    for k in [RuleKind::Pattern, RuleKind::Threshold, RuleKind::DistinctCount, RuleKind::Sequence, RuleKind::Absence] {
-        assert!(kinds.contains(&k));
+    // Building blocks of correlations with `generate: false` are not rules of their own.
+    for id in ["role-granted", "data-exported", "failed-or-critical", "personal-data-read"] {
+        assert!(!ids.contains(&id.to_string()), "{id} in {ids:?}");
     }
+    let kinds: Vec<RuleKind> = e.rule_set().rules().map(|(_, k)| k).collect();
+    for k in [
+        RuleKind::Pattern,
+        RuleKind::Threshold,
+        RuleKind::DistinctCount,
+        RuleKind::Sequence,
+        RuleKind::Absence,
+        RuleKind::ImpossibleTravel,
+        RuleKind::FirstSeen,
+    ] {
+        assert!(kinds.contains(&k), "{k:?}");
+    }
+    // The original design's rules are Sigma now, and carry ATT&CK tags.
+    let privilege = e.rule_set().rules().find(|(m, _)| &*m.id == "privilege-escalation").map(|(m, _)| m.clone()).unwrap();
+    assert!(privilege.file.ends_with("auditflow-activity.yml"));
+    assert!(privilege.tags.contains(&"attack.t1548".to_string()));
     let seed = |action: &str, resource: &str, success: bool| {
         let mut x = ev("s", T0);
         x.action = action.into();
@@ -631,7 +652,7 @@ fn the_default_pack_compiles_and_matches_the_seed_examples() {
         r[0].matches.iter().filter(|m| m.kind == RuleKind::Pattern).map(|m| m.rule_id.clone()).collect::<Vec<_>>()
     };
     assert_eq!(seed("login", "authentication", false), vec!["failed-login-attempts"]);
-    assert!(seed("login", "user_account", true).is_empty());
+    assert_eq!(seed("login", "user_account", true), vec!["successful-login"], "recorded (LOG) for brute-force-then-success");
     assert_eq!(seed("delete_user", "user_management", true), vec!["admin-actions"]);
     assert_eq!(seed("data_export", "customer_data", true), vec!["data-export"]);
     assert_eq!(seed("grant_role", "iam", true), vec!["privilege-escalation"]);

@@ -284,28 +284,131 @@ fn detection(r: &SigmaRule, fields: &SigmaFields) -> Result<MatchDef, String> {
     }
 }
 
+/// `e` with nested ANDs (and ORs) of the same kind spliced into their parent.
+fn flatten(e: &Expr) -> Expr {
+    let splice = |items: &[Expr], and: bool| -> Vec<Expr> {
+        let mut out = Vec::new();
+        for x in items.iter().map(flatten) {
+            match x {
+                Expr::And(inner) if and => out.extend(inner),
+                Expr::Or(inner) if !and => out.extend(inner),
+                other => out.push(other),
+            }
+        }
+        out
+    };
+    match e {
+        Expr::And(items) => Expr::And(splice(items, true)),
+        Expr::Or(items) => Expr::Or(splice(items, false)),
+        Expr::Not(x) => Expr::Not(Box::new(flatten(x))),
+        other => other.clone(),
+    }
+}
+
 fn expr(e: &Expr, fields: &SigmaFields) -> Result<MatchDef, String> {
+    translate(&flatten(e), fields)
+}
+
+fn translate(e: &Expr, fields: &SigmaFields) -> Result<MatchDef, String> {
     Ok(match e {
         Expr::And(items) => {
             let mut m = MatchDef::default();
+            let blocks: Vec<&Expr> = items.iter().filter(|x| !matches!(x, Expr::Field { .. })).collect();
             for x in items {
-                match x {
-                    Expr::Field { field, test } => m.fields.push(field_test(field, test, fields)?),
-                    other => m.all_of.push(expr(other, fields)?),
+                if let Expr::Field { field, test } = x {
+                    m.fields.push(field_test(field, test, fields)?);
                 }
             }
-            // A single block needs no wrapper.
-            if m.fields.is_empty() && m.all_of.len() == 1 {
-                m.all_of.pop().unwrap_or_default()
+            // One OR or one NOT among field tests fits the block's own slot; more go in all_of.
+            match blocks.as_slice() {
+                [Expr::Or(_)] | [Expr::Not(_)] | [Expr::Keyword(_)] if !m.fields.is_empty() || blocks.len() == 1 => {
+                    let b = translate(blocks[0], fields)?;
+                    m.any_of = b.any_of;
+                    m.not = b.not;
+                    m.any = b.any;
+                    m.fields.extend(b.fields);
+                }
+                _ => {
+                    for b in blocks {
+                        m.all_of.push(translate(b, fields)?);
+                    }
+                }
+            }
+            m
+        }
+        Expr::Or(items) => {
+            let mut alternatives = merge_alternatives(items.iter().map(|x| translate(x, fields)).collect::<Result<_, _>>()?);
+            if alternatives.len() == 1 {
+                alternatives.pop().unwrap_or_default()
             } else {
-                m
+                MatchDef { any_of: alternatives, ..MatchDef::default() }
             }
         }
-        Expr::Or(items) => MatchDef { any_of: items.iter().map(|x| expr(x, fields)).collect::<Result<_, _>>()?, ..MatchDef::default() },
-        Expr::Not(x) => MatchDef { not: Some(Box::new(expr(x, fields)?)), ..MatchDef::default() },
+        Expr::Not(x) => MatchDef { not: Some(Box::new(translate(x, fields)?)), ..MatchDef::default() },
         Expr::Field { field, test } => MatchDef { fields: vec![field_test(field, test, fields)?], ..MatchDef::default() },
         Expr::Keyword(test) => MatchDef { any: Some(keyword(test)?), ..MatchDef::default() },
     })
+}
+
+/// Alternatives that each test one field's text (`equals` of strings, or a regex), merged per
+/// field into one test: `[action: login, action: authentication]` → one regex `login|authentication`.
+fn merge_alternatives(alternatives: Vec<MatchDef>) -> Vec<MatchDef> {
+    let mut out: Vec<MatchDef> = Vec::with_capacity(alternatives.len());
+    for alt in alternatives {
+        let Some(f) = single_text_test(&alt) else {
+            out.push(alt);
+            continue;
+        };
+        let same = out.iter_mut().filter_map(|o| {
+            let g = single_text_test(o)?;
+            (g.field.name == f.field.name && g.case_sensitive == f.case_sensitive).then_some(o)
+        });
+        match same.into_iter().next() {
+            Some(o) => {
+                let merged = {
+                    let g = &o.fields[0];
+                    match (&g.test, &f.test) {
+                        (FieldTestDef::Equals(a), FieldTestDef::Equals(b)) => FieldTestDef::Equals(a.iter().chain(b).cloned().collect()),
+                        (a, b) => FieldTestDef::Regex(format!("{}|{}", as_regex(a), as_regex(b))),
+                    }
+                };
+                o.fields[0].test = merged;
+            }
+            None => out.push(alt),
+        }
+    }
+    out
+}
+
+/// The one field test of a block that holds nothing else, when it tests text.
+fn single_text_test(m: &MatchDef) -> Option<&FieldCondDef> {
+    let [f] = m.fields.as_slice() else { return None };
+    let text = match &f.test {
+        FieldTestDef::Regex(_) => true,
+        FieldTestDef::Equals(v) => v.iter().all(|x| x.is_string()),
+        _ => false,
+    };
+    let rest_empty = MatchDef { fields: Vec::new(), ..m.clone() }.is_empty();
+    (text && rest_empty).then_some(f)
+}
+
+/// A text test as a regex alternative (equality anchored).
+fn as_regex(t: &FieldTestDef) -> String {
+    match t {
+        FieldTestDef::Regex(r) if r.starts_with("(?") => format!("(?:{r})"),
+        FieldTestDef::Regex(r) => {
+            if r.contains('|') {
+                format!("(?:{r})")
+            } else {
+                r.clone()
+            }
+        }
+        FieldTestDef::Equals(v) => {
+            let alts: Vec<String> = v.iter().filter_map(|x| x.as_str()).map(regex::escape).collect();
+            format!("^(?:{})$", alts.join("|"))
+        }
+        _ => String::new(),
+    }
 }
 
 /// A glob as a regular expression: anchored where the glob is, `*` and `?` as `.*` and `.`
