@@ -686,12 +686,15 @@ pub fn compile_sources(sources: &[(PathBuf, String)]) -> Result<RuleSet, RuleErr
     compile_with(sources, &SigmaFields::builtin())
 }
 
+/// A rule as written (or translated from Sigma), with the file and line it comes from.
+pub type PlacedDef = (PathBuf, Option<usize>, RawRuleDef);
+
 /// The native rules of files given as (path, text): native files as they are, Sigma files (told
 /// apart by their keys) translated; with every problem found on the way (rules that could be
 /// read are returned too, so the problems of all of them are reported together).
-pub fn read_defs(sources: &[(PathBuf, String)], fields: &SigmaFields) -> (Vec<(PathBuf, Option<usize>, RawRuleDef)>, Vec<RuleError>) {
+pub fn read_defs(sources: &[(PathBuf, String)], fields: &SigmaFields) -> (Vec<PlacedDef>, Vec<RuleError>) {
     let mut errors = Vec::new();
-    let mut raws: Vec<(PathBuf, Option<usize>, RawRuleDef)> = Vec::new();
+    let mut raws: Vec<PlacedDef> = Vec::new();
     let mut loaded: Vec<sigma::native::Loaded> = Vec::new();
     for (path, text) in sources {
         if sigma::looks_like_sigma(text) {

@@ -32,4 +32,4 @@ pub use settings::RulesSettings;
 pub use store::{Firing, MemoryStore, Pending, WindowKey, WindowOp, WindowOutcome, WindowStore};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

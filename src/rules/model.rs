@@ -622,7 +622,7 @@ impl fmt::Display for DurationDef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
         for (unit, n) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-            if ms != 0 && ms % n == 0 {
+            if ms != 0 && ms.is_multiple_of(n) {
                 return write!(f, "{}{unit}", ms / n);
             }
         }

@@ -9,9 +9,9 @@ use super::*;
 use crate::event::{Classification, ComplianceFlags, EnrichedEvent, Severity, SourcePosition};
 use crate::rule_match::{RuleKind, RuleMatch};
 
-const T0: i64 = 1_700_000_000_000;
+pub(crate) const T0: i64 = 1_700_000_000_000;
 
-fn ev(id: &str, t_ms: i64) -> EnrichedEvent {
+pub(crate) fn ev(id: &str, t_ms: i64) -> EnrichedEvent {
     EnrichedEvent {
         id: id.to_string(),
         timestamp: Utc.timestamp_millis_opt(t_ms).unwrap(),

@@ -93,3 +93,5 @@ pub fn check_references(docs: &[SigmaDoc]) -> Vec<SigmaError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod engine_tests;

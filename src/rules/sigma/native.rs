@@ -23,7 +23,7 @@ use serde::Deserialize;
 use super::{CondOp, CorrelationKind, Expr, Level, LogSource, Meta, SigmaCorrelation, SigmaDoc, SigmaRule, SigmaStr, StrPart, Test};
 use crate::event::Severity;
 use crate::rule_match::RuleAction;
-use crate::rules::compile::RuleError;
+use crate::rules::compile::{PlacedDef, RuleError};
 use crate::rules::fields::FieldRef;
 use crate::rules::model::{
     AggregateDef, BlockDef, CmpOp, CountDef, DistinctDef, DurationDef, FieldCondDef, FieldSpec, FieldTestDef, MatchDef, PatternDef,
@@ -128,7 +128,7 @@ pub struct Loaded {
 
 /// The native rules of every Sigma document loaded (from every file), each with its file and
 /// line; or every problem found.
-pub fn to_native(loaded: &[Loaded], fields: &SigmaFields) -> Result<Vec<(PathBuf, Option<usize>, RawRuleDef)>, Vec<RuleError>> {
+pub fn to_native(loaded: &[Loaded], fields: &SigmaFields) -> Result<Vec<PlacedDef>, Vec<RuleError>> {
     let mut errors = Vec::new();
     let err = |l: &Loaded, message: String| RuleError {
         file: l.file.clone(),
