@@ -12,8 +12,8 @@
 //! - `generate`: a rule that a correlation names is not a rule of its own when any such
 //!   correlation has `generate: false` (the default), as pySigma has it.
 //! - `level` → severity (`informational` → LOW and action LOG); `tags`, `references`,
-//!   `falsepositives` carry over; an `auditflow:` map may set `action`, `block`, `compliance` and
-//!   `enabled`, which Sigma cannot say.
+//!   `falsepositives` carry over; an `auditflow:` map may set `action`, `block`, `compliance`,
+//!   `enabled` and a correlation's `lateness`, which Sigma cannot say.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -118,6 +118,9 @@ struct Extras {
     block: Option<BlockDef>,
     compliance: Vec<String>,
     enabled: Option<bool>,
+    /// A correlation's `lateness` (how late an event may arrive and still count; for a count
+    /// judged per period, how long after its end the period still takes events).
+    lateness: Option<DurationDef>,
 }
 
 /// A Sigma document with where it came from.
@@ -532,6 +535,7 @@ fn correlation(
         return Err("`aliases` are not supported: the rules a correlation names must share its group-by fields".into());
     }
     let mut def = base(&c.meta, id, generate)?;
+    let lateness = extras(&c.meta)?.lateness;
     // What each named rule contributes: its condition, or (a correlation) its firings.
     let mut steps = Vec::with_capacity(c.rules.len());
     for r in &c.rules {
@@ -556,8 +560,8 @@ fn correlation(
             def.matcher = any_step(steps);
             match lower_bound_only(&bounds) {
                 Some(0) => return Err("`gte: 0` holds for every group: nothing to detect".into()),
-                Some(n) => def.threshold = Some(ThresholdDef { count: n, window, group_by, lateness: None }),
-                None => def.aggregate = Some(AggregateDef { period: window, group_by, distinct: None, count: count_def(&bounds)?, lateness: None }),
+                Some(n) => def.threshold = Some(ThresholdDef { count: n, window, group_by, lateness }),
+                None => def.aggregate = Some(AggregateDef { period: window, group_by, distinct: None, count: count_def(&bounds)?, lateness }),
             }
         }
         CorrelationKind::ValueCount => {
@@ -566,10 +570,8 @@ fn correlation(
             def.matcher = any_step(steps);
             match lower_bound_only(&bounds) {
                 Some(0) => return Err("`gte: 0` holds for every group: nothing to detect".into()),
-                Some(n) => def.distinct = Some(DistinctDef { field, more_than: n - 1, window, group_by, lateness: None }),
-                None => {
-                    def.aggregate = Some(AggregateDef { period: window, group_by, distinct: Some(field), count: count_def(&bounds)?, lateness: None })
-                }
+                Some(n) => def.distinct = Some(DistinctDef { field, more_than: n - 1, window, group_by, lateness }),
+                None => def.aggregate = Some(AggregateDef { period: window, group_by, distinct: Some(field), count: count_def(&bounds)?, lateness }),
             }
         }
         CorrelationKind::Temporal | CorrelationKind::TemporalOrdered => {
@@ -594,7 +596,7 @@ fn correlation(
                 steps,
                 ordered,
                 at_least: (!ordered && at_least != n).then_some(at_least as u32),
-                lateness: None,
+                lateness,
             });
         }
     }
