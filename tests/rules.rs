@@ -638,13 +638,46 @@ async fn rules_reload_while_running_and_a_broken_set_is_refused() {
     let got = wait_for_matches(&env, 4, Duration::from_secs(60), &[&stage]);
     assert_eq!((count_rule(&got, "rule-a"), count_rule(&got, "rule-b")), (3, 1));
 
+    // A Sigma file the stage cannot serve (a Windows logsource): refused with the file, the
+    // rule and the reason; the rules in force stay.
+    let refusals = || stage.log().matches("new rule set refused").count();
+    std::fs::write(
+        dir.path().join("c.yml"),
+        "title: Windows logons\nid: 9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\nlogsource: {product: windows, service: security}\ndetection:\n  s: {EventID: 4625}\n  condition: s\n",
+    )
+    .expect("write");
+    let start = Instant::now();
+    while refusals() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the Sigma file was not refused:\n{}", stage.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = stage.log();
+    assert!(log.contains("c.yml") && log.contains("Windows logons") && log.contains("not one auditflow serves"), "{log}");
+    send(4);
+    let got = wait_for_matches(&env, 6, Duration::from_secs(60), &[&stage]);
+    assert_eq!((count_rule(&got, "rule-a"), count_rule(&got, "rule-b")), (4, 2));
+    // Fixed as a Sigma rule on auditflow's events, it applies from the next event.
+    std::fs::write(
+        dir.path().join("c.yml"),
+        "title: Failed logins\nid: 9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d\nname: sigma-c\nlogsource: {product: auditflow}\ndetection:\n  s: {action: login, success: false}\n  condition: s\nlevel: low\n",
+    )
+    .expect("write");
+    let start = Instant::now();
+    while stage.log().matches("rules reloaded").count() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(30), "the fixed Sigma file was not loaded:\n{}", stage.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send(5);
+    let got = wait_for_matches(&env, 9, Duration::from_secs(60), &[&stage]);
+    assert_eq!(count_rule(&got, "sigma-c"), 1);
+
     // SIGHUP reloads at once too.
     let pid = stage.pid().expect("stage running").to_string();
     assert!(Command::new("kill").args(["-HUP", &pid]).status().expect("kill").success());
     wait_for_log(&stage, "SIGHUP: reloading rules");
     let reloads = || stage.log().matches("rules reloaded").count();
     let start = Instant::now();
-    while reloads() < 2 {
+    while reloads() < 3 {
         assert!(start.elapsed() < Duration::from_secs(30), "no reload after SIGHUP:\n{}", stage.log());
         std::thread::sleep(Duration::from_millis(100));
     }
