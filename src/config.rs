@@ -630,8 +630,10 @@ impl Default for StageConfig {
 pub struct EnrichSettings {
     pub max_message_bytes: usize,
     pub max_metadata_depth: usize,
-    /// MaxMind-format database (GeoLite2-City or a compatible one). No file, no geolocation.
+    /// MaxMind-format City databases (a file or a directory of them). None, no geolocation.
     pub geoip_db: Option<PathBuf>,
+    /// ASN data (`.mmdb` or `.csv`, a file or a directory). None, no autonomous systems.
+    pub asn_db: Option<PathBuf>,
     pub compliance: ComplianceConfig,
 }
 
@@ -642,6 +644,7 @@ impl Default for EnrichSettings {
             max_message_bytes: d.max_message_bytes,
             max_metadata_depth: d.max_metadata_depth,
             geoip_db: d.geoip_db,
+            asn_db: d.asn_db,
             compliance: d.compliance,
         }
     }
@@ -653,6 +656,7 @@ impl EnrichSettings {
             max_message_bytes: self.max_message_bytes,
             max_metadata_depth: self.max_metadata_depth,
             geoip_db: self.geoip_db.clone(),
+            asn_db: self.asn_db.clone(),
             compliance: self.compliance.clone(),
         }
     }
@@ -819,6 +823,9 @@ impl Config {
         if let Some(v) = env.get("AUDITFLOW_GEOIP_DB") {
             self.enrich.geoip_db = if v.trim().is_empty() { None } else { Some(PathBuf::from(v)) };
         }
+        if let Some(v) = env.get("AUDITFLOW_ASN_DB") {
+            self.enrich.asn_db = if v.trim().is_empty() { None } else { Some(PathBuf::from(v)) };
+        }
         set(env, "AUDITFLOW_COMPLIANCE_GDPR", &mut self.enrich.compliance.gdpr.enabled)?;
         set(env, "AUDITFLOW_COMPLIANCE_SOX", &mut self.enrich.compliance.sox.enabled)?;
         set(env, "AUDITFLOW_COMPLIANCE_HIPAA", &mut self.enrich.compliance.hipaa.enabled)?;
@@ -919,9 +926,11 @@ impl Config {
         if self.enrich.max_metadata_depth == 0 {
             return Err(ConfigError::new("AUDITFLOW_MAX_METADATA_DEPTH", "must be at least 1"));
         }
-        if let Some(path) = &self.enrich.geoip_db {
-            if !path.is_file() {
-                return Err(ConfigError::new("AUDITFLOW_GEOIP_DB", format!("no such file: {}", path.display())));
+        for (setting, path) in [("AUDITFLOW_GEOIP_DB", &self.enrich.geoip_db), ("AUDITFLOW_ASN_DB", &self.enrich.asn_db)] {
+            if let Some(path) = path {
+                if !path.exists() {
+                    return Err(ConfigError::new(setting, format!("no such file or directory: {}", path.display())));
+                }
             }
         }
         if let Some(k) = &self.privacy.master_key {

@@ -42,6 +42,14 @@ use crate::event::Location;
 /// `location.longitude`).
 pub type CityRecord = Location;
 
+/// What one network of the database holds.
+#[derive(Debug, Clone)]
+enum Record {
+    City(CityRecord),
+    /// An autonomous system: number and organisation (GeoLite2-ASN's fields).
+    Asn(u32, String),
+}
+
 const METADATA_MARKER: &[u8] = b"\xAB\xCD\xEFMaxMind.com";
 const SEPARATOR_LEN: usize = 16;
 
@@ -49,8 +57,10 @@ const SEPARATOR_LEN: usize = 16;
 #[derive(Debug, Clone)]
 pub struct MmdbWriter {
     /// (network as a 128-bit IPv6 value, prefix length in the IPv6 tree, record)
-    entries: Vec<(u128, u32, CityRecord)>,
+    entries: Vec<(u128, u32, Record)>,
     database_type: String,
+    /// City records in ip-location-db's flat layout instead of MaxMind's.
+    flat: bool,
     build_epoch: u64,
     record_size: Option<u16>,
 }
@@ -70,6 +80,7 @@ impl MmdbWriter {
         MmdbWriter {
             entries: Vec::new(),
             database_type: "GeoLite2-City".into(),
+            flat: false,
             build_epoch: 0,
             record_size: None,
         }
@@ -79,6 +90,22 @@ impl MmdbWriter {
     pub fn database_type(mut self, t: &str) -> Self {
         self.database_type = t.to_owned();
         self
+    }
+
+    /// Writes city records in ip-location-db's flat layout (`country_code`, `state1`, `city`,
+    /// `latitude`, `longitude`; missing text as `""`), as its npm packages have them.
+    pub fn flat(mut self) -> Self {
+        self.flat = true;
+        self
+    }
+
+    /// Maps `cidr` to an autonomous system (for an ASN database).
+    pub fn insert_asn(&mut self, cidr: &str, number: u32, organization: &str) -> io::Result<&mut Self> {
+        self.insert(cidr, CityRecord::default())?;
+        if let Some(last) = self.entries.last_mut() {
+            last.2 = Record::Asn(number, organization.to_string());
+        }
+        Ok(self)
     }
 
     /// Sets `build_epoch` (default 0, so output is reproducible).
@@ -130,7 +157,7 @@ impl MmdbWriter {
             }
         };
         let mask = u128::MAX << (128 - len);
-        self.entries.push((bits & mask, len, record));
+        self.entries.push((bits & mask, len, Record::City(record)));
         Ok(self)
     }
 
@@ -143,7 +170,12 @@ impl MmdbWriter {
         let mut offsets = Vec::with_capacity(self.entries.len());
         for (_, _, rec) in &self.entries {
             offsets.push(data.len() as u64);
-            encode(&city_value(rec), &mut data);
+            let value = match rec {
+                Record::City(c) if self.flat => flat_value(c),
+                Record::City(c) => city_value(c),
+                Record::Asn(n, org) => V::Map(vec![("autonomous_system_number", V::U32(*n)), ("autonomous_system_organization", V::Str(org))]),
+            };
+            encode(&value, &mut data);
         }
 
         let max_value = node_count + SEPARATOR_LEN as u64 + data.len() as u64;
@@ -301,6 +333,21 @@ enum V<'a> {
 fn names(s: &Option<String>) -> Option<(&'static str, V<'_>)> {
     s.as_deref()
         .map(|n| ("names", V::Map(vec![("en", V::Str(n))])))
+}
+
+/// ip-location-db's layout: every key present, missing text as "".
+fn flat_value(rec: &CityRecord) -> V<'_> {
+    fn text(s: &Option<String>) -> V<'_> {
+        V::Str(s.as_deref().unwrap_or(""))
+    }
+    let mut top = vec![("country_code", text(&rec.country_code)), ("state1", text(&rec.region)), ("city", text(&rec.city))];
+    if let Some(lat) = rec.latitude {
+        top.push(("latitude", V::F64(lat)));
+    }
+    if let Some(lon) = rec.longitude {
+        top.push(("longitude", V::F64(lon)));
+    }
+    V::Map(top)
 }
 
 fn city_value(rec: &CityRecord) -> V<'_> {

@@ -23,6 +23,7 @@
 //! Type errors are told apart from syntax errors with `serde_json::Error::classify`: text that
 //! is not JSON is `InvalidJson`, well-formed JSON with a wrongly typed field is `InvalidField`.
 
+mod asn;
 mod compliance;
 mod geo;
 mod ip_facts;
@@ -41,6 +42,7 @@ use crate::event::{EnrichedEvent, RawEvent, SourcePosition};
 pub use compliance::{
     Compliance, ComplianceConfig, GdprConfig, HipaaConfig, MatchField, PciConfig, SoxConfig,
 };
+pub use asn::AsnDb;
 pub use geo::GeoDb;
 pub use ip_facts::{ip_facts, parse_ip};
 pub use validate::{
@@ -58,8 +60,11 @@ pub struct EnrichConfig {
     pub max_message_bytes: usize,
     /// Deepest metadata nesting accepted; the metadata object itself is depth 1. Default 8.
     pub max_metadata_depth: usize,
-    /// A MaxMind City database (`.mmdb`); without one, events get no location.
+    /// A City database (`.mmdb`), or a directory of them; without one, events get no location.
     pub geoip_db: Option<PathBuf>,
+    /// An ASN database (`.mmdb`) or range table (`.csv`), or a directory of them; without one,
+    /// events get no autonomous system.
+    pub asn_db: Option<PathBuf>,
     pub compliance: ComplianceConfig,
 }
 
@@ -69,6 +74,7 @@ impl Default for EnrichConfig {
             max_message_bytes: 1024 * 1024,
             max_metadata_depth: 8,
             geoip_db: None,
+            asn_db: None,
             compliance: ComplianceConfig::default(),
         }
     }
@@ -105,6 +111,7 @@ pub struct Enricher {
     max_message_bytes: usize,
     limits: Limits,
     geo: Option<GeoDb>,
+    asn: Option<AsnDb>,
     compliance: Compliance,
 }
 
@@ -166,16 +173,15 @@ impl Enricher {
     pub fn new(config: &EnrichConfig) -> Result<Enricher, ConfigError> {
         let limits = config.check()?;
         let compliance = Compliance::new(&config.compliance)?;
-        let geo = match &config.geoip_db {
-            None => None,
-            Some(path) => Some(GeoDb::open(path)?),
-        };
+        let geo = config.geoip_db.as_deref().map(GeoDb::open).transpose()?;
+        let asn = config.asn_db.as_deref().map(AsnDb::open).transpose()?;
         // Derive the schema fingerprints now rather than on the first message.
         let _ = (codec::raw_schema(), codec::enriched_schema());
         Ok(Enricher {
             max_message_bytes: config.max_message_bytes,
             limits,
             geo,
+            asn,
             compliance,
         })
     }
@@ -183,6 +189,13 @@ impl Enricher {
     /// Whether a GeoIP database is loaded.
     pub fn has_geoip(&self) -> bool {
         self.geo.is_some()
+    }
+
+    /// When the geolocation (`geoip`) and autonomous-system (`asn`) data in use were made.
+    pub fn data_dates(&self) -> Vec<(&'static str, DateTime<Utc>)> {
+        let geo = self.geo.as_ref().and_then(GeoDb::built).map(|d| ("geoip", d));
+        let asn = self.asn.as_ref().and_then(AsnDb::built).map(|d| ("asn", d));
+        geo.into_iter().chain(asn).collect()
     }
 
     /// One raw message (JSON, or Avro single-object encoded with `schemas/audit_raw.avsc`) →
@@ -211,10 +224,11 @@ impl Enricher {
             Encoding::Avro => codec::decode_raw(payload)?,
         };
         let (mut ev, addr) = validate::normalize(raw, &self.limits, source, now)?;
-        if let (Some(geo), Some(addr), Some(facts)) = (&self.geo, addr, &ev.ip) {
-            // Private and special addresses have no meaningful location.
+        if let (Some(addr), Some(facts)) = (addr, &ev.ip) {
+            // Private and special addresses have no meaningful location or network.
             if facts.global {
-                ev.location = geo.lookup(addr);
+                ev.location = self.geo.as_ref().and_then(|g| g.lookup(addr));
+                ev.asn = self.asn.as_ref().and_then(|a| a.lookup(addr));
             }
         }
         ev.compliance = self.compliance.flags(&ev);

@@ -1063,36 +1063,79 @@ fn geolocation_end_to_end() {
 }
 
 #[test]
-fn real_geolite_database_when_present() {
-    // The stack scripts place the real database under the repository's `.stack/`; the
-    // variable lets a run point elsewhere. Absent both, there is nothing to check.
-    let path = std::env::var_os("AUDITFLOW_TEST_GEOIP_DB")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(".stack/geoip/GeoLite2-City.mmdb")
-        });
-    if !path.is_file() {
-        return;
-    }
-    let cfg = EnrichConfig {
-        geoip_db: Some(path),
+fn the_flat_layout_of_ip_location_db_in_two_files_of_a_directory() {
+    // ip-location-db ships IPv4 and IPv6 as two files with flat records; a city-less record is
+    // a country's centre, with no city.
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |cc: &str, region: &str, city: &str, lat: f64, lon: f64| CityRecord {
+        country_code: Some(cc.into()),
+        region: (!region.is_empty()).then(|| region.into()),
+        city: (!city.is_empty()).then(|| city.into()),
+        latitude: Some(lat),
+        longitude: Some(lon),
         ..Default::default()
     };
+    let mut v4 = MmdbWriter::new().flat().database_type("city ipv4").build_epoch(1_781_700_000);
+    v4.insert("81.2.69.0/24", rec("GB", "England", "Bracknell", 51.4036, -0.7618)).unwrap();
+    v4.insert("8.8.8.0/24", rec("US", "", "", 37.751, -97.822)).unwrap();
+    v4.write_to(dir.path().join("geolite2-city-ipv4.mmdb")).unwrap();
+    let mut v6 = MmdbWriter::new().flat().database_type("city ipv6").build_epoch(1_781_700_060);
+    v6.insert("2a00:1450::/32", rec("IE", "Leinster", "Dublin", 53.3382, -6.2591)).unwrap();
+    v6.write_to(dir.path().join("geolite2-city-ipv6.mmdb")).unwrap();
+    let mut asn = std::fs::File::create(dir.path().join("asn.csv")).unwrap();
+    std::io::Write::write_all(&mut asn, b"81.2.69.0,81.2.69.255,20712,Andrews & Arnold Ltd\n2a00:1450::,2a00:1450:ffff:ffff:ffff:ffff:ffff:ffff,15169,Google LLC\n").unwrap();
+    let cfg = EnrichConfig { geoip_db: Some(dir.path().to_path_buf()), asn_db: Some(dir.path().join("asn.csv")), ..Default::default() };
     let e = Enricher::new(&cfg).unwrap();
-    let loc = |ip: &str| {
-        e.enrich(&bytes(&with("ipAddress", json!(ip))), &src(1), now())
-            .unwrap()
-            .location
-    };
+    let ev = |ip: &str| e.enrich(&bytes(&with("ipAddress", json!(ip))), &src(1), now()).unwrap();
+    let gb = ev("81.2.69.142");
+    let loc = gb.location.unwrap();
+    assert_eq!((loc.country_code.as_deref(), loc.region.as_deref(), loc.city.as_deref()), (Some("GB"), Some("England"), Some("Bracknell")));
+    assert_eq!(loc.country, None, "the flat layout names no country");
+    assert!((loc.latitude.unwrap() - 51.4036).abs() < 1e-9);
+    assert_eq!(gb.asn, Some(crate::event::Asn { number: 20712, organization: Some("Andrews & Arnold Ltd".into()) }));
+    let us = ev("8.8.8.8").location.unwrap();
+    assert_eq!((us.country_code.as_deref(), us.city), (Some("US"), None), "empty text is no value");
+    let ie = ev("2a00:1450:4001::1");
+    assert_eq!(ie.location.unwrap().city.as_deref(), Some("Dublin"), "IPv6 from the IPv6 file");
+    assert_eq!(ie.asn.map(|a| a.number), Some(15169));
+    assert_eq!(ev("10.0.0.1").asn, None, "private addresses are not looked up");
+    // The data's dates: the oldest City file, and the CSV's modification time.
+    let dates = e.data_dates();
+    assert_eq!(dates[0], ("geoip", chrono::DateTime::from_timestamp(1_781_700_000, 0).unwrap()));
+    assert_eq!(dates[1].0, "asn");
+}
+
+#[test]
+fn real_geolocation_data_when_present() {
+    // `scripts/stack geoip` places current GeoLite2 City files (npm, ip-location-db's flat
+    // layout) and AS ranges under the repository's `.stack/`; the variables point elsewhere.
+    // The tests that depend on them run where they are; here, without them there is nothing to
+    // check.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join(".stack/geoip");
+    let city = std::env::var_os("AUDITFLOW_GEOIP_DB").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("city"));
+    let asn = std::env::var_os("AUDITFLOW_ASN_DB").map(std::path::PathBuf::from).unwrap_or_else(|| root.join("asn"));
+    if !city.exists() {
+        return;
+    }
+    let cfg = EnrichConfig { geoip_db: Some(city), asn_db: asn.exists().then_some(asn), ..Default::default() };
+    let e = Enricher::new(&cfg).unwrap();
+    let ev = |ip: &str| e.enrich(&bytes(&with("ipAddress", json!(ip))), &src(1), now()).unwrap();
+    let loc = |ip: &str| ev(ip).location;
     let us = loc("8.8.8.8").unwrap();
     assert_eq!(us.country_code.as_deref(), Some("US"));
-    assert_eq!(us.country.as_deref(), Some("United States"));
     assert!(us.latitude.is_some() && us.longitude.is_some());
     // MaxMind's own documented test address.
-    let gb = loc("81.2.69.142").unwrap();
-    assert_eq!(gb.country_code.as_deref(), Some("GB"));
+    assert_eq!(loc("81.2.69.142").unwrap().country_code.as_deref(), Some("GB"));
+    // A university network with a city-level record (the impossible-travel tests use these).
+    let tokyo = loc("133.11.1.1").unwrap();
+    assert_eq!((tokyo.country_code.as_deref(), tokyo.city.as_deref()), (Some("JP"), Some("Tokyo")));
     assert!(loc("2001:4860:4860::8888").is_some());
     assert_eq!(loc("10.0.0.1"), None);
+    if cfg.asn_db.is_some() {
+        assert_eq!(ev("8.8.8.8").asn.map(|a| a.number), Some(15169));
+        assert_eq!(ev("1.1.1.1").asn.and_then(|a| a.organization).as_deref(), Some("Cloudflare, Inc."));
+    }
+    assert!(e.data_dates().iter().any(|(d, _)| *d == "geoip"));
 }
 
 // --- validate_raw and output forms ------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 
 use crate::codec::encode_enriched;
 use crate::enrich::Enricher;
@@ -23,6 +23,32 @@ impl EnrichStage {
     pub fn new(enricher: Enricher, input_topic: String, output_topic: &str) -> EnrichStage {
         EnrichStage { enricher, input_topic, output_topic: Arc::from(output_topic) }
     }
+}
+
+/// Enrichment data older than this is stale: geolocations and network owners move.
+pub const STALE_DATA_DAYS: i64 = 90;
+
+/// Puts the dates of the enrichment data in use on `/metrics`
+/// (`auditflow_enrich_data_timestamp_seconds{data="geoip"|"asn"}`, for an alert on its age) and
+/// warns about data older than [`STALE_DATA_DAYS`]; returns the stale ones.
+pub fn report_data_dates(enricher: &Enricher, registry: &prometheus::Registry, now: DateTime<Utc>) -> prometheus::Result<Vec<&'static str>> {
+    let gauge = prometheus::GaugeVec::new(
+        prometheus::Opts::new("auditflow_enrich_data_timestamp_seconds", "When the enrichment data in use (geoip, asn) was made, Unix time"),
+        &["data"],
+    )?;
+    registry.register(Box::new(gauge.clone()))?;
+    let mut stale = Vec::new();
+    for (data, at) in enricher.data_dates() {
+        gauge.with_label_values(&[data]).set(at.timestamp() as f64);
+        let days = (now - at).num_days();
+        if days > STALE_DATA_DAYS {
+            tracing::warn!(data, made = %at.date_naive(), days, "enrichment data is older than {STALE_DATA_DAYS} days: fetch a current copy (scripts/stack geoip, or the image's)");
+            stale.push(data);
+        } else {
+            tracing::info!(data, made = %at.date_naive(), days, "enrichment data loaded");
+        }
+    }
+    Ok(stale)
 }
 
 /// Partition key downstream: who did it, so per-subject windows see events in order.
@@ -64,5 +90,26 @@ impl MessageTransform for EnrichStage {
             timestamp_ms: None,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::enrich::mmdb_writer::MmdbWriter;
+    use crate::enrich::EnrichConfig;
+
+    #[test]
+    fn the_data_dates_are_on_metrics_and_old_data_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = 1_781_700_000i64;
+        MmdbWriter::new().build_epoch(made as u64).write_to(dir.path().join("city.mmdb")).unwrap();
+        let enricher = Enricher::new(&EnrichConfig { geoip_db: Some(dir.path().to_path_buf()), ..Default::default() }).unwrap();
+        let at = |days: i64| DateTime::from_timestamp(made + days * 86_400, 0).unwrap();
+        let registry = prometheus::Registry::new();
+        assert!(report_data_dates(&enricher, &registry, at(30)).unwrap().is_empty());
+        let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather()).unwrap();
+        assert!(text.contains(&format!("auditflow_enrich_data_timestamp_seconds{{data=\"geoip\"}} {made}")), "{text}");
+        assert_eq!(report_data_dates(&enricher, &prometheus::Registry::new(), at(STALE_DATA_DAYS + 1)).unwrap(), ["geoip"]);
     }
 }
