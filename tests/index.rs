@@ -369,3 +369,26 @@ async fn retention_drops_an_expired_months_index_and_keeps_a_held_one() {
     assert_eq!(recorded, 100);
     assert_eq!(document_ids(&env).await.len(), 200);
 }
+
+/// An index made by an earlier template (no `asn` in its strict mapping) takes documents with
+/// the new field once the stage has put its template: the fields are added to existing indices'
+/// mappings, so an upgrade dead-letters nothing until next month's index.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_field_added_to_the_template_reaches_the_existing_indices() {
+    let _one = OPENSEARCH.lock().await;
+    let env = TestEnv::new("index_upgrade", 1).await;
+    let c = client(&env);
+    let settings = env.config().index;
+    let index = settings.index_for(chrono::Utc::now());
+    let mut old = auditflow::index::template(&settings)["template"]["mappings"].clone();
+    old["properties"].as_object_mut().expect("properties").remove("asn");
+    c.send_json(reqwest::Method::PUT, &index, &json!({"mappings": old, "settings": {"number_of_replicas": 0}})).await.expect("old index");
+    let doc = json!({"id": "e1", "timestamp": "2026-12-07T10:00:00.000Z", "action": "login", "resource": "auth", "asn": {"number": 15169, "organization": "Google LLC"}});
+    let refused = c.send_json(reqwest::Method::PUT, &format!("{index}/_create/e1"), &doc).await;
+    assert!(refused.is_err(), "the old strict mapping refuses asn");
+    c.put_template(&settings).await.expect("template and mappings");
+    c.send_json(reqwest::Method::PUT, &format!("{index}/_create/e1?refresh=true"), &doc).await.expect("accepted now");
+    let mapping = c.get(&format!("{index}/_mapping")).await.expect("mapping");
+    assert_eq!(mapping[&index]["mappings"]["properties"]["asn"]["properties"]["number"]["type"], "long");
+    let _ = c.delete_index(&index).await;
+}

@@ -175,6 +175,8 @@ pub fn document(ev: &EnrichedEvent, key: &SecretKey, personal: &[PersonalField])
     put("errorMessage", ev.error_message.clone().map(Value::from));
     put("durationMs", ev.duration_ms.map(Value::from));
     put("ipFacts", ev.ip.as_ref().map(|f| json!({"version": f.version, "private": f.private, "global": f.global})));
+    // The network operator of an address is not personal on its own (many share it).
+    put("asn", ev.asn.as_ref().map(|a| json!({"number": a.number, "organization": a.organization})));
     // The same pseudonyms as PostgreSQL's: searching for a user computes the pseudonym.
     put("userPseudonym", ev.user_id.as_deref().map(|u| Value::from(privacy::pseudonym(key, SubjectKind::User, u))));
     if let Some(ip) = ev.ip_address.as_deref() {
@@ -231,6 +233,7 @@ pub fn template(settings: &IndexSettings) -> Value {
         ("compliance", object(vec![("gdpr", t("boolean")), ("sox", t("boolean")), ("hipaa", t("boolean")), ("pci", t("boolean"))])),
         ("source", object(vec![("topic", kw()), ("partition", t("integer")), ("offset", t("long"))])),
         ("ipFacts", object(vec![("version", t("byte")), ("private", t("boolean")), ("global", t("boolean"))])),
+        ("asn", object(vec![("number", t("long")), ("organization", kw())])),
         ("subjectPseudonym", kw()), ("userPseudonym", kw()), ("ipPseudonym", kw()), ("networkPseudonym", kw()), ("sessionPseudonym", kw()),
         ("userId", kw()), ("sessionId", kw()), ("ipAddress", t("ip")), ("userAgent", t("text")),
         ("location", object(vec![("countryCode", kw()), ("country", kw()), ("region", kw()), ("city", kw()), ("point", t("geo_point"))])),
@@ -428,6 +431,25 @@ mod tests {
         // Not personal by configuration: searchable in clear.
         let doc = document(&event(), &key, &[]);
         assert_eq!((doc["userId"].as_str(), doc["ipAddress"].as_str()), (Some("alice"), Some("203.0.113.7")));
+    }
+
+    #[test]
+    fn every_field_of_a_full_document_is_in_the_strict_template() {
+        let mut ev = event();
+        ev.ip = Some(crate::enrich::ip_facts("203.0.113.7".parse().unwrap()));
+        ev.location = Some(crate::event::Location { country_code: Some("GB".into()), city: Some("London".into()), latitude: Some(51.5), longitude: Some(-0.1), ..Default::default() });
+        ev.asn = Some(crate::event::Asn { number: 786, organization: Some("Jisc Services Limited".into()) });
+        let doc = document(&ev, &SecretKey([9; 32]), &[]);
+        let props = template(&IndexSettings::default())["template"]["mappings"]["properties"].clone();
+        for (k, v) in doc.as_object().unwrap() {
+            assert!(props.get(k).is_some(), "{k} is not in the template");
+            if let Some(inner) = v.as_object() {
+                for ik in inner.keys() {
+                    assert!(props[k]["properties"].get(ik).is_some(), "{k}.{ik} is not in the template");
+                }
+            }
+        }
+        assert_eq!(doc["asn"]["number"], 786);
     }
 
     #[test]
