@@ -87,6 +87,33 @@ impl Disclosure {
         }
     }
 
+    /// What a detection reports besides the event: the ends of an impossible travel (places
+    /// and coordinates are locations; their country codes follow the `country_code` group
+    /// rule) and the value a first sighting is about (the rule of its field).
+    fn detail(&self, d: &mut serde_json::Map<String, Value>) {
+        let Disclosure::Pseudonymous { personal, .. } = self else { return };
+        for end in ["from", "to"] {
+            let Some(Value::Object(e)) = d.get_mut(end) else { continue };
+            if personal.contains(&PersonalField::Location) {
+                for k in ["place", "latitude", "longitude"] {
+                    e.remove(k);
+                }
+            }
+            if let Some(cc) = e.get("countryCode").and_then(Value::as_str).map(str::to_string) {
+                let mut g = BTreeMap::from([("country_code".to_string(), cc)]);
+                self.group_key(&mut g);
+                e.insert("countryCode".into(), Value::String(g.remove("country_code").unwrap_or_default()));
+            }
+        }
+        if let (Some(field), Some(value)) = (d.get("field").and_then(Value::as_str), d.get("value").and_then(Value::as_str)) {
+            let mut g = BTreeMap::from([(field.to_string(), value.to_string())]);
+            self.group_key(&mut g);
+            if let Some(v) = g.into_values().next() {
+                d.insert("value".into(), Value::String(v));
+            }
+        }
+    }
+
     /// The record as it may leave auditflow.
     pub fn apply(&self, record: &mut AlertRecord) {
         let Disclosure::Pseudonymous { key, personal, .. } = self else { return };
@@ -99,6 +126,9 @@ impl Disclosure {
             for (k, v) in map {
                 g.insert(k, Value::String(v));
             }
+        }
+        if let Some(Value::Object(d)) = trigger.get_mut("detail") {
+            self.detail(d);
         }
         if let Some(Value::Object(ev)) = trigger.get_mut("event") {
             for (name, pf, kind) in EVENT_FIELDS {
@@ -170,6 +200,45 @@ mod tests {
         let text = format!("{}{}{}{}", n.subject, n.plain_text(), n.html(), n.slack_payload());
         assert!(!text.contains("alice") && !text.contains("203.0.113.9"), "{text}");
         assert!(text.contains(&alice));
+    }
+
+    /// An impossible-travel match of alice's, New York to Tokyo, with her network.
+    fn travel_record() -> AlertRecord {
+        let mut ev = event("alice", "login", true);
+        ev.id = "evt-2".into();
+        ev.asn = Some(crate::event::Asn { number: 2501, organization: Some("The University of Tokyo".into()) });
+        let mut m = rule_match("impossible-travel", Severity::High, RuleAction::Alert, ev);
+        m.tags = vec!["attack.initial_access".into(), "attack.t1078".into()];
+        m.detail = Some(serde_json::json!({
+            "from": {"eventId": "ny", "time": 1_796_600_000_000i64, "countryCode": "US", "place": "New York, NY, US", "latitude": 40.8123, "longitude": -73.9682},
+            "to": {"eventId": "tokyo", "time": 1_796_603_600_000i64, "countryCode": "JP", "place": "Tokyo, JP", "latitude": 35.6837, "longitude": 139.6805},
+            "distanceKm": 10841, "minutes": 60, "speedKmh": 10841,
+        }));
+        record_for(&m)
+    }
+
+    #[test]
+    fn an_impossible_travel_says_where_and_when_as_far_as_privacy_allows() {
+        // Locations in the clear (not personal here): both places and times, distance, speed,
+        // the ATT&CK technique and the network.
+        let mut r = travel_record();
+        Disclosure::pseudonymous(key(), &[PersonalField::UserId], &[]).apply(&mut r);
+        let text = Notice::new(r, 2000).plain_text();
+        for shown in ["Travelled from: New York, NY, US at 2026-12-06T23:33:20.000Z", "Travelled to: Tokyo, JP at 2026-12-07T00:33:20.000Z", "10841 km in 60 min: 10841 km/h", "MITRE ATT&CK: T1078", "Network: AS2501 The University of Tokyo"] {
+            assert!(text.contains(shown), "{shown} in {text}");
+        }
+        // The defaults: locations are personal, country codes may leave: countries only.
+        let mut r = travel_record();
+        let defaults = crate::alert::settings::AlertSettings::default();
+        Disclosure::pseudonymous(key(), &PersonalField::ALL, &defaults.clear_group_fields).apply(&mut r);
+        let text = Notice::new(r.clone(), 2000).plain_text();
+        assert!(text.contains("Travelled from: US at") && text.contains("Travelled to: JP at"), "{text}");
+        assert!(!text.contains("New York") && !text.contains("40.81") && !text.contains("alice"), "{text}");
+        // Without country codes allowed out, not even those.
+        let mut r = travel_record();
+        Disclosure::pseudonymous(key(), &PersonalField::ALL, &[]).apply(&mut r);
+        let cc = r.trigger["detail"]["from"]["countryCode"].as_str().unwrap().to_string();
+        assert!(cc.starts_with(PSEUDONYM_PREFIX), "{cc}");
     }
 
     #[test]

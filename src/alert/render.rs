@@ -58,6 +58,31 @@ pub fn truncate_chars(s: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
+/// What a detection found besides its window, as labelled lines: the two ends of an impossible
+/// travel (place, or country, and time) with distance and speed; the new value of a first
+/// sighting.
+fn detail_lines(d: &serde_json::Value) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let end = |e: &serde_json::Value| -> String {
+        let place = e["place"].as_str().filter(|p| !p.is_empty()).or(e["countryCode"].as_str()).unwrap_or("an unknown place");
+        let at = e["time"].as_i64().and_then(|t| DateTime::from_timestamp_millis(t)).map(|t| ts(&t)).unwrap_or_default();
+        format!("{place} at {at}")
+    };
+    if d.get("from").is_some() && d.get("to").is_some() {
+        out.push(("Travelled from", end(&d["from"])));
+        out.push(("Travelled to", end(&d["to"])));
+        out.push((
+            "Travel",
+            format!("{} km in {} min: {} km/h", d["distanceKm"], d["minutes"], d["speedKmh"]),
+        ));
+    }
+    if let Some(v) = d["value"].as_str() {
+        let field = d["field"].as_str().unwrap_or("value");
+        out.push(("First seen", format!("{field} {v}, after {} known before", d["knownValues"])));
+    }
+    out
+}
+
 /// At most `max` characters, the last being `…` when cut (for headers and titles).
 pub fn short(s: &str, max: usize) -> String {
     match s.char_indices().nth(max) {
@@ -210,6 +235,18 @@ impl Notice {
             fields.push(("Evidence events", line(&text)));
         }
         if let Ok(m) = serde_json::from_value::<RuleMatch>(record.trigger.clone()) {
+            let techniques = crate::rule_match::attack_techniques(&m.tags);
+            if !techniques.is_empty() {
+                fields.push(("MITRE ATT&CK", line(&techniques.join(", "))));
+            }
+            if !m.tags.is_empty() {
+                fields.push(("Tags", line(&m.tags.join(", "))));
+            }
+            if let Some(d) = &m.detail {
+                for (label, text) in detail_lines(d) {
+                    fields.push((label, line(&text)));
+                }
+            }
             if let Some(ev) = &m.event {
                 let mut push = |label: &'static str, v: Option<String>| {
                     if let Some(v) = v {
@@ -224,6 +261,13 @@ impl Notice {
                 push("User", ev.user_id.clone());
                 push("Session", ev.session_id.clone());
                 push("IP address", ev.ip_address.clone());
+                push(
+                    "Network",
+                    ev.asn.as_ref().map(|a| match &a.organization {
+                        Some(org) => format!("AS{} {org}", a.number),
+                        None => format!("AS{}", a.number),
+                    }),
+                );
                 push(
                     "Location",
                     ev.location.as_ref().filter(|l| !l.is_empty()).map(|l| {

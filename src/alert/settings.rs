@@ -64,8 +64,10 @@ pub struct AlertSettings {
     /// `AUDITFLOW_ALERT_INCLUDE_PERSONAL_FIELDS`.
     pub include_personal_fields: bool,
     /// Group-key fields shown in the clear even when they come from a personal field (e.g.
-    /// `metadata.service`, which names a service, not a person).
-    /// `AUDITFLOW_ALERT_CLEAR_GROUP_FIELDS=metadata.service,…`.
+    /// `metadata.service`, which names a service, not a person; `country_code`, which an
+    /// impossible travel or a first sighting of a country is about, coarse enough to name no
+    /// one). The same rule applies to the values these detections report.
+    /// `AUDITFLOW_ALERT_CLEAR_GROUP_FIELDS=metadata.service,country_code,…`.
     pub clear_group_fields: Vec<String>,
     pub retry: RetryConfig,
     pub email: EmailConfig,
@@ -88,7 +90,7 @@ impl Default for AlertSettings {
             match_retention_hours: 8 * 24,
             allow_insecure_http: false,
             include_personal_fields: false,
-            clear_group_fields: vec!["metadata.service".into()],
+            clear_group_fields: vec!["metadata.service".into(), "country_code".into()],
             retry: RetryConfig::default(),
             email: EmailConfig::default(),
             slack: SlackConfig::default(),

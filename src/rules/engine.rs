@@ -323,16 +323,17 @@ impl RulesEngine {
                         continue;
                     }
                     Stateful::Travel { max_speed_kmh, within_ms, min_distance_km, .. } => {
-                        let mut parts = value.splitn(3, '|');
-                        let (latitude, longitude, place) =
-                            (parts.next().unwrap_or_default(), parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+                        let mut parts = value.splitn(4, '|');
+                        let mut next = || parts.next().unwrap_or_default().to_string();
+                        let (latitude, longitude, country, place) = (next(), next(), next(), next());
                         WindowOp::Travel {
                             key,
                             event_id,
                             time_ms: t,
-                            latitude: latitude.to_string(),
-                            longitude: longitude.to_string(),
-                            place: place.to_string(),
+                            latitude,
+                            longitude,
+                            country,
+                            place,
                             within_ms: *within_ms,
                             max_speed_kmh: *max_speed_kmh,
                             min_distance_km: *min_distance_km,
@@ -509,7 +510,7 @@ fn aggregate_retention_ms(period_ms: i64, lateness_ms: i64) -> i64 {
     2 * period_ms + lateness_ms + 24 * 3_600_000
 }
 
-/// `lat|lon|place` of an event a travel rule can place: a global address with a city-level
+/// `lat|lon|country|place` of an event a travel rule can place: a global address with a city-level
 /// location (a country-level one is the country's centre, no place at all), outside the rule's
 /// ignored networks.
 fn located(ev: &EnrichedEvent, ip: Option<IpAddr>, ignore: &[super::fields::Cidr]) -> Option<String> {
@@ -521,7 +522,8 @@ fn located(ev: &EnrichedEvent, ip: Option<IpAddr>, ignore: &[super::fields::Cidr
     let (lat, lon) = (l.latitude?, l.longitude?);
     let city = l.city.as_deref().filter(|c| !c.is_empty())?;
     let place: Vec<&str> = [Some(city), l.region.as_deref(), l.country_code.as_deref()].into_iter().flatten().filter(|p| !p.is_empty()).collect();
-    Some(format!("{lat:.4}|{lon:.4}|{}", place.join(", ")))
+    let country: String = l.country_code.as_deref().unwrap_or("").chars().filter(|c| *c != '|').collect();
+    Some(format!("{lat:.4}|{lon:.4}|{country}|{}", place.join(", ")))
 }
 
 /// `field=value` pairs joined by `&`, values escaped, in `group_by` order: the group's name in
@@ -603,7 +605,10 @@ fn stateful_match(rule: &CompiledRule, ev: &EnrichedEvent, at: i64, map: BTreeMa
         Stateful::Sequence { within_ms, .. } => *within_ms,
         _ => f.end_ms - f.start_ms,
     };
-    let detail = f.detail.clone();
+    let mut detail = f.detail.clone();
+    if let (Stateful::FirstSeen { field, .. }, Some(serde_json::Value::Object(d))) = (&rule.state, detail.as_mut()) {
+        d.insert("field".into(), serde_json::Value::String(field.0.clone()));
+    }
     let mut m = base_match(rule, &ev.id, millis(at));
     m.group_key = map;
     m.window = Some(WindowFigures {

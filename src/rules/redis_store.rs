@@ -12,7 +12,7 @@
 //! | `P w:{rule\|group}:dv`, `:di` | zset, hash | distinct count: value → newest time, value → its event id |
 //! | `P w:{rule\|group}:s1` … `:sN`, `:used` | zsets | sequence: step events, events used by a fired chain |
 //! | `P w:{rule\|group}:fz`, `:fh` | zset, hash | firings: trigger id → window end, trigger id → figures |
-//! | `P w:{rule\|group}:tp`, `:tl` | zset, hash | travel: located event id → time, → "lat\|lon\|place" |
+//! | `P w:{rule\|group}:tp`, `:tl` | zset, hash | travel: located event id → time, → "lat\|lon\|country\|place" |
 //! | `P w:{rule\|group}:fv`, `:fm` | hashes | first seen: value → last shown, `since` → first event time |
 //! | `P a:{rule}:seen`, `:reported` | zset, hash | absence: group → newest event time, group → silence reported |
 //! | `P a:{rule}:p:<group>\n<start>`, `P a:{rule}:open`, `:closed` | hash, zsets | aggregate: a period's member → event id; open and closed periods by end |
@@ -204,11 +204,16 @@ impl RedisWindowStore {
             .set_connection_timeout(Some(timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(transient)?;
+        let mut conn = client.get_connection_manager_with_config(config).await.map_err(transient)?;
+        // Loaded up front: a Redis that knows some scripts but not others (an upgrade changed
+        // one) would otherwise run a pipeline's first operations before the unknown script
+        // stops it, and answer them again, with later events counted, on the retry.
+        let scripts = Arc::new(Scripts::new());
+        load_scripts(&mut conn, &scripts).await?;
         Ok(RedisWindowStore {
             conn,
             handle: tokio::runtime::Handle::current(),
-            scripts: Arc::new(Scripts::new()),
+            scripts,
             prefix: prefix.to_string(),
             timeout,
             last: None,
@@ -325,7 +330,7 @@ impl RedisWindowStore {
                         .arg(k.rule(rule, "p:"))
                         .arg(EVIDENCE_CAP);
                 }
-                WindowOp::Travel { key, event_id, time_ms, latitude, longitude, place, within_ms, max_speed_kmh, min_distance_km, keep } => {
+                WindowOp::Travel { key, event_id, time_ms, latitude, longitude, country, place, within_ms, max_speed_kmh, min_distance_km, keep } => {
                     let WindowKey { rule, group } = key;
                     pipe.cmd("EVALSHA")
                         .arg(self.scripts.travel.get_hash())
@@ -338,6 +343,7 @@ impl RedisWindowStore {
                         .arg(time_ms)
                         .arg(latitude)
                         .arg(longitude)
+                        .arg(country)
                         .arg(place)
                         .arg(within_ms)
                         .arg(max_speed_kmh.to_string())

@@ -103,9 +103,11 @@ pub enum WindowOp {
         key: WindowKey,
         event_id: String,
         time_ms: i64,
-        /// Coordinates as the text they are compared in (4 decimals), and the place's name.
+        /// Coordinates as the text they are compared in (4 decimals), the country code and the
+        /// place's name.
         latitude: String,
         longitude: String,
+        country: String,
         place: String,
         within_ms: i64,
         max_speed_kmh: f64,
@@ -325,8 +327,8 @@ struct GroupState {
     steps: Vec<ZSet>,
     used: ZSet,
     fired: Fired,
-    /// travel: event id → (latitude, longitude, place)
-    points: HashMap<String, (String, String, String)>,
+    /// travel: event id → (latitude, longitude, country, place)
+    points: HashMap<String, (String, String, String, String)>,
     /// first seen: value → when it was last shown; and the group's first event time
     last_seen: HashMap<String, i64>,
     since: Option<i64>,
@@ -420,10 +422,11 @@ impl MemoryStore {
                 p.closed.trim_below(cutoff_ms - retention_ms);
                 WindowOutcome::Periods(out)
             }
-            WindowOp::Travel { key, event_id, time_ms, latitude, longitude, place, within_ms, max_speed_kmh, min_distance_km, keep } => {
+            WindowOp::Travel { key, event_id, time_ms, latitude, longitude, country, place, within_ms, max_speed_kmh, min_distance_km, keep } => {
                 let g = self.groups.entry(key.clone()).or_default();
                 let limits = TravelLimits { within: *within_ms, max_speed: *max_speed_kmh, min_km: *min_distance_km, keep: *keep as usize };
-                travel(g, event_id, *time_ms, (latitude, longitude, place), limits)
+                let at = (latitude.clone(), longitude.clone(), country.clone(), place.clone());
+                travel(g, event_id, *time_ms, at, limits)
             }
             WindowOp::FirstSeen { key, event_id, time_ms, value, learning_ms, forget_ms } => {
                 let g = self.groups.entry(key.clone()).or_default();
@@ -768,18 +771,21 @@ struct TravelLimits {
     keep: usize,
 }
 
+/// A located event: latitude, longitude (as compared), country code, place.
+type Point = (String, String, String, String);
+
 /// One end of a journey, for the figures.
-fn travel_end(id: &str, t: i64, p: &(String, String, String)) -> serde_json::Value {
+fn travel_end(id: &str, t: i64, p: &Point) -> serde_json::Value {
     let num = |s: &str| s.parse::<f64>().map(serde_json::Value::from).unwrap_or(serde_json::Value::Null);
-    serde_json::json!({"eventId": id, "time": t, "place": p.2, "latitude": num(&p.0), "longitude": num(&p.1)})
+    serde_json::json!({"eventId": id, "time": t, "countryCode": p.2, "place": p.3, "latitude": num(&p.0), "longitude": num(&p.1)})
 }
 
-fn travel(g: &mut GroupState, id: &str, t: i64, at: (&String, &String, &String), l: TravelLimits) -> WindowOutcome {
+fn travel(g: &mut GroupState, id: &str, t: i64, at: Point, l: TravelLimits) -> WindowOutcome {
     if let Some(f) = g.fired.figures.get(id) {
         return WindowOutcome::Fired { firing: f.clone(), replayed: true };
     }
     g.events.add(id, t);
-    g.points.insert(id.to_string(), (at.0.clone(), at.1.clone(), at.2.clone()));
+    g.points.insert(id.to_string(), at);
     let newest = g.events.max_score().unwrap_or(t);
     let floor = newest - 2 * l.within;
     let mut gone = g.events.trim_below(floor);
@@ -798,7 +804,7 @@ fn travel(g: &mut GroupState, id: &str, t: i64, at: (&String, &String, &String),
     let mut fastest = 0u64;
     for (s, other) in [before, after].into_iter().flatten() {
         let Some(there) = g.points.get(&other).cloned() else { continue };
-        let coords = |p: &(String, String, String)| (p.0.parse::<f64>().unwrap_or(0.0), p.1.parse::<f64>().unwrap_or(0.0));
+        let coords = |p: &Point| (p.0.parse::<f64>().unwrap_or(0.0), p.1.parse::<f64>().unwrap_or(0.0));
         let ((la1, lo1), (la2, lo2)) = (coords(&there), coords(&here));
         let km = distance_km(la1, lo1, la2, lo2);
         let ms = (t - s).abs();

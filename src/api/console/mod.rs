@@ -294,6 +294,28 @@ pub async fn alert_page(State(state): State<Arc<AppState>>, Extension(ctx): Exte
         let field = if live.contains(&k) { format!(r#" data-field="{k}""#) } else { String::new() };
         body.push_str(&format!(r#"<dt>{label}</dt><dd id="alert-{k}"{field}>{}</dd>"#, cell(&a[k])));
     }
+    // What the rule is about (ATT&CK) and what it found besides its window (a travel's ends, a
+    // first sighting's value), as the API's record of the triggering match says.
+    let tags: Vec<String> = a["trigger"]["tags"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(str::to_string)).collect();
+    let techniques = crate::rule_match::attack_techniques(&tags);
+    if !techniques.is_empty() {
+        body.push_str(&format!(r#"<dt>MITRE ATT&amp;CK</dt><dd id="alert-attack">{}</dd>"#, esc(&techniques.join(", "))));
+    }
+    let d = &a["trigger"]["detail"];
+    for (key, label) in [("from", "travelled from"), ("to", "travelled to")] {
+        if d[key].is_object() {
+            let e = &d[key];
+            let place = e["place"].as_str().filter(|p| !p.is_empty()).or(e["countryCode"].as_str()).unwrap_or("");
+            let at = e["time"].as_i64().and_then(chrono::DateTime::from_timestamp_millis).map(|t| t.to_rfc3339()).unwrap_or_default();
+            body.push_str(&format!(r#"<dt>{label}</dt><dd id="alert-travel-{key}">{} at {}</dd>"#, esc(place), esc(&at)));
+        }
+    }
+    if d["speedKmh"].is_number() {
+        body.push_str(&format!("<dt>travel</dt><dd>{} km in {} min: {} km/h</dd>", cell(&d["distanceKm"]), cell(&d["minutes"]), cell(&d["speedKmh"])));
+    }
+    if d["value"].is_string() {
+        body.push_str(&format!(r#"<dt>first seen</dt><dd id="alert-first-seen">{} {}</dd>"#, cell(&d["field"]), cell(&d["value"])));
+    }
     body.push_str("</dl><h2>Evidence</h2><table><thead><tr><th>time</th><th>action</th><th>resource</th><th>classification</th><th>success</th></tr></thead><tbody>");
     for e in a["evidence"].as_array().into_iter().flatten() {
         body.push_str(&format!(

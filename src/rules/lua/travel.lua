@@ -1,6 +1,7 @@
--- KEYS: points (zset event id -> time), places (hash event id -> "lat|lon|place"), fired, figures
--- ARGV: event id, time, latitude, longitude, place, within, max speed (km/h), min distance (km),
---       keep, ttl
+-- KEYS: points (zset event id -> time), places (hash event id -> "lat|lon|country|place"), fired,
+--       figures
+-- ARGV: event id, time, latitude, longitude, country, place, within, max speed (km/h),
+--       min distance (km), keep, ttl
 --
 -- The event is compared with the group's nearest located event before and after it (within
 -- `within`); a pair further apart than `min distance` whose speed (at least one minute between
@@ -8,13 +9,13 @@
 -- in-memory store (store.rs), so both decide alike.
 local pts, places, fz, fh = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, t = ARGV[1], tonumber(ARGV[2])
-local within, maxspeed, minkm = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
-local keep, ttl = tonumber(ARGV[9]), ARGV[10]
+local within, maxspeed, minkm = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local keep, ttl = tonumber(ARGV[10]), ARGV[11]
 
 local fired_oldest, prior = firings(fz, fh, id)
 if prior then return {'replay', prior} end
 redis.call('ZADD', pts, ARGV[2], id)
-redis.call('HSET', places, id, ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5])
+redis.call('HSET', places, id, ARGV[3] .. '|' .. ARGV[4] .. '|' .. ARGV[5] .. '|' .. ARGV[6])
 local newest = newest_of(pts, t)
 local floor = newest - 2 * within
 local gone = redis.call('ZRANGEBYSCORE', pts, '-inf', '(' .. s(floor))
@@ -32,12 +33,12 @@ expire(ttl, pts, places)
 if fired_oldest ~= nil then expire(ttl, fz, fh) end
 
 local function parse(v)
-  local la, lo, pl = string.match(v, '^([^|]*)|([^|]*)|(.*)$')
-  return la, lo, pl
+  local la, lo, cc, pl = string.match(v, '^([^|]*)|([^|]*)|([^|]*)|(.*)$')
+  return la, lo, cc, pl
 end
 local here = redis.call('HGET', places, id)
 if not here then return {'count', '0'} end
-local hla, hlo, hpl = parse(here)
+local hla, hlo, hcc, hpl = parse(here)
 local function neighbour(xs)
   for i = 1, #xs / 2 do
     if xs[2 * i - 1] ~= id then return {xs[2 * i - 1], tonumber(xs[2 * i])} end
@@ -53,15 +54,15 @@ local function distance_km(lat1, lon1, lat2, lon2)
   return 2 * 6371.0088 * math.asin(math.min(math.sqrt(a), 1))
 end
 local function round(x) return math.floor(x + 0.5) end
-local function ending(eid, at, la, lo, pl)
-  return {eventId = eid, time = at, place = pl, latitude = tonumber(la), longitude = tonumber(lo)}
+local function ending(eid, at, la, lo, cc, pl)
+  return {eventId = eid, time = at, countryCode = cc, place = pl, latitude = tonumber(la), longitude = tonumber(lo)}
 end
 local fastest = 0
 for _, nb in ipairs({before or false, after or false}) do
   if nb then
     local there = redis.call('HGET', places, nb[1])
     if there then
-      local la, lo, pl = parse(there)
+      local la, lo, cc, pl = parse(there)
       local km = distance_km(tonumber(la), tonumber(lo), tonumber(hla), tonumber(hlo))
       local ms = math.abs(t - nb[2])
       local speed = km / (math.max(ms, 60000) / 3600000)
@@ -69,9 +70,9 @@ for _, nb in ipairs({before or false, after or false}) do
       if km >= minkm and speed > maxspeed then
         local from, to
         if nb[2] <= t then
-          from, to = ending(nb[1], nb[2], la, lo, pl), ending(id, t, hla, hlo, hpl)
+          from, to = ending(nb[1], nb[2], la, lo, cc, pl), ending(id, t, hla, hlo, hcc, hpl)
         else
-          from, to = ending(id, t, hla, hlo, hpl), ending(nb[1], nb[2], la, lo, pl)
+          from, to = ending(id, t, hla, hlo, hcc, hpl), ending(nb[1], nb[2], la, lo, cc, pl)
         end
         local fig = cjson.encode({
           s = math.min(t, nb[2]), e = math.max(t, nb[2]), o = round(speed), l = round(maxspeed),
