@@ -812,7 +812,10 @@ fn travel(g: &mut GroupState, id: &str, t: i64, at: Point, l: TravelLimits) -> W
         let hours = ms.max(60_000) as f64 / 3_600_000.0;
         let speed = km / hours;
         fastest = fastest.max(speed.round() as u64);
-        if km < l.min_km || speed <= l.max_speed {
+        // A pair fires once: seen again from its other end (a replay, or a late event), it is
+        // the journey already reported.
+        let reported = g.fired.figures.get(&other).is_some_and(|f| f.evidence.iter().any(|e| e == id));
+        if km < l.min_km || speed <= l.max_speed || reported {
             continue;
         }
         let (from, to) = if s <= t { (travel_end(&other, s, &there), travel_end(id, t, &here)) } else { (travel_end(id, t, &here), travel_end(&other, s, &there)) };

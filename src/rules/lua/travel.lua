@@ -5,7 +5,7 @@
 --
 -- The event is compared with the group's nearest located event before and after it (within
 -- `within`); a pair further apart than `min distance` whose speed (at least one minute between
--- them) is above `max speed` fires, with both ends in the figures. Same arithmetic as the
+-- them) is above `max speed` fires, with both ends in the figures, once. Same arithmetic as the
 -- in-memory store (store.rs), so both decide alike.
 local pts, places, fz, fh = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, t = ARGV[1], tonumber(ARGV[2])
@@ -67,7 +67,11 @@ for _, nb in ipairs({before or false, after or false}) do
       local ms = math.abs(t - nb[2])
       local speed = km / (math.max(ms, 60000) / 3600000)
       if round(speed) > fastest then fastest = round(speed) end
-      if km >= minkm and speed > maxspeed then
+      -- A pair fires once: seen again from its other end (a replay, a late event), it is the
+      -- journey already reported.
+      local other = redis.call('HGET', fh, nb[1])
+      local reported = other and string.find(other, '"' .. id .. '"', 1, true) ~= nil
+      if km >= minkm and speed > maxspeed and not reported then
         local from, to
         if nb[2] <= t then
           from, to = ending(nb[1], nb[2], la, lo, cc, pl), ending(id, t, hla, hlo, hcc, hpl)
