@@ -24,6 +24,7 @@ async fn a_small_benchmark_run_reconciles() {
         search_docs: 4000,
         search_repeat: 2,
         api_events: events,
+        pack_rounds: 1,
         ..BenchOptions::default()
     };
     let report = run(&opts).await.expect("benchmark runs");
@@ -83,7 +84,7 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(report.fleet.runs[0].produced, 2000);
     assert_eq!(report.fleet.runs[1].produced, 2000);
     assert!(report.fleet.alert_latency.measured, "{}", report.fleet.alert_latency.note);
-    assert_eq!(report.targets.len(), 14);
+    assert_eq!(report.targets.len(), 15);
     // Search latency over the documents it indexed, every typical query answered.
     let search = report.search.as_ref().expect("search phase ran");
     assert_eq!(search.docs, 4000);
@@ -103,4 +104,9 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(api.queries.len(), 6);
     assert!(api.queries.iter().all(|q| q.api.samples == 2 && q.direct.samples == 2), "{api:?}");
     assert!(report.targets.iter().filter(|t| t.name.starts_with("HTTP bulk ingest") || t.name.starts_with("API search")).all(|t| t.value.is_some()));
+    // The rules stage read every enriched event on both rule packs.
+    let packs = report.rule_packs.as_ref().expect("rule packs compared");
+    assert_eq!(packs.events, events);
+    assert_eq!((packs.native_events_per_sec.len(), packs.sigma_events_per_sec.len()), (1, 1));
+    assert!(packs.ratio.is_finite() && packs.ratio > 0.0, "{packs:?}");
 }

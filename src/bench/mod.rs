@@ -26,6 +26,7 @@ pub mod env;
 pub mod fleet;
 pub mod ledger;
 pub mod limits;
+pub mod packs;
 pub mod proc;
 pub mod produce;
 pub mod report;
@@ -82,7 +83,11 @@ pub struct BenchOptions {
     /// Events sent over HTTP (and straight to Kafka) in the API phase.
     #[arg(long, default_value_t = 100_000)]
     pub api_events: u64,
-    /// Phases to skip: limits, stages, fleet, search, api.
+    /// Rounds of the rule-pack comparison (the rules stage on the Sigma pack and on its native
+    /// form, alternately).
+    #[arg(long, default_value_t = 2)]
+    pub pack_rounds: usize,
+    /// Phases to skip: limits, stages, packs, fleet, search, api.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Extra environment for every stage process, e.g. AUDITFLOW_BATCH_MAX_MESSAGES=10000.
@@ -123,6 +128,7 @@ impl Default for BenchOptions {
             search_docs: 1_000_000,
             search_repeat: 50,
             api_events: 100_000,
+            pack_rounds: 2,
             skip: Vec::new(),
             stage_env: Vec::new(),
             wrap_stage: Vec::new(),
@@ -227,6 +233,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     let mut search_latency = None;
     let mut api_bench = None;
+    let mut rule_packs = None;
 
     let outcome: anyhow::Result<()> = async {
         // Stage-alone phase: audit-raw filled once; each stage then reads what the previous wrote.
@@ -364,6 +371,18 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
             }
         }
 
+        // The rules stage on the Sigma pack and on the same rules written natively, reading the
+        // audit-enriched the enrich stage filled above.
+        let enriched = stage_results.iter().find(|s| s.stage == "enrich").map(|s| s.events - s.dead_lettered);
+        let rules_dir = stage_env.iter().rev().find(|(k, _)| k == "AUDITFLOW_RULES_DIR").map(|(_, v)| PathBuf::from(v));
+        if let (false, Some(n), Some(dir), Some(spec)) = (skip("packs"), enriched, rules_dir, stages_run.iter().find(|s| s.name == "rules")) {
+            let r = tokio::task::block_in_place(|| packs::compare(&run_args, &stages_phase, &brokers, spec, &dir, n, opts.pack_rounds, &run_id));
+            match r {
+                Ok(c) => rule_packs = Some(c),
+                Err(e) => errors.push(format!("rule packs: {e:#}")),
+            }
+        }
+
         if let Some(p) = stage_results.iter().find(|s| s.stage == "persist") {
             let batch = p.batch.mean_messages.round().max(1.0) as usize;
             let cpu = Some(p.usage.cpu_seconds_per_million);
@@ -438,6 +457,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     targets.extend(report::search_targets(&stage_results, &fleet, &limits, search_latency.as_ref()));
     targets.push(report::ledger_target(ledger_evidence.as_ref()));
     targets.extend(report::api_targets(api_bench.as_ref()));
+    targets.push(report::packs_target(rule_packs.as_ref()));
     let machine = machine();
     let provisional = load_start[0] > 0.5;
     Ok(Report {
@@ -477,6 +497,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
         fleet,
         search: search_latency,
         api: api_bench,
+        rule_packs,
         targets,
         errors,
         cleanup_problems,

@@ -109,6 +109,8 @@ pub struct Report {
     pub search: Option<super::search::SearchLatency>,
     /// HTTP ingest and search through `audit-api`.
     pub api: Option<super::api::ApiBench>,
+    /// The rules stage on the Sigma pack against its native form.
+    pub rule_packs: Option<super::packs::PackComparison>,
     pub targets: Vec<Target>,
     /// Phases that failed (the rest of the report still stands).
     pub errors: Vec<String>,
@@ -127,6 +129,22 @@ fn target(name: &str, goal: &str, value: Option<f64>, ok: impl Fn(f64) -> bool, 
         },
         note,
     }
+}
+
+/// The rules stage on the Sigma pack: at least 0.9 of its throughput on the same rules written
+/// natively, same events, same run.
+pub fn packs_target(p: Option<&super::packs::PackComparison>) -> Target {
+    target(
+        "rules stage, Sigma pack vs native pack",
+        ">= 0.9 x",
+        p.map(|p| p.ratio),
+        |v| v >= 0.9,
+        p.map(|p| {
+            let list = |v: &[f64]| v.iter().map(|x| n(*x)).collect::<Vec<_>>().join(", ");
+            format!("{} events; native {} ev/s, Sigma {} ev/s (rounds, median ratio)", p.events, list(&p.native_events_per_sec), list(&p.sigma_events_per_sec))
+        })
+        .unwrap_or_default(),
+    )
 }
 
 /// The ledger's outside evidence (trees, per-batch signatures) against persist's CPU.
