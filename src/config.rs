@@ -39,6 +39,8 @@ pub struct Config {
     pub index: crate::index::IndexSettings,
     /// `[api]`: the HTTP API (token verification).
     pub api: crate::api::ApiSettings,
+    /// `[trace]`: OpenTelemetry traces (OTLP endpoint, sampling).
+    pub trace: crate::trace::TraceSettings,
     pub log: LogConfig,
 }
 
@@ -692,6 +694,7 @@ pub const SECRET_SETTINGS: &[&str] = &[
     "AUDITFLOW_SMTP_PASSWORD",
     "AUDITFLOW_OPENSEARCH_USERNAME",
     "AUDITFLOW_OPENSEARCH_PASSWORD",
+    "AUDITFLOW_OTLP_HEADERS",
     "AUDITFLOW_WEBHOOK_URL",
     "AUDITFLOW_WEBHOOK_SECRET",
     "AUDITFLOW_SLACK_WEBHOOK_URL",
@@ -868,6 +871,7 @@ impl Config {
         self.rules.apply_env(env)?;
         self.index.apply_env(env)?;
         self.api.apply_env(env)?;
+        self.trace.apply_env(env)?;
         Ok(())
     }
 
@@ -954,6 +958,7 @@ impl Config {
         self.rules.validate()?;
         self.index.validate()?;
         self.api.validate()?;
+        self.trace.validate()?;
         Ok(())
     }
 
@@ -1023,6 +1028,10 @@ impl Config {
         }
         if stage == "rules" {
             lines.push(("redis", crate::redact::url_host(&self.redis.url).unwrap_or("?").to_string()));
+        }
+        match self.trace.otlp_endpoint.as_deref() {
+            Some(url) => lines.push(("traces", format!("to {}, {}% of new traces recorded", crate::redact::url(url), self.trace.sample_ratio * 100.0))),
+            None => lines.push(("traces", "off (no AUDITFLOW_OTLP_ENDPOINT); incoming trace context is passed on".into())),
         }
         if stage != "api" {
             lines.push((

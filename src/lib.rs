@@ -9,6 +9,7 @@
 //! - [`alert`]: alert policies, deduplication state, notification channels and their dispatcher.
 //! - [`config`], [`telemetry`], [`db`], [`redis_conn`], [`cli`]: configuration, logs/metrics/health,
 //!   database and Redis connections, and the `auditflow` operator command.
+//! - [`trace`]: OpenTelemetry traces — W3C context through Kafka, batch and event spans, OTLP export.
 //! - [`bench`]: the benchmark of every stage and the whole fleet (`auditflow-bench`).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -39,4 +40,5 @@ pub mod rules;
 pub mod runtime;
 pub mod stages;
 pub mod telemetry;
+pub mod trace;
 pub mod witness;

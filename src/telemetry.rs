@@ -18,19 +18,32 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogConfig;
 
-/// Set up `tracing`: human-readable text, or one JSON object per line.
+/// Set up `tracing`: human-readable text, or one JSON object per line (with the active
+/// trace's `trace_id` / `span_id`). When tracing is on ([`crate::trace::init`] ran first), this
+/// crate's spans are also OpenTelemetry spans.
 pub fn init_logging(config: &LogConfig) {
-    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Only auditflow's own spans become trace spans: libraries' internals stay local.
+    let otel = crate::trace::active().map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer().clone())
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target("auditflow", tracing::Level::INFO))
+    });
+    let registry = tracing_subscriber::registry().with(otel);
     // try_init: tests may set it up more than once.
     let _ = if config.format == "json" {
-        builder.json().flatten_event(true).with_current_span(false).try_init()
+        let json = tracing_subscriber::fmt::layer()
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(crate::trace::log::WithTraceIds(
+                tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false),
+            ))
+            .with_writer(std::io::stderr);
+        registry.with(json.with_filter(filter)).try_init()
     } else {
-        builder.try_init()
+        let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
+        registry.with(text.with_filter(filter)).try_init()
     };
 }
 

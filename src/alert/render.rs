@@ -65,7 +65,7 @@ fn detail_lines(d: &serde_json::Value) -> Vec<(&'static str, String)> {
     let mut out = Vec::new();
     let end = |e: &serde_json::Value| -> String {
         let place = e["place"].as_str().filter(|p| !p.is_empty()).or(e["countryCode"].as_str()).unwrap_or("an unknown place");
-        let at = e["time"].as_i64().and_then(|t| DateTime::from_timestamp_millis(t)).map(|t| ts(&t)).unwrap_or_default();
+        let at = e["time"].as_i64().and_then(DateTime::from_timestamp_millis).map(|t| ts(&t)).unwrap_or_default();
         format!("{place} at {at}")
     };
     if d.get("from").is_some() && d.get("to").is_some() {
@@ -169,6 +169,10 @@ pub struct AlertRecord {
     pub trigger: serde_json::Value,
     pub created_at: DateTime<Utc>,
     pub dispatched_at: DateTime<Utc>,
+    /// The trace of the event that triggered the alert (32 hex digits), when it had one: look
+    /// it up in the trace backend to see every hop it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 pub const RECORD_SCHEMA_VERSION: u32 = 1;
@@ -307,7 +311,15 @@ impl Notice {
             s.push_str("\r\n");
         }
         s.push_str("\r\nPlease investigate. Later repeats inside the window are counted into this alert, not sent again.\r\n");
+        if let Some(trace) = self.trace_id() {
+            s.push_str(&format!("\r\n--\r\nTrace: {trace} (the triggering event's path through the pipeline, in the trace backend)\r\n"));
+        }
         s
+    }
+
+    /// The triggering event's trace id, checked to be one (it is shown as is).
+    pub fn trace_id(&self) -> Option<&str> {
+        self.record.trace_id.as_deref().filter(|t| crate::trace::context::parse_trace_id(t).is_some())
     }
 
     pub fn html(&self) -> String {
@@ -333,7 +345,14 @@ impl Notice {
                 escape_html(value)
             ));
         }
-        s.push_str("</table>\n<p>Please investigate. Later repeats inside the window are counted into this alert, not sent again.</p>\n</body></html>\n");
+        s.push_str("</table>\n<p>Please investigate. Later repeats inside the window are counted into this alert, not sent again.</p>\n");
+        if let Some(trace) = self.trace_id() {
+            s.push_str(&format!(
+                "<p style=\"color: #757575; font-size: small;\">Trace: <code>{}</code> (the triggering event's path through the pipeline, in the trace backend)</p>\n",
+                escape_html(trace)
+            ));
+        }
+        s.push_str("</body></html>\n");
         s
     }
 
@@ -343,6 +362,9 @@ impl Notice {
         for (label, value) in &self.fields {
             // Slack rejects very long messages: fields are already cut; keep the whole short.
             text.push_str(&format!("*{}:* {}\n", escape_slack(label), escape_slack(&clean_line(value, 300))));
+        }
+        if let Some(trace) = self.trace_id() {
+            text.push_str(&format!("_Trace: {}_\n", escape_slack(trace)));
         }
         serde_json::json!({ "text": text })
     }
@@ -379,7 +401,25 @@ pub(crate) mod tests {
             trigger: truncate_json(&serde_json::to_value(m).unwrap(), RECORD_MAX_STRING),
             created_at: t,
             dispatched_at: t,
+            trace_id: None,
         }
+    }
+
+    #[test]
+    fn the_triggering_events_trace_is_named_in_every_channel_and_only_a_real_id() {
+        let m = rule_match("r", Severity::High, RuleAction::Alert, event("u", "login", false));
+        let mut r = record_for(&m);
+        r.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+        let n = Notice::new(r.clone(), 2000);
+        assert!(n.plain_text().contains("\r\n--\r\nTrace: 4bf92f3577b34da6a3ce929d0e0e4736"), "{}", n.plain_text());
+        assert!(n.html().contains("Trace: <code>4bf92f3577b34da6a3ce929d0e0e4736</code>"));
+        assert!(n.slack_payload()["text"].as_str().unwrap().contains("Trace: 4bf92f3577b34da6a3ce929d0e0e4736"));
+        assert_eq!(serde_json::to_value(&r).unwrap()["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736", "the record and webhook body");
+        r.trace_id = Some("<b>not an id</b>".into());
+        let n = Notice::new(r.clone(), 2000);
+        assert!(!n.html().contains("Trace:") && !n.plain_text().contains("Trace:"));
+        r.trace_id = None;
+        assert!(serde_json::to_value(&r).unwrap().get("traceId").is_none());
     }
 
     #[test]

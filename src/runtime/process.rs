@@ -16,6 +16,8 @@ pub struct StageProcess {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
     pub shutdown: Shutdown,
+    /// Sends the spans still queued when the process ends (dropped last, in `main`).
+    pub traces: crate::trace::FlushOnDrop,
 }
 
 /// Parse a stage binary's command line (`--config FILE`, `--help`, `--version`) and [`start`].
@@ -40,8 +42,10 @@ pub async fn start_from_args(binary: &'static str, about: &'static str) -> anyho
 pub async fn start(stage: &str, config_file: Option<PathBuf>) -> anyhow::Result<StageProcess> {
     limit_malloc_arenas();
     let config = Config::load(config_file)?;
-    telemetry::init_logging(&config.log);
     let metrics = Metrics::new();
+    // Before logging: log lines carry trace ids, and this crate's spans are exported.
+    crate::trace::init(&config.trace, service_name(stage), stage_label(stage), &config.instance_id(), &metrics.registry)?;
+    telemetry::init_logging(&config.log);
     let health = Health::new();
     telemetry::serve_http(
         &config.http.listen,
@@ -55,7 +59,27 @@ pub async fn start(stage: &str, config_file: Option<PathBuf>) -> anyhow::Result<
     for (key, value) in config.summary(stage) {
         tracing::info!(stage, "starting: {key}: {value}");
     }
-    Ok(StageProcess { config, metrics, health, shutdown: Shutdown::on_signals() })
+    Ok(StageProcess { config, metrics, health, shutdown: Shutdown::on_signals(), traces: crate::trace::FlushOnDrop })
+}
+
+/// The OpenTelemetry service name of a stage process: its binary's name.
+fn service_name(stage: &str) -> &'static str {
+    match stage {
+        "enrich" => "audit-enrich",
+        "persist" => "audit-persist",
+        "rules" => "audit-rules",
+        "alert" => "audit-alert",
+        "compliance" => "audit-compliance",
+        "index" => "audit-index",
+        "witness" => "audit-witness",
+        "api" => "audit-api",
+        _ => "auditflow",
+    }
+}
+
+/// The `stage` label, as a static string.
+fn stage_label(stage: &str) -> &'static str {
+    service_name(stage).strip_prefix("audit-").unwrap_or("auditflow")
 }
 
 /// glibc gives each thread that meets contention its own malloc arena (up to 8 per core), and
