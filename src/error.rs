@@ -54,6 +54,11 @@ impl RejectionKind {
         RejectionKind::RefusedByStore,
     ];
 
+    /// The kind named by `as_str`'s spelling (a dead letter's `dlq.error.kind` header).
+    pub fn from_bytes(name: &[u8]) -> Option<RejectionKind> {
+        RejectionKind::ALL.into_iter().find(|k| k.as_str().as_bytes() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectionKind::InvalidJson => "invalid_json",

@@ -28,6 +28,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
+use tracing::Instrument as _;
 
 use super::channels::{Channels, Delivery, DeliveryError};
 use super::disclose::Disclosure;
@@ -215,8 +216,28 @@ impl Alerting {
         record
     }
 
+    /// Dispatch one alert inside its span: a child of the span of the match that opened it, so
+    /// the deliveries join the triggering event's trace.
     async fn dispatch_one(&self, row: AlertRow, shutdown: &Shutdown) {
+        let span = tracing::info_span!(
+            "alert dispatch",
+            otel.kind = "internal",
+            alert.id = %row.id,
+            alert.policy = %row.policy_id,
+            alert.rule = %row.rule_id,
+            alert.match_count = row.match_count,
+            auditflow.outcome = tracing::field::Empty,
+        );
+        if let Some(parent) = row.trace() {
+            crate::trace::set_parent(&span, &parent);
+        }
+        self.dispatch_alert(row, shutdown).instrument(span).await
+    }
+
+    async fn dispatch_alert(&self, row: AlertRow, shutdown: &Shutdown) {
         let id = row.id.clone();
+        // What the alert's records carry: this dispatch's span, else the context it came with.
+        let trace = crate::trace::current().or_else(|| row.trace());
         let now = Utc::now();
         let record_json = match serde_json::to_vec(&self.record(&row, now, RECORD_MAX_STRING)) {
             Ok(j) => j,
@@ -242,7 +263,7 @@ impl Alerting {
         if !done.iter().any(|c| c == "kafka") {
             let target = self.alerts_topic.clone();
             match self
-                .with_retries(&id, "kafka", Some(&target), shutdown, || self.publish(&id, &record_json))
+                .with_retries(&id, "kafka", Some(&target), shutdown, || self.publish(&id, &record_json, trace))
                 .await
             {
                 Outcome::Delivered => {}
@@ -277,7 +298,7 @@ impl Alerting {
             }
         }
         for (channel, reason) in &failed {
-            self.dead_letter(&id, channel, reason, &record_json).await;
+            self.dead_letter(&id, channel, reason, &record_json, trace).await;
         }
         if aborted && failed.is_empty() {
             return self.give_back(&id).await;
@@ -295,6 +316,7 @@ impl Alerting {
             }
         }
         self.metrics.dispatched.with_label_values(&[STAGE, status]).inc();
+        tracing::Span::current().record("auditflow.outcome", status);
         tracing::info!(
             stage = STAGE,
             alert = %id,
@@ -330,7 +352,18 @@ impl Alerting {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let result = attempt_once().await;
+            // One span per attempt, so retries and their waits show in the trace.
+            let span = tracing::info_span!(
+                "deliver",
+                otel.name = format!("deliver {channel}"),
+                otel.kind = "client",
+                auditflow.channel = channel,
+                auditflow.attempt = i64::from(attempt),
+                auditflow.outcome = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+                otel.status_description = tracing::field::Empty,
+            );
+            let result = attempt_once().instrument(span.clone()).await;
             let (outcome, detail, wait) = match &result {
                 Ok(()) => ("delivered", None, None),
                 Err(e) => {
@@ -339,6 +372,12 @@ impl Alerting {
                     (if next.is_some() { "retrying" } else { "failed" }, Some(e.message.as_str()), next)
                 }
             };
+            span.record("auditflow.outcome", outcome);
+            if let Some(detail) = detail {
+                span.record("otel.status_code", "error");
+                span.record("otel.status_description", detail);
+            }
+            drop(span);
             self.metrics.deliveries.with_label_values(&[STAGE, channel, outcome]).inc();
             if let Err(e) = store::record_delivery(&self.pool, alert_id, channel, target, attempt, outcome, detail).await {
                 tracing::warn!(stage = STAGE, alert = %alert_id, channel, error = %e, "delivery attempt not recorded");
@@ -359,8 +398,8 @@ impl Alerting {
         }
     }
 
-    async fn publish(&self, alert_id: &str, json: &[u8]) -> Result<(), DeliveryError> {
-        let record = FutureRecord::to(&self.alerts_topic).key(alert_id).payload(json);
+    async fn publish(&self, alert_id: &str, json: &[u8], trace: Option<crate::trace::TraceParent>) -> Result<(), DeliveryError> {
+        let record = FutureRecord::to(&self.alerts_topic).key(alert_id).payload(json).headers(trace_headers(trace));
         match self.producer.send(record, Duration::from_secs(30)).await {
             Ok(_) => {
                 self.runtime_metrics.produced.with_label_values(&[STAGE, &self.alerts_topic]).inc();
@@ -371,10 +410,10 @@ impl Alerting {
     }
 
     /// The alert, with the reason, on the alert dead-letter topic (at least once, bounded).
-    async fn dead_letter(&self, alert_id: &str, channel: &str, reason: &str, json: &[u8]) {
+    async fn dead_letter(&self, alert_id: &str, channel: &str, reason: &str, json: &[u8], trace: Option<crate::trace::TraceParent>) {
         let reason = super::render::clean_line(reason, 2000);
         for attempt in 1..=5u32 {
-            let headers = OwnedHeaders::new()
+            let headers = trace_headers(trace)
                 .insert(Header { key: crate::runtime::dlq::H_STAGE, value: Some(STAGE) })
                 .insert(Header { key: crate::runtime::dlq::H_ERROR_KIND, value: Some("delivery_failed") })
                 .insert(Header { key: crate::runtime::dlq::H_ERROR_MESSAGE, value: Some(reason.as_str()) })
@@ -394,6 +433,15 @@ impl Alerting {
             }
         }
         tracing::error!(stage = STAGE, alert = %alert_id, channel, "alert dead letter lost; alert_deliveries keeps the failure");
+    }
+}
+
+/// The `traceparent` header of an alert's records, when it has a trace.
+fn trace_headers(trace: Option<crate::trace::TraceParent>) -> OwnedHeaders {
+    let headers = OwnedHeaders::new_with_capacity(6);
+    match trace {
+        Some(t) => headers.insert(Header { key: crate::trace::TRACEPARENT, value: Some(&t.encode()[..]) }),
+        None => headers,
     }
 }
 

@@ -175,11 +175,21 @@ pub async fn run(alerting: Arc<Alerting>, shutdown: Shutdown) {
                 alerting.metrics.ops.with_label_values(&[STAGE, f.condition, "rate_limited"]).inc();
                 continue;
             }
+            // Each operational alert is a trace of its own, always recorded, named in the e-mail.
+            let mut span = crate::trace::start_recorded(
+                "ops alert",
+                vec![opentelemetry::KeyValue::new("auditflow.condition", f.condition), opentelemetry::KeyValue::new("auditflow.stage", STAGE)],
+            );
+            let trace_line = span
+                .as_ref()
+                .and_then(crate::trace::span_trace_parent)
+                .map(|t| format!("Trace: {}\r\n", t.trace_id_hex()))
+                .unwrap_or_default();
             let outcome = match (&alerting.channels.email, recipients.is_empty()) {
                 (Some((email, limit)), false) => {
                     let subject = format!("[auditflow] operational alert: audit-alert {}", f.condition);
                     let text = format!(
-                        "Condition: {}\r\nStage: audit-alert\r\nHost: {host}\r\n\r\n{}\r\n\r\nThis e-mail is sent at most once per {} s per condition.\r\n",
+                        "Condition: {}\r\nStage: audit-alert\r\nHost: {host}\r\n\r\n{}\r\n\r\nThis e-mail is sent at most once per {} s per condition.\r\n{trace_line}",
                         f.condition,
                         f.message,
                         alerting.settings.ops.min_interval_seconds
@@ -199,6 +209,11 @@ pub async fn run(alerting: Arc<Alerting>, shutdown: Shutdown) {
                 _ => "no_channel",
             };
             alerting.metrics.ops.with_label_values(&[STAGE, f.condition, outcome]).inc();
+            if let Some(span) = &mut span {
+                use opentelemetry::trace::Span as _;
+                span.set_attribute(opentelemetry::KeyValue::new("auditflow.outcome", outcome));
+                span.end();
+            }
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Candidate {
     pub hits: Vec<PolicyHit>,
     /// The triggering event (or the last evidence id).
     pub event_id: Option<String>,
+    /// The trace context of the match's record (its span in this stage, when recorded).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +289,7 @@ async fn insert_alerts(
         evidence: Vec<String>,
         trigger: Vec<String>,
         group_wait: Vec<f64>,
+        trace_parent: Vec<Option<String>>,
     }
     let mut c = Columns::default();
     for a in opened {
@@ -311,24 +314,25 @@ async fn insert_alerts(
         c.evidence.push(text_array_literal(&a.evidence));
         c.trigger.push(serde_json::to_string(m).unwrap_or_else(|_| "null".into()));
         c.group_wait.push(hit.group_wait_seconds as f64);
+        c.trace_parent.push(cand.trace.map(|t| t.to_string()));
     }
     // No ON CONFLICT: an alert with the same id was loaded, so the fold reused it instead.
     sqlx::query(
         "INSERT INTO audit_alerts (
              id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key,
              group_hash, compliance, window_start, window_end, first_seen, last_seen, match_count,
-             suppressed_count, evidence_event_ids, trigger_match, dispatch_after)
+             suppressed_count, evidence_event_ids, trigger_match, dispatch_after, trace_parent)
          SELECT id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key::jsonb,
                 group_hash, compliance::text[], window_start, window_end, first_seen, last_seen,
                 match_count, suppressed_count, evidence::text[], trigger_match::jsonb,
-                now() + make_interval(secs => group_wait)
+                now() + make_interval(secs => group_wait), trace_parent
            FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                        $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[],
                        $13::timestamptz[], $14::timestamptz[], $15::int[], $16::int[], $17::text[],
-                       $18::text[], $19::float8[])
+                       $18::text[], $19::float8[], $20::text[])
              AS u(id, fingerprint, policy_id, policy_name, rule_id, rule_name, severity, group_key,
                   group_hash, compliance, window_start, window_end, first_seen, last_seen,
-                  match_count, suppressed_count, evidence, trigger_match, group_wait)",
+                  match_count, suppressed_count, evidence, trigger_match, group_wait, trace_parent)",
     )
     .bind(&c.id)
     .bind(&c.fingerprint)
@@ -349,6 +353,7 @@ async fn insert_alerts(
     .bind(&c.evidence)
     .bind(&c.trigger)
     .bind(&c.group_wait)
+    .bind(&c.trace_parent)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -428,6 +433,9 @@ pub struct AlertRow {
     pub trigger_match: sqlx::types::Json<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub dispatch_attempts: i32,
+    /// W3C `traceparent` of the match that opened the alert.
+    #[sqlx(default)]
+    pub trace_parent: Option<String>,
 }
 
 impl AlertRow {
@@ -456,7 +464,13 @@ impl AlertRow {
             trigger: truncate_json(&self.trigger_match.0, max_string),
             created_at: self.created_at,
             dispatched_at: now,
+            trace_id: self.trace().map(|t| t.trace_id_hex()),
         }
+    }
+
+    /// The trace of the event behind the alert, if it came with one.
+    pub fn trace(&self) -> Option<crate::trace::TraceParent> {
+        self.trace_parent.as_deref().and_then(|t| t.parse().ok())
     }
 }
 
@@ -477,7 +491,7 @@ pub async fn claim_due(pool: &PgPool, lease_seconds: u64, limit: i64) -> Result<
          RETURNING a.id::text AS id, a.fingerprint, a.policy_id, a.policy_name, a.rule_id, a.rule_name,
                    a.severity, a.group_key, a.compliance, a.window_start, a.window_end, a.first_seen,
                    a.last_seen, a.match_count, a.suppressed_count, a.evidence_event_ids,
-                   a.trigger_match, a.created_at, a.dispatch_attempts",
+                   a.trigger_match, a.created_at, a.dispatch_attempts, a.trace_parent",
     )
     .bind(lease_seconds as f64)
     .bind(limit)

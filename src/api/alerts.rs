@@ -25,7 +25,7 @@ use crate::event::Classification;
 const COLUMNS: &str = "a.id::text AS id, a.fingerprint, a.policy_id, a.policy_name, a.rule_id, a.rule_name,
     a.severity, a.group_key, a.compliance, a.window_start, a.window_end, a.first_seen, a.last_seen,
     a.match_count, a.suppressed_count, a.evidence_event_ids, a.trigger_match, a.created_at,
-    a.dispatch_attempts, a.status, a.triage_status, a.assignee, a.triaged_by, a.triaged_at";
+    a.dispatch_attempts, a.trace_parent, a.status, a.triage_status, a.assignee, a.triaged_by, a.triaged_at";
 
 /// SQL: the alert's evidence is all within the clearance `$1` (the classifications allowed).
 const CLEARED: &str = "NOT EXISTS (SELECT 1 FROM audit_events e WHERE e.id = ANY (a.evidence_event_ids) AND NOT (e.classification = ANY ($1)))";

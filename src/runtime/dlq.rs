@@ -53,6 +53,8 @@ pub fn dead_letter(dlq_topic: &Arc<str>, stage: &str, input: &InputMessage<'_>, 
         headers.push((H_TRUNCATED, b"true".to_vec()));
         headers.push((H_ORIGINAL_BYTES, input.payload.len().to_string().into_bytes()));
     }
+    // The letter stays in its event's trace.
+    headers.extend(input.trace_headers());
     OutputRecord {
         topic: dlq_topic.clone(),
         key: input.key.map(<[u8]>::to_vec),
@@ -83,6 +85,8 @@ mod tests {
             timestamp_ms: Some(1_700_000_000_000),
             key: Some(b"user-1"),
             payload: b"{not json",
+            trace: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap()),
+            tracestate: Some(b"congo=t61rcWkgMzE"),
         };
         let r = dead_letter(&topic, "enrich", &input, &Rejection::new(RejectionKind::InvalidJson, "expected value"));
         assert_eq!(&*r.topic, "audit-dlq");
@@ -95,17 +99,20 @@ mod tests {
         assert_eq!(header(&r, H_ERROR_KIND), Some("invalid_json"));
         assert_eq!(header(&r, H_ERROR_MESSAGE), Some("expected value"));
         assert_eq!(header(&r, H_TRUNCATED), None);
+        assert_eq!(header(&r, "traceparent"), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert_eq!(header(&r, "tracestate"), Some("congo=t61rcWkgMzE"));
     }
 
     #[test]
     fn oversized_payloads_and_messages_are_cut() {
         let topic: Arc<str> = Arc::from("audit-dlq");
         let big = vec![b'x'; MAX_DLQ_PAYLOAD + 10];
-        let input = InputMessage { topic: "t", partition: 0, offset: 0, timestamp_ms: None, key: None, payload: &big };
+        let input = InputMessage { topic: "t", partition: 0, offset: 0, timestamp_ms: None, key: None, payload: &big, trace: None, tracestate: None };
         let r = dead_letter(&topic, "enrich", &input, &Rejection::new(RejectionKind::TooLarge, "é".repeat(5000)));
         assert_eq!(r.payload.len(), MAX_DLQ_PAYLOAD);
         assert_eq!(header(&r, H_TRUNCATED), Some("true"));
         assert_eq!(header(&r, H_ORIGINAL_BYTES), Some(big.len().to_string().as_str()));
         assert!(header(&r, H_ERROR_MESSAGE).unwrap().len() <= MAX_ERROR_MESSAGE + 3);
+        assert_eq!(header(&r, "traceparent"), None, "no context, none invented");
     }
 }

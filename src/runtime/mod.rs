@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod process;
 pub mod shutdown;
 pub mod sink;
+pub mod traces;
 pub mod transform;
 
 use std::sync::Arc;
@@ -38,6 +39,20 @@ pub struct InputMessage<'a> {
     pub timestamp_ms: Option<i64>,
     pub key: Option<&'a [u8]>,
     pub payload: &'a [u8],
+    /// W3C trace context: as the record arrived, until the runtime has decided the event's
+    /// own (its span's, when recorded); records made from this input carry it.
+    pub trace: Option<crate::trace::TraceParent>,
+    /// `tracestate` as it arrived, passed on with `trace`.
+    pub tracestate: Option<&'a [u8]>,
+}
+
+impl InputMessage<'_> {
+    /// The `traceparent` (and `tracestate`) headers for a record made from this input.
+    pub fn trace_headers(&self) -> impl Iterator<Item = (&'static str, Vec<u8>)> + '_ {
+        let parent = self.trace.map(|t| (crate::trace::TRACEPARENT, t.encode().to_vec()));
+        let state = self.trace.and(self.tracestate).map(|s| (crate::trace::TRACESTATE, s.to_vec()));
+        parent.into_iter().chain(state)
+    }
 }
 
 /// A record a stage wants produced.

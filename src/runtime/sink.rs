@@ -9,8 +9,9 @@
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use opentelemetry::KeyValue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, Producer};
@@ -102,6 +103,11 @@ pub trait SinkStage: Send + 'static {
     /// Write `items` as [`write`](Self::write) would, then roll back: used to find which rows
     /// of a batch the store refuses.
     fn probe(&mut self, items: &[Self::Item]) -> impl Future<Output = Result<(), SinkError>>;
+    /// Attributes for the trace span of an item's event, when it is recorded (e.g. the alert
+    /// policies a match hit). Ids and codes only, no personal or free-text values.
+    fn describe(&self, _item: &Self::Item) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
     /// Blocking loader of stored offsets, called on partition assignment.
     fn offset_loader(&self) -> OffsetLoader;
 
@@ -187,21 +193,35 @@ pub fn run_sink<S: SinkStage>(
         let (messages, started) = poll_batch(&consumer, name, max_messages, max_wait);
         let consumed = messages.len();
         let timestamps: Vec<Option<i64>> = messages.iter().map(|m| m.timestamp().to_millis()).collect();
-        let inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
+        let mut inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
+        let mut traces = started.and_then(|s| super::traces::begin(name, &group_id, s, &mut inputs));
+        // Inputs dead-lettered, with the rejection kind (for their trace spans).
+        let mut dead_inputs: Vec<(usize, &'static str)> = Vec::new();
         for (i, input) in inputs.iter().enumerate() {
             match sink.decode(input) {
                 Ok(item) => {
+                    if let Some(t) = traces.as_mut().filter(|t| t.is_recording(i)) {
+                        for (key, value) in sink.describe(&item) {
+                            t.note(i, key, value);
+                        }
+                    }
                     items.push(item);
                     item_inputs.push(i);
                 }
                 Err(rejection) => {
                     metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
                     dead.push(dead_letter(&dlq_topic, name, input, &rejection));
+                    if traces.is_some() {
+                        dead_inputs.push((i, rejection.kind.as_str()));
+                    }
                     last_rejection = Some(rejection);
                 }
             }
         }
         let Some(started) = started else { continue };
+        if let Some(t) = &mut traces {
+            t.phase_until("process", SystemTime::now(), vec![KeyValue::new("auditflow.rows", items.len() as i64)]);
+        }
         health.input_waiting();
         let invalid = dead.len();
         if consumer.context().generation() != generation {
@@ -214,6 +234,9 @@ pub fn run_sink<S: SinkStage>(
             break; // shutting down before the DLQ was reachable: nothing committed, re-read later
         }
         let mut dead_letters = dead.len();
+        if let Some(t) = traces.as_mut().filter(|_| dead_letters > 0) {
+            t.phase_until("produce", SystemTime::now(), vec![KeyValue::new("auditflow.dead_letters", dead_letters as i64)]);
+        }
 
         // The batch is written as spans of messages, each with its rows and its offsets in one
         // store transaction. Normally one span is the whole batch; rows the store refuses are
@@ -267,6 +290,9 @@ pub fn run_sink<S: SinkStage>(
                         let Some(input) = item_inputs.get(k + item).and_then(|i| inputs.get(*i)) else { continue };
                         let rejection = Rejection::new(RejectionKind::RefusedByStore, reason.clone());
                         metrics.dlq.with_label_values(&[name, rejection.kind.as_str()]).inc();
+                        if traces.is_some() {
+                            dead_inputs.push((item_inputs[k + item], rejection.kind.as_str()));
+                        }
                         tracing::warn!(stage = name, partition = input.partition, offset = input.offset, %rejection, "row refused by the store; dead-lettered");
                         letters.push(dead_letter(&dlq_topic, name, input, &rejection));
                     }
@@ -307,6 +333,21 @@ pub fn run_sink<S: SinkStage>(
             tracing::warn!(stage = name, "stored offsets moved under us; reloading them");
             resync_offsets(&consumer, &sink.offset_loader());
             continue;
+        }
+        if let Some(mut t) = traces.take() {
+            // Rows and offsets commit together in the store's transaction: that is the commit.
+            t.phase_until(
+                "sink",
+                SystemTime::now(),
+                vec![KeyValue::new("auditflow.sink", sink_name), KeyValue::new("auditflow.rows", written as i64)],
+            );
+            let mut fates = vec![(1usize, None); consumed];
+            for (i, kind) in &dead_inputs {
+                if let Some(f) = fates.get_mut(*i) {
+                    *f = (0, Some(*kind));
+                }
+            }
+            t.finish(&fates, vec![KeyValue::new("auditflow.rows", written as i64), KeyValue::new("auditflow.dead_letters", dead_letters as i64)]);
         }
         backoff.reset();
         health.progressed();

@@ -9,8 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use opentelemetry::KeyValue;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -51,8 +52,13 @@ pub struct BatchOutput {
     /// (index in the batch, why it was rejected)
     pub rejected: Vec<(usize, Rejection)>,
     /// The input (index in the batch) each record came from, where the stage said so: a record
-    /// the broker refuses is replaced by its input's dead letter.
+    /// the broker refuses is replaced by its input's dead letter, and a record carries its
+    /// input's trace context.
     origins: Vec<Option<usize>>,
+    /// Inputs whose trace span is recording (ascending), set by the runtime.
+    recording: Vec<usize>,
+    /// What the stage said about those inputs, for their spans.
+    notes: Vec<(usize, &'static str, String)>,
 }
 
 impl BatchOutput {
@@ -60,6 +66,45 @@ impl BatchOutput {
         self.records.clear();
         self.rejected.clear();
         self.origins.clear();
+        self.notes.clear();
+    }
+
+    /// Whether input `index` is traced: only then is [`note`](Self::note) worth computing.
+    pub fn recording(&self, index: usize) -> bool {
+        !self.recording.is_empty() && self.recording.binary_search(&index).is_ok()
+    }
+
+    /// An attribute for input `index`'s trace span (e.g. the rules that matched). Ids and
+    /// codes only, no personal or free-text values: they go to the trace backend.
+    pub fn note(&mut self, index: usize, key: &'static str, value: impl Into<String>) {
+        if self.recording(index) {
+            self.notes.push((index, key, value.into()));
+        }
+    }
+
+    /// Put each input's trace context on the records made from it (unless a record has its own).
+    fn stamp_trace_context(&mut self, inputs: &[InputMessage<'_>]) {
+        for (record, origin) in self.records.iter_mut().zip(&self.origins) {
+            let Some(input) = origin.and_then(|o| inputs.get(o)) else { continue };
+            if input.trace.is_some() && !record.headers.iter().any(|(k, _)| *k == crate::trace::TRACEPARENT) {
+                record.headers.extend(input.trace_headers());
+            }
+        }
+    }
+
+    /// Per input: records made from it, and the rejection kind if it was dead-lettered.
+    fn fates(&self, inputs: usize, dlq_topic: &str) -> Vec<(usize, Option<&'static str>)> {
+        let mut fates = vec![(0usize, None); inputs];
+        for (record, origin) in self.records.iter().zip(&self.origins) {
+            let Some(fate) = origin.and_then(|o| fates.get_mut(o)) else { continue };
+            if *record.topic == *dlq_topic {
+                let kind = record.headers.iter().find(|(k, _)| *k == super::dlq::H_ERROR_KIND).map(|(_, v)| v.as_slice());
+                fate.1 = Some(kind.and_then(crate::error::RejectionKind::from_bytes).map_or("rejected", |k| k.as_str()));
+            } else {
+                fate.0 += 1;
+            }
+        }
+        fates
     }
 
     /// The records appended since the last call came from input `index` of the batch.
@@ -91,6 +136,10 @@ pub trait MessageTransform: Send + 'static {
     fn input_topics(&self) -> Vec<String>;
     /// Append the records this message produces to `out`, or reject it.
     fn process(&mut self, input: &InputMessage<'_>, out: &mut Vec<OutputRecord>) -> Result<(), Rejection>;
+    /// Attributes for the trace span of a recorded message, given the records it produced.
+    fn describe(&self, _input: &InputMessage<'_>, _records: &[OutputRecord]) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
 }
 
 /// Runs a [`MessageTransform`] as a [`TransformStage`].
@@ -105,8 +154,14 @@ impl<T: MessageTransform> TransformStage for PerMessage<T> {
     }
     fn process_batch(&mut self, batch: &[InputMessage<'_>], out: &mut BatchOutput) -> Result<(), TransientError> {
         for (i, input) in batch.iter().enumerate() {
+            let before = out.records.len();
             if let Err(r) = self.0.process(input, &mut out.records) {
                 out.rejected.push((i, r));
+            }
+            if out.recording(i) {
+                for (key, value) in self.0.describe(input, out.records.get(before..).unwrap_or_default()) {
+                    out.note(i, key, value);
+                }
             }
             out.attribute(i);
         }
@@ -195,6 +250,7 @@ pub(crate) fn as_inputs<'m>(
     messages
         .iter()
         .map(|m| {
+            let (trace, tracestate) = super::traces::incoming(m);
             track_offset(offsets, m.topic(), m.partition(), m.offset());
             count_topic(consumed_per_topic, m.topic());
             InputMessage {
@@ -204,6 +260,8 @@ pub(crate) fn as_inputs<'m>(
                 timestamp_ms: m.timestamp().to_millis(),
                 key: m.key(),
                 payload: m.payload().unwrap_or(&[]),
+                trace,
+                tracestate,
             }
         })
         .collect()
@@ -308,6 +366,7 @@ pub fn run_transform<S: TransformStage>(
         health: health.clone(),
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
+        produced_at: std::cell::Cell::new(None),
     };
     let mut backoff = Backoff::new(config.stage.retry_max_backoff_ms);
     tracing::info!(stage = name, group = %group_id, %transactional_id, topics = ?inputs, "stage running");
@@ -334,7 +393,9 @@ pub fn run_transform<S: TransformStage>(
         health.input_waiting();
         let consumed = messages.len();
         let mut consumed_per_topic: Vec<(String, u64)> = Vec::new();
-        let inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
+        let mut inputs = as_inputs(&messages, &mut offsets, &mut consumed_per_topic);
+        let mut traces = super::traces::begin(name, &group_id, started, &mut inputs);
+        output.recording = traces.as_ref().map(|t| t.recording()).unwrap_or_default();
 
         // Transient failures (Redis, database) retry the same batch; nothing is committed.
         let mut processed = false;
@@ -360,6 +421,13 @@ pub fn run_transform<S: TransformStage>(
             break; // shutting down mid-outage: nothing committed, the batch is re-read later
         }
         output.close_attribution();
+        output.stamp_trace_context(&inputs);
+        if let Some(t) = &mut traces {
+            for (index, key, value) in std::mem::take(&mut output.notes) {
+                t.note(index, key, value);
+            }
+            t.phase_until("process", SystemTime::now(), vec![KeyValue::new("auditflow.records", output.records.len() as i64)]);
+        }
         let invalid = output.rejected.len();
         let rejected = std::mem::take(&mut output.rejected);
         for (index, rejection) in &rejected {
@@ -379,6 +447,15 @@ pub fn run_transform<S: TransformStage>(
 
         match txns.commit(Some(&consumer), &mut output, Some(&offsets), &inputs) {
             TxnOutcome::Committed => {
+                if let Some(mut t) = traces.take() {
+                    let records = KeyValue::new("auditflow.records", output.records.len() as i64);
+                    let produced = txns.produced_at.take().unwrap_or_else(SystemTime::now);
+                    t.phase_until("produce", produced, vec![records.clone()]);
+                    t.phase_until("commit", SystemTime::now(), vec![KeyValue::new("auditflow.partitions", offsets.len() as i64)]);
+                    let fates = output.fates(inputs.len(), &dlq_topic);
+                    let dead = fates.iter().filter(|f| f.1.is_some()).count() as i64;
+                    t.finish(&fates, vec![records, KeyValue::new("auditflow.dead_letters", dead)]);
+                }
                 backoff.reset();
                 producer_restarts = 0;
                 health.progressed();
@@ -530,6 +607,9 @@ struct Transactions {
     health: Arc<Health>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
+    /// When the last attempt had every record delivered and was about to commit (the end of
+    /// a batch's produce phase in its trace).
+    produced_at: std::cell::Cell<Option<SystemTime>>,
 }
 
 impl Transactions {
@@ -651,6 +731,7 @@ impl Transactions {
         if let Some(outcome) = self.delivery_failures() {
             return self.abort(outcome);
         }
+        self.produced_at.set(Some(std::time::SystemTime::now()));
         loop {
             match producer.commit_transaction(step) {
                 Ok(()) => return TxnOutcome::Committed,
@@ -761,7 +842,16 @@ impl BatchOutput {
                 RejectionKind::RefusedByBroker,
                 format!("{} refused a {}-byte record: {e}", r.topic, r.payload.len()),
             );
-            let own = InputMessage { topic: &r.topic, partition: -1, offset: -1, timestamp_ms: None, key: r.key.as_deref(), payload: &r.payload };
+            let own = InputMessage {
+                topic: &r.topic,
+                partition: -1,
+                offset: -1,
+                timestamp_ms: None,
+                key: r.key.as_deref(),
+                payload: &r.payload,
+                trace: None,
+                tracestate: None,
+            };
             let input = origin.and_then(|o| inputs.get(o)).unwrap_or(&own);
             txns.metrics.dlq.with_label_values(&[txns.stage, rejection.kind.as_str()]).inc();
             tracing::warn!(stage = txns.stage, partition = input.partition, offset = input.offset, %rejection, "output refused; dead-lettered");

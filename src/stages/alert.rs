@@ -177,7 +177,17 @@ impl SinkStage for AlertStage {
         let m = decode_match(input.payload)?;
         let hits = evaluate(&self.settings.policies, self.settings.group_wait_seconds, &m);
         let event_id = m.event.as_ref().map(|e| e.id.clone()).or_else(|| m.evidence_event_ids.last().cloned());
-        Ok(Candidate { m, hits, event_id })
+        Ok(Candidate { m, hits, event_id, trace: input.trace })
+    }
+
+    fn describe(&self, item: &Candidate) -> Vec<(&'static str, String)> {
+        // The policy decision: which policies the match hit (none: logged only, or no policy).
+        let policies: Vec<&str> = item.hits.iter().map(|h| h.policy_id.as_str()).collect();
+        vec![
+            ("auditflow.rule", item.m.rule_id.clone()),
+            ("auditflow.rule.action", format!("{:?}", item.m.action).to_lowercase()),
+            ("auditflow.alert.policies", if policies.is_empty() { "none".into() } else { policies.join(",") }),
+        ]
     }
 
     async fn write(&mut self, items: &[Candidate], advances: &[OffsetAdvance]) -> Result<WriteOutcome, SinkError> {

@@ -168,7 +168,13 @@ impl TransformStage for ComplianceStage {
                     continue;
                 }
             };
-            for r in records_for(&self.mapping, &self.pseudonyms, &event) {
+            let mapped = records_for(&self.mapping, &self.pseudonyms, &event);
+            if out.recording(i) {
+                let controls: Vec<String> = mapped.iter().map(|r| format!("{}:{}", r.framework.as_str(), r.control)).collect();
+                out.note(i, "auditflow.event_id", event.id.clone());
+                out.note(i, "auditflow.compliance.controls", controls.join(","));
+            }
+            for r in mapped {
                 if seen.insert((r.event_id.clone(), r.framework, r.control.clone())) {
                     records.push(r);
                     record_inputs.push(i);

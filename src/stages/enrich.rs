@@ -91,6 +91,15 @@ impl MessageTransform for EnrichStage {
         });
         Ok(())
     }
+
+    fn describe(&self, _input: &InputMessage<'_>, records: &[OutputRecord]) -> Vec<(&'static str, String)> {
+        // Recorded events only: decoding again is cheaper than keeping every id.
+        records
+            .iter()
+            .filter_map(|r| crate::codec::decode_enriched(&r.payload).ok())
+            .map(|e| ("auditflow.event_id", e.id))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -171,6 +171,10 @@ impl SinkStage for IndexStage {
         vec![self.settings.input_topic.clone()]
     }
 
+    fn describe(&self, event: &EnrichedEvent) -> Vec<(&'static str, String)> {
+        vec![("auditflow.event_id", event.id.clone())]
+    }
+
     fn decode(&mut self, input: &InputMessage<'_>) -> Result<EnrichedEvent, Rejection> {
         decode_enriched(input.payload)
     }

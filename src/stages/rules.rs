@@ -228,6 +228,11 @@ impl<S: WindowStore + Send + 'static> TransformStage for RulesStage<S> {
             self.store.apply(&block_ops)?;
         }
         for (r, input) in results.iter().zip(&event_inputs) {
+            if out.recording(*input) {
+                let matched: Vec<&str> = r.matches.iter().map(|m| m.rule_id.as_str()).collect();
+                out.note(*input, "auditflow.rules.matched", matched.join(","));
+                out.note(*input, "auditflow.rules.match_count", matched.len().to_string());
+            }
             for m in &r.matches {
                 self.emit_match(m, out);
             }

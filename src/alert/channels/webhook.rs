@@ -6,7 +6,9 @@
 //! configured secret. Receivers recompute the HMAC over the timestamp, a dot and the exact body
 //! bytes, compare in constant time, and refuse a timestamp older than their tolerance (300 s
 //! recommended). Each attempt is signed afresh, so retries stay within it.
-//! `X-Auditflow-Alert-Id` lets them drop duplicates (delivery is at least once).
+//! `X-Auditflow-Alert-Id` lets them drop duplicates (delivery is at least once). When tracing is
+//! on, `traceparent` names the delivery's span, and the body's `traceId` the triggering event's
+//! trace.
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -94,13 +96,18 @@ impl WebhookChannel {
 
     pub async fn send(&self, body: &[u8], alert_id: &str) -> Result<(), DeliveryError> {
         let now = chrono::Utc::now().timestamp();
-        let response = self
+        let mut request = self
             .client
             .post(self.url.clone())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(TIMESTAMP_HEADER, now.to_string())
             .header(SIGNATURE_HEADER, signature(&self.secret, now, body))
-            .header(ALERT_ID_HEADER, alert_id)
+            .header(ALERT_ID_HEADER, alert_id);
+        // The receiver may continue the trace (W3C Trace Context over HTTP).
+        if let Some(trace) = crate::trace::current() {
+            request = request.header(crate::trace::TRACEPARENT, trace.to_string());
+        }
+        let response = request
             .body(body.to_vec())
             .send()
             .await
