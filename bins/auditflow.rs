@@ -346,6 +346,14 @@ struct EmitArgs {
     /// Topic to write to (default: the configured raw topic).
     #[arg(long)]
     topic: Option<String>,
+    /// W3C trace context of the caller (`00-<trace id>-<span id>-<flags>`): the events join
+    /// that trace instead of starting their own.
+    #[arg(long, value_parser = parse_traceparent)]
+    traceparent: Option<auditflow::trace::TraceParent>,
+}
+
+fn parse_traceparent(s: &str) -> Result<auditflow::trace::TraceParent, String> {
+    s.parse().map_err(|e: auditflow::trace::context::InvalidTraceParent| e.to_string())
 }
 
 fn main() -> ExitCode {
@@ -357,6 +365,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Commands that write events start (or continue) their traces.
+    if matches!(cli.command, Command::Emit(_) | Command::Demo { .. }) {
+        if let Err(e) = auditflow::trace::init(&config.trace, "auditflow", "emit", &config.instance_id(), &prometheus::Registry::new()) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
     auditflow::telemetry::init_logging(&auditflow::config::LogConfig {
         format: config.log.format.clone(),
         filter: std::env::var("AUDITFLOW_LOG").unwrap_or_else(|_| "warn".into()),
@@ -369,6 +384,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, config));
+    auditflow::trace::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<InputError>().is_some() => {
@@ -413,7 +429,7 @@ async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                     let started = std::time::Instant::now();
                     let n = slice.min(count - sent);
                     let events: Vec<RawEvent> = (0..n).map(|_| mix.next_event()).collect();
-                    emit::send(&config, &topic, &events, progress && rate == 0)?;
+                    emit::send(&config, &topic, &events, progress && rate == 0, None)?;
                     sent += n;
                     if rate > 0 {
                         if let Some(left) = std::time::Duration::from_secs(1).checked_sub(started.elapsed()) {
@@ -634,7 +650,8 @@ async fn run_emit(args: EmitArgs, config: Config) -> anyhow::Result<()> {
         let config = config.clone();
         let topic = topic.clone();
         let events = to_send.clone();
-        move || emit::send(&config, &topic, &events, progress)
+        let parent = args.traceparent;
+        move || emit::send(&config, &topic, &events, progress, parent)
     })
     .await??;
     if bulk {

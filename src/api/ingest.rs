@@ -137,7 +137,9 @@ pub async fn post_events(State(state): State<Arc<AppState>>, Extension(ctx): Ext
         return Err(Problem::bad_request("no event in the request is valid; nothing was sent").with(json!({"errors": error_list(&errors)})));
     }
     let events: Vec<RawEvent> = prepared.accepted.iter().map(|(_, e)| e.clone()).collect();
-    let refused = state.producer.send_all(&events).await.map_err(|e| Problem::internal("Kafka (audit-raw)", e))?;
+    // The caller's trace, if it sent one (W3C Trace Context over HTTP): the events join it.
+    let parent = headers.get(crate::trace::TRACEPARENT).and_then(|v| crate::trace::TraceParent::parse(v.as_bytes()));
+    let refused = state.producer.send_all(&events, parent).await.map_err(|e| Problem::internal("Kafka (audit-raw)", e))?;
     // An event the broker refuses for good is reported like an invalid one; the rest stand.
     let refused_at: std::collections::HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
     errors.extend(refused.into_iter().map(|(i, why)| (prepared.accepted[i].0, why)));

@@ -9,10 +9,12 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{json, Value};
 
 use crate::event::{RawEvent, RawTimestamp};
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// What happened, as the service saw it.
 #[derive(Debug, Clone)]
@@ -111,27 +113,53 @@ impl RawProducer {
     /// index with the broker's reason, so the caller can report them and keep the rest; any
     /// other failure is returned after all have settled, to be retried (the idempotent producer
     /// keeps order and never duplicates).
-    pub async fn send_all(&self, events: &[RawEvent]) -> Result<Vec<(usize, String)>, SendError> {
+    ///
+    /// Each record carries W3C trace context: a child of `parent` (the request's own
+    /// `traceparent`) or a trace of its own (see [`crate::trace::spans::start_send`]).
+    pub async fn send_all(&self, events: &[RawEvent], parent: Option<TraceParent>) -> Result<Vec<(usize, String)>, SendError> {
         let payloads: Vec<(Vec<u8>, Option<String>)> = events
             .iter()
             .map(|e| Ok((serde_json::to_vec(e).map_err(|x| SendError(x.to_string()))?, crate::cli::emit::event_key(e).map(str::to_string))))
             .collect::<Result<_, SendError>>()?;
-        let sends = payloads.iter().map(|(p, k)| {
+        let mut traces: Vec<crate::trace::spans::Send> = events
+            .iter()
+            .map(|e| crate::trace::spans::start_send(parent, &self.topic, e.id.as_deref().unwrap_or("")))
+            .collect();
+        let sends = payloads.iter().zip(&traces).map(|((p, k), trace)| {
             let mut r = FutureRecord::to(&self.topic).payload(p);
+            if let Some(context) = trace.context {
+                r = r.headers(OwnedHeaders::new().insert(Header { key: TRACEPARENT, value: Some(&context.encode()[..]) }));
+            }
             if let Some(k) = k {
                 r = r.key(k);
             }
             self.producer.send(r, self.timeout)
         });
+        let results = futures::future::join_all(sends).await;
         let mut refused = Vec::new();
-        for (i, r) in futures::future::join_all(sends).await.into_iter().enumerate() {
-            match r {
-                Ok(_) => {}
-                Err((e, _)) if crate::runtime::kafka::is_record_refusal(&e) => refused.push((i, format!("refused by the broker: {e}"))),
-                Err((e, _)) => return Err(SendError(e.to_string())),
+        let mut failure = None;
+        for (i, (r, trace)) in results.into_iter().zip(&mut traces).enumerate() {
+            let outcome = match r {
+                Ok(_) => "sent",
+                Err((e, _)) if crate::runtime::kafka::is_record_refusal(&e) => {
+                    refused.push((i, format!("refused by the broker: {e}")));
+                    "refused"
+                }
+                Err((e, _)) => {
+                    failure.get_or_insert(SendError(e.to_string()));
+                    "failed"
+                }
+            };
+            if let Some(span) = &mut trace.span {
+                use opentelemetry::trace::Span as _;
+                span.set_attribute(opentelemetry::KeyValue::new("auditflow.outcome", outcome));
+                span.end();
             }
         }
-        Ok(refused)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(refused),
+        }
     }
 
     /// One record to another topic (an alert's triage update on `security-alerts`).
@@ -142,7 +170,7 @@ impl RawProducer {
 
     /// An access's audit event; refused for good counts as not written (the read is refused).
     pub async fn record(&self, access: &Access) -> Result<(), SendError> {
-        match self.send_all(std::slice::from_ref(&event(access))).await?.pop() {
+        match self.send_all(std::slice::from_ref(&event(access)), None).await?.pop() {
             Some((_, why)) => Err(SendError(why)),
             None => Ok(()),
         }

@@ -4,12 +4,14 @@
 use std::io::BufRead;
 use std::time::Duration;
 
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 use crate::config::Config;
 use crate::enrich::{validate_raw, EnrichConfig};
 use crate::event::RawEvent;
 use crate::runtime::kafka::{base_client_config, DeliveryTracker};
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// An input problem: reported with its line (for files) and exit code 2.
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,10 @@ pub fn event_key(raw: &RawEvent) -> Option<&str> {
 }
 
 /// Send events with an idempotent producer and wait for every acknowledgement.
-pub fn send(config: &Config, topic: &str, events: &[RawEvent], progress: bool) -> anyhow::Result<()> {
+///
+/// Each record carries W3C trace context: a child of `parent` (the caller's own trace, from
+/// `--traceparent`) or a new trace, recorded with the configured ratio when tracing is on.
+pub fn send(config: &Config, topic: &str, events: &[RawEvent], progress: bool, parent: Option<TraceParent>) -> anyhow::Result<()> {
     let mut cc = base_client_config(config);
     cc.set("enable.idempotence", "true").set("linger.ms", "10").set("compression.type", "lz4");
     for (k, v) in &config.kafka.librdkafka {
@@ -66,13 +71,22 @@ pub fn send(config: &Config, topic: &str, events: &[RawEvent], progress: bool) -
     for (i, raw) in events.iter().enumerate() {
         let payload = serde_json::to_vec(raw)?;
         let key = event_key(raw);
+        let mut trace = crate::trace::spans::start_send(parent, topic, raw.id.as_deref().unwrap_or(""));
         let mut record = BaseRecord::to(topic).payload(&payload);
+        if let Some(context) = trace.context {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: TRACEPARENT, value: Some(&context.encode()[..]) }));
+        }
         if let Some(k) = key {
             record = record.key(k);
         }
         loop {
             match producer.send(record) {
-                Ok(()) => break,
+                Ok(()) => {
+                    if let Some(span) = &mut trace.span {
+                        opentelemetry::trace::Span::end(span);
+                    }
+                    break;
+                }
                 Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
                     record = r;
                     producer.poll(Duration::from_millis(20));
