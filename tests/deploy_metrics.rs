@@ -324,6 +324,11 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         ("AUDITFLOW_LOG", "info,librdkafka=warn".into()),
         ("AUDITFLOW_RETRY_MAX_BACKOFF_MS", "500".into()),
         ("AUDITFLOW_DATABASE_STATEMENT_TIMEOUT_MS", "1000".into()),
+        // Tracing on, towards a collector that is not there: the span counters exist, export
+        // fails without holding anything up, and the collector's credentials stay secret.
+        ("AUDITFLOW_OTLP_ENDPOINT", "http://127.0.0.1:9".into()),
+        ("AUDITFLOW_OTLP_HEADERS", format!("authorization=Bearer {password}")),
+        ("AUDITFLOW_TRACE_SAMPLE_RATIO", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
