@@ -526,6 +526,10 @@ fn chart_configuration_is_accepted_by_the_binaries() {
         assert_eq!(config.api.listen, "0.0.0.0:8080");
         assert_eq!(i64::from(config.topics.raw.partitions), values["topics"]["raw"]["partitions"].as_i64().expect("p"));
         assert_eq!(config.topics.raw.max_message_bytes, 4 * 1024 * 1024, "the raw topic keeps its 4 MiB limit");
+        // Tracing: off unless an endpoint is given; the full values send to a collector.
+        let endpoint = values["tracing"]["otlpEndpoint"].as_str().filter(|e| !e.is_empty());
+        assert_eq!(config.trace.otlp_endpoint.as_deref(), endpoint);
+        assert_eq!(config.trace.sample_ratio, values["tracing"]["sampleRatio"].as_f64().expect("sampleRatio"));
         // The grace period covers the drain the configuration allows.
         let drain_ms = config.stage.batch_max_wait_ms + config.stage.transaction_timeout_ms;
         for d in of_kind(&docs, "Deployment") {
