@@ -25,6 +25,8 @@ async fn a_small_benchmark_run_reconciles() {
         search_repeat: 2,
         api_events: events,
         pack_rounds: 1,
+        tracing_events: 1500,
+        tracing_rounds: 1,
         ..BenchOptions::default()
     };
     let report = run(&opts).await.expect("benchmark runs");
@@ -84,7 +86,7 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(report.fleet.runs[0].produced, 2000);
     assert_eq!(report.fleet.runs[1].produced, 2000);
     assert!(report.fleet.alert_latency.measured, "{}", report.fleet.alert_latency.note);
-    assert_eq!(report.targets.len(), 15);
+    assert_eq!(report.targets.len(), 17);
     // Search latency over the documents it indexed, every typical query answered.
     let search = report.search.as_ref().expect("search phase ran");
     assert_eq!(search.docs, 4000);
@@ -109,4 +111,10 @@ async fn a_small_benchmark_run_reconciles() {
     assert_eq!(packs.events, events);
     assert_eq!((packs.native_events_per_sec.len(), packs.sigma_events_per_sec.len()), (1, 1));
     assert!(packs.ratio.is_finite() && packs.ratio > 0.0, "{packs:?}");
+    // The fleet ran with tracing off, at 1% and at 100%, losing nothing.
+    let tracing = report.tracing.as_ref().expect("tracing cost measured");
+    assert_eq!(tracing.events, 1500);
+    assert_eq!(tracing.lost, 0);
+    assert!(tracing.events_per_sec.iter().all(|(_, v)| v.len() == 1 && v[0] > 0.0), "{tracing:?}");
+    assert!(tracing.cost_of("1%").is_some_and(f64::is_finite) && tracing.cost_of("100%").is_some_and(f64::is_finite), "{tracing:?}");
 }

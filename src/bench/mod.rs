@@ -10,10 +10,13 @@
 //!    the raw events themselves), `COPY` of the same rows into a fresh `audit_events`;
 //! 4. each stage of [`stages::STAGES`] alone, in pipeline order, on the topic the previous
 //!    one filled;
-//! 5. the fleet: all stages together at each `--paced-rates` for `--paced-secs`, then at
+//! 5. the rules stage on the Sigma pack against its native form (`--pack-rounds`);
+//! 6. the fleet: all stages together at each `--paced-rates` for `--paced-secs`, then at
 //!    saturation;
-//! 6. search: `--search-docs` documents in OpenSearch, the CLI's typical queries timed;
-//! 7. api: HTTP bulk ingest through `audit-api` against producing the same events to Kafka,
+//! 7. tracing: the fleet at saturation with tracing off, at 1% and at 100% of traces recorded,
+//!    spans to the stack's Jaeger (`--tracing-events`, `--tracing-rounds`);
+//! 8. search: `--search-docs` documents in OpenSearch, the CLI's typical queries timed;
+//! 9. api: HTTP bulk ingest through `audit-api` against producing the same events to Kafka,
 //!    and the search phase's questions through the API against the same bodies sent
 //!    straight to OpenSearch.
 //!
@@ -32,6 +35,7 @@ pub mod produce;
 pub mod report;
 pub mod search;
 pub mod stages;
+pub mod traces;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -87,7 +91,13 @@ pub struct BenchOptions {
     /// form, alternately).
     #[arg(long, default_value_t = 2)]
     pub pack_rounds: usize,
-    /// Phases to skip: limits, stages, packs, fleet, search, api.
+    /// Events of each fleet run of the tracing comparison (0 = skip it).
+    #[arg(long, default_value_t = 100_000)]
+    pub tracing_events: u64,
+    /// Rounds of the tracing comparison (the fleet with tracing off, at 1% and at 100%).
+    #[arg(long, default_value_t = 2)]
+    pub tracing_rounds: usize,
+    /// Phases to skip: limits, stages, packs, fleet, tracing, search, api.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Extra environment for every stage process, e.g. AUDITFLOW_BATCH_MAX_MESSAGES=10000.
@@ -129,6 +139,8 @@ impl Default for BenchOptions {
             search_repeat: 50,
             api_events: 100_000,
             pack_rounds: 2,
+            tracing_events: 100_000,
+            tracing_rounds: 2,
             skip: Vec::new(),
             stage_env: Vec::new(),
             wrap_stage: Vec::new(),
@@ -234,6 +246,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     let mut search_latency = None;
     let mut api_bench = None;
     let mut rule_packs = None;
+    let mut tracing_cost = None;
 
     let outcome: anyhow::Result<()> = async {
         // Stage-alone phase: audit-raw filled once; each stage then reads what the previous wrote.
@@ -408,6 +421,20 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
             }
         }
 
+        // What tracing costs the fleet, spans going to the stack's Jaeger.
+        let otlp = std::env::var("AUDITFLOW_STACK_OTLP_ENDPOINT").ok().filter(|e| !e.is_empty());
+        match (skip("tracing") || opts.tracing_events == 0, otlp) {
+            (true, _) => {}
+            (false, None) => errors.push("tracing: AUDITFLOW_STACK_OTLP_ENDPOINT is not set (scripts/stack env)".into()),
+            (false, Some(endpoint)) => {
+                let r = traces::compare(&mut env, &run_args, &stages_run, &events, opts.tracing_events, opts.tracing_rounds.max(1), &endpoint, &immediate_policies).await;
+                match r {
+                    Ok(c) => tracing_cost = Some(c),
+                    Err(e) => errors.push(format!("tracing: {e:#}")),
+                }
+            }
+        }
+
         if !skip("search") && opts.search_docs > 0 {
             if let (Some(settings), Some(key)) = (env.index_settings("search"), &pseudonym_key) {
                 let r = async {
@@ -458,6 +485,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
     targets.push(report::ledger_target(ledger_evidence.as_ref()));
     targets.extend(report::api_targets(api_bench.as_ref()));
     targets.push(report::packs_target(rule_packs.as_ref()));
+    targets.extend(report::tracing_targets(tracing_cost.as_ref()));
     let machine = machine();
     let provisional = load_start[0] > 0.5;
     Ok(Report {
@@ -498,6 +526,7 @@ pub async fn run(opts: &BenchOptions) -> anyhow::Result<Report> {
         search: search_latency,
         api: api_bench,
         rule_packs,
+        tracing: tracing_cost,
         targets,
         errors,
         cleanup_problems,

@@ -25,7 +25,8 @@ pub struct PackComparison {
     pub ratio: f64,
 }
 
-fn median(v: &[f64]) -> f64 {
+/// The median (NaN for none).
+pub fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     match s.len() {

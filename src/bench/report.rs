@@ -111,6 +111,8 @@ pub struct Report {
     pub api: Option<super::api::ApiBench>,
     /// The rules stage on the Sigma pack against its native form.
     pub rule_packs: Option<super::packs::PackComparison>,
+    /// The fleet with tracing off, at 1% and at 100%.
+    pub tracing: Option<super::traces::TracingCost>,
     pub targets: Vec<Target>,
     /// Phases that failed (the rest of the report still stands).
     pub errors: Vec<String>,
@@ -145,6 +147,24 @@ pub fn packs_target(p: Option<&super::packs::PackComparison>) -> Target {
         })
         .unwrap_or_default(),
     )
+}
+
+/// Tracing: at most 3% of the fleet's throughput at 1% of traces recorded; the cost of
+/// recording every trace is reported.
+pub fn tracing_targets(t: Option<&super::traces::TracingCost>) -> Vec<Target> {
+    let note = |mode: &str| {
+        t.map(|t| {
+            let list = |m: &str| {
+                t.events_per_sec.iter().find(|(x, _)| x == m).map(|(_, v)| v.iter().map(|x| n(*x)).collect::<Vec<_>>().join(", ")).unwrap_or_default()
+            };
+            format!("{} events per run; off {} ev/s, {mode} {} ev/s (rounds, medians compared); lost {}", t.events, list("off"), list(mode), t.lost)
+        })
+        .unwrap_or_else(|| "tracing phase not run (needs the stack's Jaeger)".into())
+    };
+    vec![
+        target("fleet throughput cost of tracing at 1%", "<= 3%", t.and_then(|t| t.cost_of("1%")).map(|c| c * 100.0), |v| v <= 3.0, note("1%")),
+        target("fleet throughput cost of tracing at 100%", "reported (no target)", t.and_then(|t| t.cost_of("100%")).map(|c| c * 100.0), |_| true, note("100%")),
+    ]
 }
 
 /// The ledger's outside evidence (trees, per-batch signatures) against persist's CPU.
