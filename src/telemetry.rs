@@ -23,28 +23,35 @@ use crate::config::LogConfig;
 /// crate's spans are also OpenTelemetry spans.
 pub fn init_logging(config: &LogConfig) {
     use std::io::IsTerminal;
-    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer, Registry};
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    // Only auditflow's own spans become trace spans: libraries' internals stay local.
-    let otel = crate::trace::active().map(|t| {
-        tracing_opentelemetry::layer()
-            .with_tracer(t.tracer().clone())
-            .with_filter(tracing_subscriber::filter::Targets::new().with_target("auditflow", tracing::Level::INFO))
-    });
-    let registry = tracing_subscriber::registry().with(otel);
-    // try_init: tests may set it up more than once.
-    let _ = if config.format == "json" {
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::with_capacity(2);
+    if config.format == "json" {
         let json = tracing_subscriber::fmt::layer()
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
             .event_format(crate::trace::log::WithTraceIds(
                 tracing_subscriber::fmt::format().json().flatten_event(true).with_current_span(false),
             ))
             .with_writer(std::io::stderr);
-        registry.with(json.with_filter(filter)).try_init()
+        layers.push(json.boxed());
     } else {
         let text = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
-        registry.with(text.with_filter(filter)).try_init()
-    };
+        layers.push(text.boxed());
+    }
+    // Only auditflow's own spans become trace spans: libraries' internals stay local.
+    if let Some(t) = crate::trace::active() {
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(t.tracer().clone())
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target("auditflow", tracing::Level::INFO));
+        layers.push(otel.boxed());
+    }
+    // The log filter is global (as a per-layer filter, target directives such as
+    // `librdkafka=warn` were seen to drop unrelated events): the dispatcher's spans, at INFO,
+    // are made only when INFO is enabled for them. The stage loop's spans do not depend on it.
+    // try_init: tests may set it up more than once.
+    let _ = tracing_subscriber::registry().with(layers).with(filter).try_init();
 }
 
 /// The runtime's metrics. One instance per process, shared by the loop and the HTTP server.
