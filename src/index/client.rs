@@ -103,16 +103,35 @@ impl SearchClient {
         }
     }
 
-    /// The template for new indices, and its fields added to the mappings of the existing ones
-    /// (a field added in a later version, such as `asn`, would otherwise be refused by their
-    /// strict mapping until next month's index).
+    /// The template for new indices, and the fields the existing ones lack added to their
+    /// mappings (a field added in a later version, such as `asn`, would otherwise be refused by
+    /// their strict mapping until next month's index). Fields an index already has are left as
+    /// they are: an index whose mapping drifted keeps refusing what it refuses (those documents
+    /// are dead-lettered with the reason), it does not stop the stage.
     pub async fn put_template(&self, settings: &IndexSettings) -> Result<(), SearchError> {
         let template = super::template(settings);
         let body = template.to_string().into_bytes();
         self.send(reqwest::Method::PUT, &format!("_index_template/{}", settings.template_name()), Some((body, "application/json"))).await?;
-        let properties = serde_json::json!({"properties": template["template"]["mappings"]["properties"]});
-        let path = format!("{}-*/_mapping?allow_no_indices=true&ignore_unavailable=true", settings.prefix);
-        self.send(reqwest::Method::PUT, &path, Some((properties.to_string().into_bytes(), "application/json"))).await.map(|_| ())
+        let wanted = template["template"]["mappings"]["properties"].as_object().cloned().unwrap_or_default();
+        let existing = self.get(&format!("{}-*/_mapping?allow_no_indices=true&ignore_unavailable=true", settings.prefix)).await?;
+        for (index, mapping) in existing.as_object().into_iter().flatten() {
+            let have = mapping["mappings"]["properties"].as_object();
+            let missing: serde_json::Map<String, Value> =
+                wanted.iter().filter(|(k, _)| !have.is_some_and(|h| h.contains_key(*k))).map(|(k, v)| (k.clone(), v.clone())).collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let fields: Vec<String> = missing.keys().cloned().collect();
+            let body = serde_json::json!({"properties": missing}).to_string().into_bytes();
+            match self.send(reqwest::Method::PUT, &format!("{index}/_mapping"), Some((body, "application/json"))).await {
+                Ok(_) => tracing::info!(%index, fields = ?fields, "added the template's new fields to an existing index"),
+                Err(SearchError::Permanent(why)) => {
+                    tracing::warn!(%index, fields = ?fields, error = %why, "cannot add the template's new fields to an existing index; documents it refuses are dead-lettered")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     pub async fn bulk(&self, body: Vec<u8>) -> Result<Value, SearchError> {
