@@ -213,6 +213,8 @@ impl RulesEngine {
         let mut hits: Vec<bool> = Vec::with_capacity(self.set.patterns.len());
         let mut sent = 0;
         let mut started: Vec<super::store::Pending> = Vec::new();
+        // Absence rules: the newest time of each group in the batch.
+        let mut last_seen: std::collections::HashMap<(usize, String), (i64, i64)> = std::collections::HashMap::new();
         for (ei, ev) in events.iter().enumerate() {
             if ops.len() - sent >= SEND_EVERY {
                 started.push(store.start(&ops[sent..]));
@@ -344,10 +346,15 @@ impl RulesEngine {
                         WindowOp::FirstSeen { key, event_id, time_ms: t, value, learning_ms: *learning_ms, forget_ms: *forget_ms }
                     }
                     Stateful::Absence { window_ms, .. } => {
-                        // Absence rules only record when the group was last seen.
-                        ops.push(WindowOp::Seen { rule: key.rule, group: g.clone(), time_ms: t, window_ms: *window_ms });
+                        // Absence rules only record when the group was last seen: the store keeps
+                        // the newest time, so one record per group and batch says the same as
+                        // one per event (a busy source would otherwise cost a call per event).
                         if trace {
+                            ops.push(WindowOp::Seen { rule: key.rule, group: g.clone(), time_ms: t, window_ms: *window_ms });
                             traces.push((ei, ri, g, None));
+                        } else {
+                            let newest = last_seen.entry((ri, g)).or_insert((t, *window_ms));
+                            newest.0 = newest.0.max(t);
                         }
                         continue;
                     }
@@ -361,6 +368,9 @@ impl RulesEngine {
             }
         }
 
+        for ((ri, group), (time_ms, window_ms)) in last_seen {
+            ops.push(WindowOp::Seen { rule: rules[ri].meta.id.clone(), group, time_ms, window_ms });
+        }
         if sent < ops.len() {
             started.push(store.start(&ops[sent..]));
         }
