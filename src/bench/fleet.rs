@@ -214,7 +214,8 @@ pub async fn run_fleet(
         let config = config.clone();
         let topic = phase.topic(TopicRole::SecurityAlerts);
         let stop = stop_reader.clone();
-        let partitions = phase.partitions;
+        // The topic's own count (topics other than the raw and enriched ones have their own).
+        let partitions = config.topics.security_alerts.partitions;
         Some(tokio::task::spawn_blocking(move || read_alerts(&config, &topic, partitions, &stop)))
     } else {
         None

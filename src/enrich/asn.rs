@@ -16,24 +16,37 @@ use crate::event::Asn;
 
 const SETTING: &str = "enrich.asn_db";
 
-/// One range of a CSV table: first and last address (as IPv6 numbers; IPv4 mapped), the AS
-/// number and the index of its organisation.
-type Range = (u128, u128, u32, u32);
+/// One range of a CSV table: first and last address, the AS number and the index of its
+/// organisation. IPv4 and IPv6 ranges are kept apart so the half million IPv4 ones take 16
+/// bytes each, not 40.
+type Range<A> = (A, A, u32, u32);
 
 /// Opened ASN data.
 #[derive(Default)]
 pub struct AsnDb {
     readers: Vec<maxminddb::Reader<Vec<u8>>>,
     /// Sorted by first address, not overlapping.
-    ranges: Vec<Range>,
-    organisations: Vec<String>,
+    ranges4: Vec<Range<u32>>,
+    ranges6: Vec<Range<u128>>,
+    organisations: Vec<Box<str>>,
     built: Option<DateTime<Utc>>,
 }
 
 impl std::fmt::Debug for AsnDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AsnDb").field("databases", &self.readers.len()).field("ranges", &self.ranges.len()).field("built", &self.built).finish()
+        f.debug_struct("AsnDb")
+            .field("databases", &self.readers.len())
+            .field("ranges", &(self.ranges4.len() + self.ranges6.len()))
+            .field("built", &self.built)
+            .finish()
     }
+}
+
+/// The range of `ranges` holding `x`, if one does.
+fn find<A: Ord + Copy>(ranges: &[Range<A>], x: A) -> Option<(u32, u32)> {
+    let i = ranges.partition_point(|r| r.0 <= x);
+    let &(first, last, number, org) = ranges.get(i.checked_sub(1)?)?;
+    (first <= x && x <= last).then_some((number, org))
 }
 
 #[derive(Deserialize)]
@@ -41,13 +54,6 @@ struct AsnRecord<'a> {
     autonomous_system_number: Option<u32>,
     #[serde(borrow)]
     autonomous_system_organization: Option<&'a str>,
-}
-
-fn as_v6(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
 }
 
 /// A CSV field: plain, or double-quoted with `""` for a quote.
@@ -103,29 +109,47 @@ impl AsnDb {
             }
         }
         db.readers.sort_by_key(|r| r.metadata.ip_version);
-        db.ranges.sort_unstable_by_key(|r| r.0);
+        db.ranges4.sort_unstable_by_key(|r| r.0);
+        db.ranges6.sort_unstable_by_key(|r| r.0);
+        db.ranges4.shrink_to_fit();
+        db.ranges6.shrink_to_fit();
+        db.organisations.shrink_to_fit();
         db.built = dates.into_iter().min();
         Ok(db)
     }
 
+    /// Read a table line by line: the whole text is never held (it is 30 MB, and a stage's peak
+    /// memory counts).
     fn load_csv(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(SETTING, format!("cannot read {}: {e}", path.display())))?;
-        let mut index: std::collections::HashMap<String, u32> = self.organisations.iter().enumerate().map(|(i, o)| (o.clone(), i as u32)).collect();
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        use std::io::BufRead;
+        let cannot = |e: std::io::Error| ConfigError::new(SETTING, format!("cannot read {}: {e}", path.display()));
+        let file = std::fs::File::open(path).map_err(cannot)?;
+        let mut index: std::collections::HashMap<Box<str>, u32> =
+            self.organisations.iter().enumerate().map(|(i, o)| (o.clone(), i as u32)).collect();
+        for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(cannot)?;
+            if line.trim().is_empty() {
+                continue;
+            }
             let bad = |why: &str| ConfigError::new(SETTING, format!("{}:{}: {why}", path.display(), n + 1));
-            let f = csv_fields(line);
+            let f = csv_fields(&line);
             let [first, last, number, org] = f.as_slice() else { return Err(bad("not first,last,number,organisation")) };
             let (Ok(first), Ok(last)) = (first.parse::<IpAddr>(), last.parse::<IpAddr>()) else { return Err(bad("not an address range")) };
-            if first.is_ipv4() != last.is_ipv4() || as_v6(first) > as_v6(last) {
-                return Err(bad("not an address range"));
-            }
             let number: u32 = number.trim().parse().map_err(|_| bad("not an AS number"))?;
-            let next = self.organisations.len() as u32;
-            let org_index = *index.entry(org.clone()).or_insert_with(|| {
-                self.organisations.push(org.clone());
-                next
-            });
-            self.ranges.push((as_v6(first), as_v6(last), number, org_index));
+            let org_index = match index.get(org.as_str()) {
+                Some(i) => *i,
+                None => {
+                    let i = self.organisations.len() as u32;
+                    self.organisations.push(org.as_str().into());
+                    index.insert(org.as_str().into(), i);
+                    i
+                }
+            };
+            match (first, last) {
+                (IpAddr::V4(a), IpAddr::V4(b)) if a <= b => self.ranges4.push((u32::from(a), u32::from(b), number, org_index)),
+                (IpAddr::V6(a), IpAddr::V6(b)) if a <= b => self.ranges6.push((u128::from(a), u128::from(b), number, org_index)),
+                _ => return Err(bad("not an address range")),
+            }
         }
         Ok(())
     }
@@ -137,13 +161,17 @@ impl AsnDb {
 
     /// The autonomous system announcing `ip`, if the data knows one.
     pub fn lookup(&self, ip: IpAddr) -> Option<Asn> {
-        let x = as_v6(ip);
-        let i = self.ranges.partition_point(|r| r.0 <= x);
-        if let Some(&(first, last, number, org)) = i.checked_sub(1).and_then(|i| self.ranges.get(i)) {
-            if first <= x && x <= last {
-                let organization = self.organisations.get(org as usize).filter(|o| !o.is_empty()).cloned();
-                return Some(Asn { number, organization });
-            }
+        // An IPv4-mapped IPv6 address is its IPv4 address.
+        let found = match ip {
+            IpAddr::V4(v4) => find(&self.ranges4, u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => find(&self.ranges4, u32::from(v4)),
+                None => find(&self.ranges6, u128::from(v6)),
+            },
+        };
+        if let Some((number, org)) = found {
+            let organization = self.organisations.get(org as usize).filter(|o| !o.is_empty()).map(|o| o.to_string());
+            return Some(Asn { number, organization });
         }
         self.readers.iter().filter(|r| covers(r, ip)).find_map(|r| {
             let rec = catch_unwind(AssertUnwindSafe(|| r.lookup::<AsnRecord>(ip))).ok()?.ok()?;
@@ -183,6 +211,7 @@ mod tests {
         assert_eq!(at("9.0.0.7").and_then(|a| a.organization), Some("The \"Quoted\" Co".into()));
         assert_eq!(at("8.8.9.1"), None, "between ranges");
         assert_eq!(at("0.0.0.1"), None, "before the first");
+        assert_eq!(at("::ffff:8.8.8.8").map(|a| a.number), Some(15169), "an IPv4-mapped address is its IPv4 address");
         assert!(db.built().is_some(), "dated by the files");
         std::fs::write(dir.path().join("bad.csv"), "1.0.0.0,not-an-address,1,x\n").unwrap();
         let e = AsnDb::open(dir.path()).unwrap_err();
